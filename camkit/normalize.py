@@ -1,0 +1,106 @@
+"""Normalizers: pure functions mapping raw maps to [0, 1].
+
+Every function takes a tensor of any shape ``(..., h, w)`` and normalizes each
+``(h, w)`` map on its own (so maps in a batch never influence each other).
+Outputs are finite for every finite input, including constant, all-negative,
+single-pixel and huge or tiny maps; a map with nothing to show (constant for
+``minmax``, no positive value for ``relu_max``/``tanh_max``) becomes all zeros.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+from torch import Tensor
+
+Normalizer = Callable[[Tensor], Tensor]
+
+
+def _check(m: Tensor) -> None:
+    if not isinstance(m, Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape (..., h, w), got {type(m).__name__}")
+    if m.dim() < 2:
+        raise ValueError(f"expected a map of shape (..., h, w), got shape {tuple(m.shape)}")
+    if not m.is_floating_point():
+        raise TypeError(f"expected a floating-point map, got dtype {m.dtype}")
+
+
+def _amax(m: Tensor) -> Tensor:
+    return m.amax(dim=(-2, -1), keepdim=True)
+
+
+def _amin(m: Tensor) -> Tensor:
+    return m.amin(dim=(-2, -1), keepdim=True)
+
+
+def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num / den where den > 0, else 0 (num, den >= 0, num <= den)."""
+    pos = den > 0
+    return torch.where(pos, num / torch.where(pos, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def minmax(m: Tensor) -> Tensor:
+    """(M - min) / (max - min) per map; constant maps become 0. Output in [0, 1].
+
+    Invariant under positive affine maps a * M + b (a > 0).
+    """
+    _check(m)
+    lo, hi = _amin(m), _amax(m)
+    # Shift by the min first, then divide by the range; computing the range as
+    # hi - lo can overflow for maps spanning +-3e38, so scale both by the
+    # larger magnitude beforehand.
+    scale = torch.maximum(hi.abs(), lo.abs())
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    shifted = m / scale - lo / scale
+    rng = hi / scale - lo / scale
+    return _safe_ratio(shifted, rng).clamp_(0.0, 1.0)
+
+
+def sigmoid(m: Tensor) -> Tensor:
+    """Element-wise logistic sigmoid (the study's 'sigmoid' normalizer). Output in [0, 1]."""
+    _check(m)
+    return torch.sigmoid(m)
+
+
+def relu_max(m: Tensor) -> Tensor:
+    """The study's 'relu hybrid': ReLU(M) / max(ReLU(M)) per map. Output in [0, 1].
+
+    Maps with no positive value become 0. Invariant under positive scaling.
+    """
+    _check(m)
+    r = m.clamp(min=0)
+    return _safe_ratio(r, _amax(r)).clamp_(0.0, 1.0)
+
+
+def tanh_max(m: Tensor) -> Tensor:
+    """tanh(2 * ReLU(M) / max(ReLU(M))) per map. Output in [0, tanh(2)] (about 0.964)."""
+    return torch.tanh(2.0 * relu_max(m))
+
+
+def postprocess(m: Tensor, threshold: float = 0.3, gain: float = 1.5) -> Tensor:
+    """The study's display post-process on a [0, 1] map: values below ``threshold``
+    set to 0, the rest multiplied by ``gain`` and clamped to 1."""
+    _check(m)
+    return torch.where(m < threshold, torch.zeros_like(m), m * gain).clamp_(0.0, 1.0)
+
+
+NORMALIZERS: Dict[str, Normalizer] = {
+    "minmax": minmax,
+    "sigmoid": sigmoid,
+    "relu_max": relu_max,
+    "tanh_max": tanh_max,
+}
+# Names used by the study and by other libraries.
+_ALIASES = {"relu": "relu_max", "relu_hybrid": "relu_max", "tanh": "tanh_max", "min_max": "minmax"}
+
+
+def get_normalizer(name_or_fn: "str | Normalizer") -> Normalizer:
+    """Look up a normalizer by name (``minmax``, ``sigmoid``, ``relu_max``/``relu``,
+    ``tanh_max``/``tanh``) or pass a callable through."""
+    if callable(name_or_fn):
+        return name_or_fn
+    key = _ALIASES.get(str(name_or_fn), str(name_or_fn))
+    if key not in NORMALIZERS:
+        known = sorted(set(NORMALIZERS) | set(_ALIASES))
+        raise ValueError(f"unknown normalizer {name_or_fn!r}; choose one of {known}")
+    return NORMALIZERS[key]
