@@ -86,17 +86,18 @@ class ReCAMHead(CAMHead):
         mask = self.normalize(cams)
         return maps.unsqueeze(1) * mask.unsqueeze(2)
 
-    def recam(self, f: Tensor, targets: Tensor) -> "tuple[Tensor, Tensor]":
+    def recam(self, f: Tensor, targets: Tensor, normalized: bool = True) -> "tuple[Tensor, Tensor]":
         """ReCAM maps and logits for ``targets`` (B, K).
 
-        Returns ``(maps, logits)``: maps ``(B, K, h, w)`` in [0, 1] (normalized),
+        Returns ``(maps, logits)``: maps ``(B, K, h, w)``, in [0, 1] when
+        ``normalized`` (else the raw class scores of the masked maps), and
         logits ``(B, K, N)`` of the re-activated features for each target.
         """
         m = self.masked(self.maps(f), targets)  # (B, K, N, h, w)
         logits = self.fc(m.mean(dim=(-2, -1)))  # (B, K, N)
         w = self.fc.weight[targets]  # (B, K, N)
         raw = torch.einsum("bkn,bknhw->bkhw", w, m)
-        return self.normalize(raw), logits
+        return (self.normalize(raw) if normalized else raw), logits
 
     def forward(self, f: Tensor, target: Optional[Tensor] = None) -> Tensor:
         """Re-activated logits ``(B, N)`` for ``target`` (B,) (default: plain top-1)."""

@@ -1,0 +1,145 @@
+"""Forward hooks on named layers: resolve names, capture outputs, remove cleanly.
+
+The only stateful part of camkit. :class:`ActivationRecorder` attaches forward
+hooks to a set of layers (as a context manager) and, while recording, keeps
+each layer's output exactly as the layer returned it: downstream layers get a
+copy, so an in-place op further on (VGG16's ``ReLU(inplace=True)``) cannot
+overwrite what was captured. Outside a recording the hooks do nothing.
+"""
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+LayerSpec = Union[str, nn.Module]
+
+
+def layer_names(model: nn.Module) -> List[str]:
+    """Dotted names of every submodule, in ``model.named_modules()`` order (root excluded)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def resolve_layers(model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]]) -> List[Tuple[str, nn.Module]]:
+    """Turn dotted names or module objects into ``(name, module)`` pairs.
+
+    Raises ValueError for an empty list, an unknown name (listing close
+    matches), a module that is not part of ``model``, or a repeated layer.
+    """
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers is empty: name at least one layer, e.g. layers=['features.29']")
+    modules = dict(model.named_modules())
+    by_id = {id(m): n for n, m in model.named_modules()}
+    out: List[Tuple[str, nn.Module]] = []
+    for spec in layers:
+        if isinstance(spec, nn.Module):
+            if id(spec) not in by_id:
+                raise ValueError(f"the module {type(spec).__name__} passed in layers is not a submodule of the model")
+            name = by_id[id(spec)]
+            if name == "":
+                raise ValueError("layers must name submodules, not the model itself")
+        elif isinstance(spec, str):
+            name = spec
+            if name not in modules or name == "":
+                close = difflib.get_close_matches(name, layer_names(model), n=5, cutoff=0.5)
+                hint = f"; close matches: {', '.join(close)}" if close else ""
+                raise ValueError(f"unknown layer {name!r}{hint} (see model.named_modules() or `camkit layers`)")
+        else:
+            raise TypeError(f"layers must be names (str) or modules, got {type(spec).__name__}")
+        if any(name == n for n, _ in out):
+            raise ValueError(f"layer {name!r} is listed twice")
+        out.append((name, modules[name]))
+    return out
+
+
+class ActivationRecorder:
+    """Forward hooks on ``layers`` of ``model``; a context manager.
+
+    While :meth:`recording` is active, ``activations[name]`` holds each layer's
+    output tensor. With ``make_differentiable=True`` (and grad mode on) an
+    output that carries no autograd history (frozen weights, plain input) is
+    replaced by a leaf that requires grad, so gradients can be taken with
+    respect to it without touching any parameter's ``requires_grad``.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[Tuple[str, nn.Module]], make_differentiable: bool = False) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.make_differentiable = make_differentiable
+        self.activations: Dict[str, Tensor] = {}
+        self._calls: Dict[str, int] = {}
+        self._handles: List[torch.utils.hooks.RemovableHandle] = []
+        self._recording = False
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> "ActivationRecorder":
+        if not self._handles:
+            self._handles = [m.register_forward_hook(self._hook_for(name)) for name, m in self.layers]
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.activations = {}
+
+    def __enter__(self) -> "ActivationRecorder":
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def _hook_for(self, name: str):
+        def hook(module: nn.Module, inputs: object, output: object):
+            if not self._recording:
+                return None
+            if not isinstance(output, Tensor):
+                raise ValueError(
+                    f"layer {name!r} returned {type(output).__name__}, not a tensor; hook a layer that returns one"
+                )
+            self._calls[name] = self._calls.get(name, 0) + 1
+            if self.make_differentiable and torch.is_grad_enabled() and not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            self.activations[name] = output
+            # Downstream gets a copy: an in-place op later on must not change
+            # what was captured (nor, for gradient methods, its grad_fn).
+            return output.clone()
+
+        return hook
+
+    @contextmanager
+    def recording(self) -> Iterator[Dict[str, Tensor]]:
+        """Capture during the block; references are dropped when it ends."""
+        attach_for_block = not self.attached
+        if attach_for_block:
+            self.attach()
+        self.activations, self._calls, self._recording = {}, {}, True
+        try:
+            yield self.activations
+        finally:
+            self._recording = False
+            self.activations, self._calls = {}, {}
+            if attach_for_block:
+                self.detach()
+
+    def check_complete(self) -> None:
+        """After a forward: every layer ran exactly once."""
+        missing = [n for n, _ in self.layers if n not in self.activations]
+        if missing:
+            raise ValueError(f"layer(s) {missing} did not run during the forward pass; choose layers the model uses")
+        repeated = {n: c for n, c in self._calls.items() if c > 1}
+        if repeated:
+            n, c = next(iter(repeated.items()))
+            raise ValueError(
+                f"layer {n!r} ran {c} times in one forward pass (a shared module); "
+                "hook a module that runs once, e.g. its parent block"
+            )
