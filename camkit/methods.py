@@ -7,8 +7,9 @@ every formula returns raw maps ``(B, K, h, w)``.
 from __future__ import annotations
 
 import difflib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +170,19 @@ def _as_4d(name: str, a: Tensor, reshape: Optional[Reshape]) -> Tensor:
 # --------------------------------------------------------------------------- base
 
 
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Explain the inference model: eval mode during the call (no dropout, no
+    batch-norm statistics updated), every module's own flag restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 class _Method:
     """Shared engine: hooks, one forward, targets, per-layer maps, normalize, upsample, fuse."""
 
@@ -222,13 +236,16 @@ class _Method:
 
     def __call__(self, x: Tensor, targets: Targets = None, topk: Optional[int] = None) -> CAMResult:
         """Maps for ``targets``: None (top-1 of each image), an int, (B,) or (B, K)
-        class indices, ``"all"``, or ``topk=k`` (the k best predictions)."""
+        class indices, ``"all"``, or ``topk=k`` (the k best predictions).
+
+        The model runs in eval mode during the call; its flags are restored after.
+        """
         x = _check_input(x, self.model)
         t = _targets_before(targets, topk, x.shape[0])
         if self.needs_grad and torch.is_inference_mode_enabled():
             raise RuntimeError("gradient-based CAM methods cannot run inside torch.inference_mode(); use torch.no_grad()")
         grad_ctx = torch.enable_grad() if self.needs_grad else torch.no_grad()
-        with self._recorder.recording() as acts, grad_ctx:
+        with self._recorder.recording() as acts, grad_ctx, _eval_mode(self.model):
             logits = _check_logits(self.model(x))
             self._recorder.check_complete()
             t = _targets_after(t, targets, topk, logits)
@@ -439,7 +456,7 @@ def _find_gap_input(model: nn.Module, fc: nn.Linear) -> str:
         channels = first_conv.in_channels if first_conv is not None else 3
         p = next(model.parameters())
         x = torch.randn(2, channels, 224, 224, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), _eval_mode(model):
             model(x)
     finally:
         for h in handles:
