@@ -1,0 +1,1 @@
+"""Benchmarks that reproduce published results with camkit (not part of the installed package)."""

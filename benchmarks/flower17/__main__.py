@@ -1,0 +1,162 @@
+"""``python -m benchmarks.flower17 prepare|train|evaluate|figures|all|quality [options]``."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .data import REPO_ROOT
+
+COMMANDS = ("prepare", "train", "evaluate", "figures", "all", "quality")
+QUICK = {"per_class": 2, "epochs": 3, "lrs": (1e-4, 1e-3)}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.flower17", description=__doc__)
+    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("--backbone", default="tf_efficientnet_lite0", choices=("tf_efficientnet_lite0", "vgg16"))
+    p.add_argument("--data-root", default=None, help="folder with jpg/image_0001.jpg ... (default ../shared/flower17 when present)")
+    p.add_argument("--download", action="store_true", help="download the official archive and datasplits.mat (needs the internet)")
+    p.add_argument("--epochs", type=int, default=None, help="default 40 (3 with --quick)")
+    p.add_argument("--lrs", default=None, help="comma-separated, default 1e-5,5e-5,1e-4,2e-4")
+    p.add_argument("--models", default=None, help="comma-separated subset of cam,recam_minmax,recam_sigmoid,recam_relu")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results/flower17/<backbone>; "
+                   "<run-dir>/quick with --quick)")
+    p.add_argument("--run-dir", default=None, help="feature cache and checkpoints (default runs/flower17/<backbone>)")
+    p.add_argument("--seed", type=int, default=0, help="augmentation / shuffling / initialization seed")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK['per_class']} images per class, {QUICK['epochs']} epochs")
+    p.add_argument("--force", action="store_true", help="rebuild the feature cache")
+    p.add_argument("--no-fast", action="store_true", help="extract features with the eager backbone (no tracing)")
+    p.add_argument("--float32", action="store_true", help="cache float32 features instead of float16")
+    p.add_argument("--study-images", type=int, default=48, help="images timed for the study's-way extrapolation")
+    return p
+
+
+def resolve(args) -> argparse.Namespace:
+    from .models import default_run_dir
+    from .train import DEFAULT_LRS
+
+    args.run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.backbone)
+    if args.out:
+        args.out = Path(args.out)
+    else:
+        args.out = args.run_dir / "quick" if args.quick else REPO_ROOT / "benchmarks" / "results" / "flower17" / args.backbone
+    args.epochs = args.epochs if args.epochs is not None else (QUICK["epochs"] if args.quick else 40)
+    args.lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else list(QUICK["lrs"] if args.quick else DEFAULT_LRS)
+    args.models = args.models.split(",") if args.models else None
+    args.per_class = QUICK["per_class"] if args.quick else None
+    return args
+
+
+def cmd_prepare(args) -> dict:
+    import torch
+
+    from . import cache, data
+
+    if args.download:
+        data.download(args.data_root)
+    data.check_images(data.resolve_root(args.data_root))
+    t0 = time.perf_counter()
+    path = cache.prepare(args.backbone, args.run_dir, args.data_root, args.seed, args.per_class,
+                         dtype=torch.float32 if args.float32 else torch.float16, fast=not args.no_fast, force=args.force)
+    info = {"cache": str(path), "prepare_seconds": time.perf_counter() - t0}
+    if not args.quick:
+        st = cache.time_study_way(args.backbone, args.data_root, n_images=args.study_images, seed=args.seed)
+        info["study_way"] = st
+        print(f"study's way: {st['seconds_per_image'] * 1e3:.1f} ms per image (eager backbone, batch 8, "
+              f"{st['images']} images timed)")
+    (args.run_dir / "prepare.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def cmd_train(args) -> dict:
+    from . import cache, data
+    from .models import MODEL_NAMES
+    from .train import save_results, train_grid
+
+    split = data.load_split(args.data_root)
+    path = cache.cache_path(args.run_dir, split.name, args.seed, args.per_class)
+    if not path.exists():
+        raise SystemExit(f"no feature cache at {path}; run `python -m benchmarks.flower17 prepare` first")
+    blob = cache.load_cache(path)
+    res = train_grid(blob, args.run_dir, args.models or MODEL_NAMES, args.lrs, args.epochs, args.batch_size, args.seed)
+    res.update({"backbone": args.backbone, "split": split.name, "split_source": split.source,
+                "cache": {k: v for k, v in blob["meta"].items()}, "quick": args.quick,
+                "threads": args.threads, "load_average_at_end": os.getloadavg()})
+    save_results(res, args.out / "results.json")
+    print(f"trained {len(res['runs'])} heads ({res['head_epochs']} head-epochs) in {res['train_seconds']:.1f} s; "
+          f"wrote {args.out / 'results.json'}")
+    for r in res["runs"]:
+        s = r["selected"]
+        if s:
+            print(f"  {r['model']:14s} lr {r['lr_tag']:>7s}: epoch {s['epoch']:2d} top-1 {100 * s['val_top1']:.2f} "
+                  f"top-3 {100 * s['val_top3']:.2f} top-5 {100 * s['val_top5']:.2f} val loss {s['val_loss']:.4f}"
+                  f" (stopped at {r['stopped_at']})")
+    return res
+
+
+def cmd_evaluate(args) -> dict:
+    from .evaluate import evaluate
+
+    return evaluate(args)
+
+
+def cmd_figures(args) -> dict:
+    from .figures import figures
+
+    return figures(args)
+
+
+def cmd_all(args) -> dict:
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    prep = cmd_prepare(args)
+    t_prep = time.perf_counter() - t0
+    cmd_train(args)
+    t_grid = time.perf_counter() - t0
+    cmd_evaluate(args)
+    t_eval = time.perf_counter() - t0
+    cmd_figures(args)
+    t_all = time.perf_counter() - t0
+    timing = {"prepare_seconds": t_prep, "prepare_plus_train_seconds": t_grid, "through_evaluate_seconds": t_eval,
+              "all_seconds": t_all, "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
+              "cache_reused": "prepare_seconds" in prep and prep["prepare_seconds"] < 30}
+    (args.out / "timing_all.json").write_text(json.dumps(timing, indent=1) + "\n")
+    print(json.dumps(timing, indent=1))
+    return timing
+
+
+def run_quality(argv: List[str]) -> int:
+    """Dispatch to ``benchmarks.flower17.quality:main(argv)`` (issue 5) when that module exists."""
+    if importlib.util.find_spec("benchmarks.flower17.quality") is None:
+        print("benchmarks.flower17.quality is not available yet (issue 5)", file=sys.stderr)
+        return 2
+    from . import quality  # type: ignore[attr-defined]
+
+    rc = quality.main(argv)
+    return int(rc or 0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "quality":
+        return run_quality(argv[1:])
+    args = resolve(parser().parse_args(argv))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "figures": cmd_figures, "all": cmd_all}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
