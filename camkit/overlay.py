@@ -1,0 +1,240 @@
+"""Heatmap overlays and the figures built from them.
+
+Plain images (one overlay, the compact grid, the strip) use PIL and numpy
+only; colormaps come from matplotlib when it is installed (``pip install
+'camkit[plot]'``) and otherwise from a built-in ``jet``. The labelled grid
+(one title per tile) needs matplotlib.
+
+Images are accepted as PIL images, ``(H, W, 3)`` uint8 arrays or ``(3, H, W)``
+float tensors in [0, 1]; maps as ``(H, W)`` tensors or arrays in [0, 1]. A map
+of another size is resized (bilinear) to the image.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+ImageLike = Union[Image.Image, np.ndarray, Tensor]
+MapLike = Union[np.ndarray, Tensor]
+
+
+# --------------------------------------------------------------------------- conversion
+
+def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo ``Normalize(mean, std)``: ``(3, H, W)`` or ``(B, 3, H, W)`` -> values in [0, 1]."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x * s + m).clamp(0.0, 1.0)
+
+
+def to_uint8(image: ImageLike) -> np.ndarray:
+    """Any accepted image as an ``(H, W, 3)`` uint8 array."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if isinstance(image, Tensor):
+        t = image.detach().float().cpu()
+        if t.dim() != 3 or t.shape[0] not in (1, 3):
+            raise ValueError(f"expected an image tensor of shape (3, H, W) in [0, 1], got {tuple(t.shape)}")
+        t = t.expand(3, -1, -1).clamp(0, 1)
+        return (t.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"expected an image array of shape (H, W, 3), got {a.shape}")
+    a = a[..., :3]
+    if a.dtype != np.uint8:
+        a = (np.clip(a.astype(np.float64), 0, 1) * 255.0 + 0.5).astype(np.uint8)
+    return a
+
+
+def _map2d(cam: MapLike, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    t = torch.as_tensor(np.asarray(cam.detach().cpu() if isinstance(cam, Tensor) else cam), dtype=torch.float32)
+    while t.dim() > 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 2:
+        raise ValueError(f"expected a map of shape (H, W), got {tuple(t.shape)}")
+    if size is not None and tuple(t.shape) != tuple(size):
+        t = F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return torch.nan_to_num(t, nan=0.0).clamp(0, 1).numpy()
+
+
+# --------------------------------------------------------------------------- colormaps
+
+def _jet(v: np.ndarray) -> np.ndarray:
+    """The classic 'jet' ramp (dark blue, blue, cyan, yellow, red, dark red) on [0, 1]."""
+    r = np.clip(np.minimum(4 * v - 1.5, -4 * v + 4.5), 0, 1)
+    g = np.clip(np.minimum(4 * v - 0.5, -4 * v + 3.5), 0, 1)
+    b = np.clip(np.minimum(4 * v + 0.5, -4 * v + 2.5), 0, 1)
+    return np.stack([r, g, b], axis=-1)
+
+
+def colorize(cam: MapLike, cmap: str = "jet") -> np.ndarray:
+    """A ``(H, W)`` map in [0, 1] as an ``(H, W, 3)`` uint8 colour image."""
+    v = _map2d(cam)
+    try:
+        import matplotlib
+
+        rgb = matplotlib.colormaps[cmap](v)[..., :3]
+    except ImportError:
+        if cmap != "jet":
+            raise ImportError(f"colormap {cmap!r} needs matplotlib: pip install 'camkit[plot]'") from None
+        rgb = _jet(v)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet",
+            postprocess: bool = False) -> Image.Image:
+    """Blend the colourized map over the image: ``(1 - alpha) * image + alpha * colour``.
+
+    ``postprocess=True`` applies the seed study's display post-process first
+    (:func:`camkit.normalize.postprocess`: values below 0.3 become 0, the rest
+    are multiplied by 1.5 and clipped to 1).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    img = to_uint8(image)
+    m = _map2d(cam, (img.shape[0], img.shape[1]))
+    if postprocess:
+        from .normalize import postprocess as _pp
+
+        m = _pp(torch.from_numpy(m)).numpy()
+    heat = colorize(m, cmap).astype(np.float32)
+    out = (1.0 - alpha) * img.astype(np.float32) + alpha * heat
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------- plain layouts
+
+def _tiles_as_images(tiles: Sequence[ImageLike]) -> List[Image.Image]:
+    if len(tiles) == 0:
+        raise ValueError("no tiles to lay out")
+    return [t if isinstance(t, Image.Image) else Image.fromarray(to_uint8(t)) for t in tiles]
+
+
+def grid(tiles: Sequence[ImageLike], cols: int, pad: int = 2, background: Tuple[int, int, int] = (255, 255, 255),
+         tile_size: Optional[Tuple[int, int]] = None) -> Image.Image:
+    """Tiles laid out row by row, ``cols`` per row, ``pad`` pixels apart (plain, no labels).
+
+    Every tile is resized to ``tile_size`` (W, H) (default: the first tile's size).
+    """
+    imgs = _tiles_as_images(tiles)
+    if cols < 1:
+        raise ValueError(f"cols must be >= 1, got {cols}")
+    w, h = tile_size or imgs[0].size
+    cols = min(cols, len(imgs))
+    rows = (len(imgs) + cols - 1) // cols
+    out = Image.new("RGB", (cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad), background)
+    for k, im in enumerate(imgs):
+        r, c = divmod(k, cols)
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
+        out.paste(im.convert("RGB"), (pad + c * (w + pad), pad + r * (h + pad)))
+    return out
+
+
+def compact_grid(tiles: Sequence[ImageLike], rows: int = 3, cols: int = 4, pad: int = 2,
+                 tile_size: Optional[Tuple[int, int]] = None) -> List[Image.Image]:
+    """The study's compact figure: pages of ``rows`` x ``cols`` tiles without labels.
+
+    Returns one image per page (the last page holds the remaining tiles, in as
+    many rows as they need).
+    """
+    per_page = rows * cols
+    imgs = _tiles_as_images(tiles)
+    size = tile_size or imgs[0].size
+    return [grid(imgs[i:i + per_page], cols=cols, pad=pad, tile_size=size) for i in range(0, len(imgs), per_page)]
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1
+    except TypeError:  # pragma: no cover - older Pillow
+        return ImageFont.load_default()
+
+
+def strip(tiles: Sequence[ImageLike], labels: Optional[Sequence[str]] = None, pad: int = 2,
+          tile_size: Optional[Tuple[int, int]] = None) -> Image.Image:
+    """One column of tiles (e.g. the input, then one overlay per method).
+
+    ``labels`` (one per tile) are written in a band above each tile.
+    """
+    imgs = _tiles_as_images(tiles)
+    if labels is not None and len(labels) != len(imgs):
+        raise ValueError(f"{len(labels)} labels for {len(imgs)} tiles")
+    w, h = tile_size or imgs[0].size
+    band = 0
+    font = None
+    if labels is not None:
+        font_size = max(10, w // 16)
+        font = _font(font_size)
+        band = font_size + 6
+    out = Image.new("RGB", (w + 2 * pad, len(imgs) * (h + band + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    y = pad
+    for k, im in enumerate(imgs):
+        if labels is not None:
+            draw.text((pad + 2, y + 2), labels[k], fill=(0, 0, 0), font=font)
+            y += band
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
+        out.paste(im.convert("RGB"), (pad, y))
+        y += h + pad
+    return out
+
+
+# --------------------------------------------------------------------------- labelled figure
+
+def tile_title(top: Sequence[Tuple[str, float]], truth: Optional[str] = None, width: int = 28) -> str:
+    """A tile's title: ``truth: NAME`` (when known) then the top predictions with probabilities."""
+    def short(s: str) -> str:
+        return s if len(s) <= width else s[: width - 1] + "~"
+
+    lines = [f"truth: {short(truth)}"] if truth else []
+    lines += [f"{k + 1}. {short(name)} {100 * p:.0f}%" for k, (name, p) in enumerate(top)]
+    return "\n".join(lines)
+
+
+def labelled_grid(tiles: Sequence[ImageLike], titles: Sequence[str], cols: int = 4, tile_inches: float = 2.4,
+                  suptitle: Optional[str] = None) -> Any:
+    """A matplotlib figure: the tiles in a grid, each with its title (see :func:`tile_title`).
+
+    Needs matplotlib (``pip install 'camkit[plot]'``). Save it with
+    ``fig.savefig(path)`` or use :func:`save_labelled_grid`.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("the labelled grid needs matplotlib: pip install 'camkit[plot]'") from None
+    imgs = _tiles_as_images(tiles)
+    if len(titles) != len(imgs):
+        raise ValueError(f"{len(titles)} titles for {len(imgs)} tiles")
+    cols = max(1, min(cols, len(imgs)))
+    rows = (len(imgs) + cols - 1) // cols
+    n_lines = max(t.count("\n") + 1 for t in titles) if titles else 0
+    fig = Figure(figsize=(cols * tile_inches, rows * (tile_inches + 0.16 * n_lines) + (0.4 if suptitle else 0)))
+    for k, (im, title) in enumerate(zip(imgs, titles)):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(np.asarray(im.convert("RGB")))
+        ax.set_title(title, fontsize=8, loc="left", family="monospace")
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_labelled_grid(path: Union[str, os.PathLike], tiles: Sequence[ImageLike], titles: Sequence[str],
+                       cols: int = 4, dpi: int = 100, suptitle: Optional[str] = None) -> None:
+    """Write :func:`labelled_grid` to ``path`` (PNG by extension)."""
+    fig = labelled_grid(tiles, titles, cols=cols, suptitle=suptitle)
+    fig.savefig(path, dpi=dpi)
