@@ -67,12 +67,18 @@ def _map2d(cam: MapLike, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
 
 # --------------------------------------------------------------------------- colormaps
 
+# The 'jet' ramp as piecewise-linear anchor points (position, value) per channel.
+_JET = {
+    "r": ((0.0, 0.35, 0.66, 0.89, 1.0), (0.0, 0.0, 1.0, 1.0, 0.5)),
+    "g": ((0.0, 0.125, 0.375, 0.64, 0.91, 1.0), (0.0, 0.0, 1.0, 1.0, 0.0, 0.0)),
+    "b": ((0.0, 0.11, 0.34, 0.65, 1.0), (0.5, 1.0, 1.0, 0.0, 0.0)),
+}
+
+
 def _jet(v: np.ndarray) -> np.ndarray:
-    """The classic 'jet' ramp (dark blue, blue, cyan, yellow, red, dark red) on [0, 1]."""
-    r = np.clip(np.minimum(4 * v - 1.5, -4 * v + 4.5), 0, 1)
-    g = np.clip(np.minimum(4 * v - 0.5, -4 * v + 3.5), 0, 1)
-    b = np.clip(np.minimum(4 * v + 0.5, -4 * v + 2.5), 0, 1)
-    return np.stack([r, g, b], axis=-1)
+    """'jet' (dark blue, blue, cyan, yellow, red, dark red) on [0, 1], used when matplotlib is absent."""
+    v = np.clip(np.asarray(v, dtype=np.float64), 0, 1)
+    return np.stack([np.interp(v, *_JET[c]) for c in "rgb"], axis=-1)
 
 
 def colorize(cam: MapLike, cmap: str = "jet") -> np.ndarray:
@@ -237,4 +243,4 @@ def save_labelled_grid(path: Union[str, os.PathLike], tiles: Sequence[ImageLike]
                        cols: int = 4, dpi: int = 100, suptitle: Optional[str] = None) -> None:
     """Write :func:`labelled_grid` to ``path`` (PNG by extension)."""
     fig = labelled_grid(tiles, titles, cols=cols, suptitle=suptitle)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.08)
