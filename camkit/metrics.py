@@ -1,0 +1,523 @@
+"""Quality metrics for saliency maps: pure, batched functions usable on any model.
+
+Conventions (all functions):
+
+- ``model`` is any callable mapping images ``(N, C, H, W)`` to logits
+  ``(N, num_classes)``; it runs under ``torch.no_grad()`` and, when it is an
+  ``nn.Module``, in eval mode (every module's own flag is restored after).
+- ``images`` are ``(B, C, H, W)`` in the model's input space (already
+  normalized); baselines are built in that same space.
+- ``maps`` are ``(B, H, W)`` (one map per image) or ``(B, M, H, W)`` (M maps per
+  image, e.g. M methods, all for the image's one target), at the images'
+  resolution; larger value = more important. Only their order matters for
+  deletion/insertion; their values matter for the other metrics.
+- ``targets`` are ``(B,)`` class indices.
+
+Metrics:
+
+- :func:`deletion_curve` / :func:`insertion_curve` / :func:`deletion_insertion`
+  (Petsiuk et al., 2018, "RISE"): pixels are replaced by a baseline (deletion)
+  or revealed on top of it (insertion) in order of decreasing map value, in
+  ``steps`` equal steps, and the target's softmax probability is tracked:
+  ``(B, steps + 1)`` curves (``(B, M, steps + 1)`` for ``M`` maps per image).
+  Step ``k`` has the first ``floor(k * H * W / steps)`` pixels of the order
+  changed. **Ties** are broken deterministically: a stable sort keeps equal
+  values in raster (row-major) order, so among equal values the pixel that
+  comes first in raster order is removed/revealed first. :func:`auc` is the
+  trapezoid rule over ``[0, 1]``.
+- :func:`average_drop_increase` (Chattopadhay et al., 2018, "Grad-CAM++"): the
+  model on the image multiplied by the map.
+- :func:`pointing_game`, :func:`iou`, :func:`iou_sweep`: against ground-truth
+  masks ``(B, H, W)`` (bool or {0, 1}).
+- :func:`make_grids` and :func:`grid_pointing_game` (Rao et al., CVPR 2022,
+  "Towards Better Understanding Attribution Methods"; grids as in Boehle et
+  al., 2021): 2x2 grids of images of four distinct classes; the score of a map
+  for the class of cell ``c`` is the fraction of its positive mass inside cell
+  ``c``. Which images may enter a grid (only confidently classified ones) is
+  decided by :func:`confident_mask` and passed to :func:`make_grids` as the
+  pool of eligible images.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Model = Callable[[Tensor], Tensor]
+Baseline = Union[str, Tensor, Callable[[Tensor], Tensor]]
+
+BASELINES = ("blur", "mean", "zeros")
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def _inference(model: Model) -> Iterator[None]:
+    """no_grad + eval mode for nn.Modules, every module's training flag restored after."""
+    flags = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    if isinstance(model, nn.Module):
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _check_images(images: object) -> Tensor:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (B, C, H, W) with B >= 1, got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be floating point, got dtype {images.dtype}")
+    return images
+
+
+def _check_maps(maps: object, batch: int, size: Tuple[int, int], name: str = "maps") -> Tensor:
+    """(B, H, W) or (B, M, H, W) floating maps -> (B, M, H, W)."""
+    if not isinstance(maps, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, W) or (B, M, H, W), got {type(maps).__name__}")
+    if maps.dim() == 3:
+        maps = maps.unsqueeze(1)
+    if maps.dim() != 4 or maps.shape[0] != batch or tuple(maps.shape[-2:]) != tuple(size):
+        raise ValueError(
+            f"{name} must have shape ({batch}, {size[0]}, {size[1]}) or ({batch}, M, {size[0]}, {size[1]}) "
+            f"to match the images, got {tuple(maps.shape)} (upsample the maps to the images' size first)"
+        )
+    if not maps.is_floating_point():
+        maps = maps.float()
+    if not torch.isfinite(maps).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
+    return maps
+
+
+def _check_targets(targets: object, batch: int) -> Tensor:
+    t = torch.as_tensor(targets)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(f"targets must be integer class indices, got dtype {t.dtype}")
+    t = t.long().reshape(-1) if t.dim() == 0 else t.long()
+    if t.dim() != 1 or t.shape[0] != batch:
+        raise ValueError(f"targets must have shape ({batch},) (one class per image), got {tuple(t.shape)}")
+    return t
+
+
+def _scores(model: Model, x: Tensor, targets: Tensor, score: str) -> Tensor:
+    logits = model(x)
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return logits of shape (N, num_classes), got {shape}")
+    if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+        raise ValueError(f"target classes must lie in [0, {logits.shape[1] - 1}]")
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    out = logits.softmax(dim=1) if score == "softmax" else logits
+    return out.gather(1, targets.to(out.device)[:, None])[:, 0]
+
+
+def _check_score(score: str) -> None:
+    if score not in ("softmax", "logit"):
+        raise ValueError(f"score must be 'softmax' or 'logit', got {score!r}")
+
+
+def make_baseline(images: Tensor, baseline: Baseline = "blur", blur_kernel: int = 11, blur_sigma: float = 5.0) -> Tensor:
+    """The image that replaces removed pixels, ``(B, C, H, W)``, in the images' space.
+
+    - ``"blur"``: Gaussian blur of each image (kernel ``blur_kernel``, sigma
+      ``blur_sigma``; RISE's defaults are 11 and 5), via torchvision's
+      ``gaussian_blur`` (reflect padding).
+    - ``"mean"``: each image's per-channel mean, everywhere.
+    - ``"zeros"``: zeros (for inputs normalized by a dataset mean, the mean colour).
+    - a tensor broadcastable to ``(B, C, H, W)``, or a callable ``images -> baseline``.
+    """
+    images = _check_images(images)
+    if isinstance(baseline, str):
+        if baseline == "blur":
+            from torchvision.transforms.functional import gaussian_blur
+
+            if blur_kernel < 1 or blur_kernel % 2 == 0:
+                raise ValueError(f"blur_kernel must be a positive odd integer, got {blur_kernel}")
+            if blur_sigma <= 0:
+                raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
+            return gaussian_blur(images, [blur_kernel, blur_kernel], [float(blur_sigma), float(blur_sigma)])
+        if baseline == "mean":
+            return images.mean(dim=(-2, -1), keepdim=True).expand_as(images).clone()
+        if baseline == "zeros":
+            return torch.zeros_like(images)
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}, or pass a tensor or a callable")
+    out = baseline(images) if callable(baseline) else baseline
+    if not isinstance(out, Tensor):
+        raise TypeError(f"the baseline must be a tensor (or a callable returning one), got {type(out).__name__}")
+    try:
+        return torch.broadcast_to(out.to(images.dtype).to(images.device), images.shape)
+    except RuntimeError as e:
+        raise ValueError(f"baseline of shape {tuple(out.shape)} does not broadcast to the images' {tuple(images.shape)}") from e
+
+
+def pixel_ranks(maps: Tensor) -> Tensor:
+    """Rank of every pixel in the order of decreasing map value, ``(..., H, W) -> (..., H, W)`` long.
+
+    Rank 0 is the most important pixel. Ties keep raster (row-major) order: a
+    stable sort, so the result is deterministic and the same on every device.
+    """
+    flat = maps.flatten(-2)
+    order = torch.sort(flat, dim=-1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(flat.shape[-1], device=flat.device).expand_as(order).contiguous())
+    return ranks.view(maps.shape)
+
+
+def step_counts(num_pixels: int, steps: int) -> Tensor:
+    """Pixels changed at each step: ``floor(k * num_pixels / steps)`` for k = 0..steps."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    return (torch.arange(steps + 1, dtype=torch.long) * num_pixels) // steps
+
+
+# --------------------------------------------------------------------------- deletion / insertion
+
+
+def deletion_insertion(
+    model: Model,
+    images: Tensor,
+    maps: Tensor,
+    targets: Sequence[int] | Tensor,
+    steps: int = 16,
+    baseline: Baseline = "blur",
+    batch_size: int = 64,
+    modes: Sequence[str] = ("deletion", "insertion"),
+    score: str = "softmax",
+    blur_kernel: int = 11,
+    blur_sigma: float = 5.0,
+) -> dict:
+    """Deletion and insertion curves of every map (Petsiuk et al., 2018).
+
+    images (B, C, H, W); maps (B, H, W) or (B, M, H, W); targets (B,).
+
+    Returns ``{"deletion": curves, "insertion": curves}`` (the requested
+    ``modes``), each ``(B, steps + 1)`` for (B, H, W) maps or ``(B, M, steps + 1)``:
+    the target's softmax probability (``score="logit"``: its logit) after
+    changing the first ``floor(k H W / steps)`` pixels of the map's order
+    (:func:`pixel_ranks`; ties in raster order). Deletion replaces them by the
+    baseline, starting from the image; insertion copies them from the image,
+    starting from the baseline. The two end points (the image and the baseline)
+    do not depend on the map, so they are evaluated once per image and shared by
+    all its maps and both modes. All other (image, map, step) inputs are built on
+    the fly and sent to the model in chunks of ``batch_size``.
+    """
+    images = _check_images(images)
+    B, _, H, W = images.shape
+    maps4 = _check_maps(maps, B, (H, W))
+    t = _check_targets(targets, B)
+    _check_score(score)
+    modes = tuple(modes)
+    if not modes or any(m not in ("deletion", "insertion") for m in modes):
+        raise ValueError(f"modes must be a non-empty subset of ('deletion', 'insertion'), got {modes}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    counts = step_counts(H * W, steps).to(images.device)
+    M = maps4.shape[1]
+    base = make_baseline(images, baseline, blur_kernel, blur_sigma)
+
+    with _inference(model):
+        # End points: the image and the baseline, once per image.
+        ends = torch.cat([images, base], dim=0)
+        p_ends = torch.cat([_scores(model, ends[i:i + batch_size], torch.cat([t, t])[i:i + batch_size], score)
+                            for i in range(0, 2 * B, batch_size)])
+        p_img, p_base = p_ends[:B], p_ends[B:]
+        out = {}
+        for mode in modes:
+            c = torch.empty(B, M, steps + 1, dtype=p_ends.dtype, device=images.device)
+            c[:, :, 0] = (p_img if mode == "deletion" else p_base)[:, None]
+            c[:, :, steps] = (p_base if mode == "deletion" else p_img)[:, None]
+            out[mode] = c
+        # Interior points: (image, mode, map, step) jobs, image-major, in chunks;
+        # pixel ranks are computed once per image and dropped when done.
+        if steps > 1:
+            jobs = torch.cartesian_prod(
+                torch.arange(B), torch.arange(len(modes)), torch.arange(M), torch.arange(1, steps)
+            )
+            ranks_cache: dict = {}
+            for s in range(0, jobs.shape[0], batch_size):
+                chunk = jobs[s:s + batch_size]
+                jb, jm, jmap, jk = chunk.unbind(1)
+                # Ranks of the maps this chunk needs (computed once per image).
+                need = sorted(set(jb.tolist()) - set(ranks_cache))
+                if need:
+                    r = pixel_ranks(maps4[need])
+                    for i, b in enumerate(need):
+                        ranks_cache[b] = r[i]
+                    for b in [b for b in ranks_cache if b < min(jb.tolist())]:
+                        del ranks_cache[b]
+                rk = torch.stack([ranks_cache[b][m] for b, m in zip(jb.tolist(), jmap.tolist())])
+                changed = (rk < counts[jk.to(counts.device)][:, None, None]).unsqueeze(1)  # (P, 1, H, W)
+                is_del = torch.tensor([modes[i] == "deletion" for i in jm.tolist()], device=images.device)
+                src_changed = torch.where(is_del[:, None, None, None], base[jb], images[jb])
+                src_kept = torch.where(is_del[:, None, None, None], images[jb], base[jb])
+                x = torch.where(changed, src_changed, src_kept)
+                p = _scores(model, x, t[jb], score)
+                for i, mode in enumerate(modes):
+                    sel = jm == i
+                    if sel.any():
+                        out[mode][jb[sel], jmap[sel], jk[sel]] = p[sel.to(p.device)]
+    if maps.dim() == 3:
+        out = {k: v[:, 0] for k, v in out.items()}
+    return out
+
+
+def deletion_curve(model: Model, images: Tensor, maps: Tensor, targets, steps: int = 16,
+                   baseline: Baseline = "blur", batch_size: int = 64, score: str = "softmax", **kw) -> Tensor:
+    """Deletion curve ``(B, steps + 1)`` (``(B, M, steps + 1)`` for (B, M, H, W) maps):
+    start from the image, replace pixels by the baseline in order of decreasing
+    map value; a good map makes the probability fall fast (low :func:`auc`).
+    See :func:`deletion_insertion`."""
+    return deletion_insertion(model, images, maps, targets, steps, baseline, batch_size, ("deletion",), score, **kw)["deletion"]
+
+
+def insertion_curve(model: Model, images: Tensor, maps: Tensor, targets, steps: int = 16,
+                    baseline: Baseline = "blur", batch_size: int = 64, score: str = "softmax", **kw) -> Tensor:
+    """Insertion curve: start from the baseline, reveal the image's pixels in
+    order of decreasing map value; a good map makes the probability rise fast
+    (high :func:`auc`). See :func:`deletion_insertion`."""
+    return deletion_insertion(model, images, maps, targets, steps, baseline, batch_size, ("insertion",), score, **kw)["insertion"]
+
+
+def auc(curve: Tensor) -> Tensor:
+    """Area under curves sampled at ``steps + 1`` equally spaced points of [0, 1]
+    (trapezoid rule): ``(..., steps + 1) -> (...)``."""
+    if not isinstance(curve, Tensor) or curve.dim() < 1 or curve.shape[-1] < 2:
+        raise ValueError(f"expected curves of shape (..., steps + 1) with steps >= 1, got {getattr(curve, 'shape', curve)}")
+    n = curve.shape[-1] - 1
+    return torch.trapezoid(curve.float(), dx=1.0 / n, dim=-1)
+
+
+# --------------------------------------------------------------------------- average drop / increase
+
+
+def average_drop_increase(
+    model: Model,
+    images: Tensor,
+    maps: Tensor,
+    targets,
+    batch_size: int = 64,
+    baseline: Optional[Baseline] = None,
+    score: str = "softmax",
+    reduce: bool = True,
+) -> dict:
+    """Average drop and increase in confidence (Chattopadhay et al., 2018).
+
+    The explanation image is ``images * map`` (with ``baseline``:
+    ``baseline + map * (images - baseline)``); maps (B, H, W) or (B, M, H, W)
+    with values in [0, 1]. With ``Y`` the target's softmax probability on the
+    image and ``O`` on the explanation image:
+
+    - average drop = ``100 * mean(max(0, Y - O) / Y)`` (lower is better),
+    - increase in confidence = ``100 * mean(O > Y)`` (higher is better).
+
+    Returns ``{"drop": ..., "increase": ..., "Y": (B,), "O": (B,) or (B, M)}``
+    where drop/increase are scalars, or ``(M,)`` for (B, M, H, W) maps; with
+    ``reduce=False`` they are per image, ``(B,)`` / ``(B, M)`` (drop in % of Y,
+    increase 0 or 100).
+    """
+    images = _check_images(images)
+    B, _, H, W = images.shape
+    maps4 = _check_maps(maps, B, (H, W))
+    if (maps4 < 0).any() or (maps4 > 1).any():
+        raise ValueError("maps must lie in [0, 1] for the average drop (normalize them first)")
+    t = _check_targets(targets, B)
+    _check_score(score)
+    M = maps4.shape[1]
+    base = None if baseline is None else make_baseline(images, baseline)
+    with _inference(model):
+        Y = torch.cat([_scores(model, images[i:i + batch_size], t[i:i + batch_size], score)
+                       for i in range(0, B, batch_size)])
+        jobs = torch.cartesian_prod(torch.arange(B), torch.arange(M))
+        O = torch.empty(B, M, dtype=Y.dtype, device=images.device)
+        for s in range(0, jobs.shape[0], batch_size):
+            jb, jm = jobs[s:s + batch_size].unbind(1)
+            m = maps4[jb, jm].unsqueeze(1).to(images.dtype)
+            x = images[jb] * m if base is None else base[jb] + m * (images[jb] - base[jb])
+            O[jb, jm] = _scores(model, x, t[jb], score)
+    Yc = Y[:, None]
+    drop = 100.0 * (Yc - O).clamp(min=0) / Yc.clamp(min=torch.finfo(Yc.dtype).tiny)
+    inc = 100.0 * (O > Yc).float()
+    if reduce:
+        drop, inc = drop.mean(0), inc.mean(0)
+    if maps.dim() == 3:
+        drop, inc, O = drop[..., 0], inc[..., 0], O[:, 0]
+    return {"drop": drop, "increase": inc, "Y": Y, "O": O}
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _check_masks(maps: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
+    if not isinstance(maps, Tensor) or not isinstance(masks, Tensor):
+        raise TypeError("maps and masks must be torch.Tensors of shape (B, H, W)")
+    if maps.dim() < 2 or maps.shape != masks.shape:
+        raise ValueError(f"maps and masks must have the same shape (B, H, W), got {tuple(maps.shape)} and {tuple(masks.shape)}")
+    if masks.dtype != torch.bool:
+        if ((masks != 0) & (masks != 1)).any():
+            raise ValueError("masks must be boolean or hold only 0 and 1")
+        masks = masks != 0
+    return maps, masks
+
+
+def _disk(radius: int, device) -> Tensor:
+    r = torch.arange(-radius, radius + 1, device=device)
+    return ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2).float()
+
+
+def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
+    """Pointing game (Zhang et al., 2016): is the map's maximum inside the mask?
+
+    maps, masks ``(..., H, W)`` -> bool ``(...)``. The point is the first
+    maximum in raster order (``argmax`` of the flattened map), so ties are
+    broken deterministically. With ``tolerance = r > 0`` pixels a hit is a point
+    within Euclidean distance r of the mask (Zhang et al. used 15).
+    """
+    maps, masks = _check_masks(maps, masks)
+    H, W = maps.shape[-2:]
+    idx = maps.flatten(-2).argmax(dim=-1)
+    m = masks
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if tolerance > 0:
+        lead = m.shape[:-2]
+        k = _disk(int(tolerance), m.device)[None, None]
+        m = F.conv2d(m.reshape(-1, 1, H, W).float(), k, padding=int(tolerance)).reshape(*lead, H, W) > 0
+    return m.flatten(-2).gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+
+
+def iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
+    """Intersection over union of ``maps >= threshold`` and the masks:
+    ``(..., H, W) -> (...)`` float. Two empty sets give IoU 1."""
+    maps, masks = _check_masks(maps, masks)
+    pred = maps >= threshold
+    inter = (pred & masks).flatten(-2).sum(-1).float()
+    union = (pred | masks).flatten(-2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def iou_sweep(maps: Tensor, masks: Tensor, thresholds: Optional[Union[Sequence[float], Tensor]] = None) -> dict:
+    """IoU at every threshold: ``{"thresholds": (T,), "iou": (..., T), "mean": (T,),
+    "best_threshold": float, "best_mean_iou": float}`` where "mean" averages over
+    all maps and "best" is the threshold with the highest mean IoU (the first
+    one on ties). Default thresholds: 0.05, 0.10, ..., 0.95."""
+    if thresholds is None:
+        thresholds = torch.linspace(0.05, 0.95, 19)
+    th = torch.as_tensor(thresholds, dtype=torch.float32).reshape(-1)
+    if th.numel() == 0:
+        raise ValueError("thresholds must not be empty")
+    vals = torch.stack([iou(maps, masks, float(v)) for v in th], dim=-1)
+    mean = vals.reshape(-1, th.numel()).mean(0)
+    best = int(mean.argmax())
+    return {"thresholds": th, "iou": vals, "mean": mean, "best_threshold": float(th[best]),
+            "best_mean_iou": float(mean[best])}
+
+
+# --------------------------------------------------------------------------- grid pointing game
+
+
+def confident_mask(model: Model, images: Tensor, labels, min_prob: float = 0.9, batch_size: int = 64) -> dict:
+    """Which images the model classifies confidently: top-1 == label and the
+    label's softmax probability >= ``min_prob``, each image alone.
+
+    Returns ``{"mask": (N,) bool, "prob": (N,), "pred": (N,)}``.
+    """
+    images = _check_images(images)
+    y = _check_targets(labels, images.shape[0])
+    with _inference(model):
+        logits = torch.cat([model(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+    prob = logits.float().softmax(1) if logits.dtype in (torch.float16, torch.bfloat16) else logits.softmax(1)
+    pred = prob.argmax(1)
+    py = prob.gather(1, y[:, None].to(prob.device))[:, 0]
+    return {"mask": (pred == y.to(pred.device)) & (py >= min_prob), "prob": py, "pred": pred}
+
+
+def make_grids(
+    images: Tensor,
+    labels,
+    n_grids: int,
+    seed: int = 0,
+    eligible: Optional[Tensor] = None,
+    cell_size: Optional[Tuple[int, int]] = None,
+) -> dict:
+    """2x2 grids of four images of four distinct classes (Rao et al., 2022).
+
+    images (N, C, H, W); labels (N,); ``eligible`` (N,) bool selects the images
+    allowed in grids (e.g. :func:`confident_mask`; default all). For each grid,
+    four distinct classes among those with an eligible image are drawn, then
+    one eligible image of each, in random cell order, from
+    ``torch.Generator().manual_seed(seed)`` (same seed, same grids). Each image
+    is resized (bilinear, antialiased) to ``cell_size`` (default ``(H//2, W//2)``,
+    so a grid has the images' size) and placed in cells 0 1 / 2 3
+    (top-left, top-right, bottom-left, bottom-right).
+
+    Returns ``{"grids": (G, C, 2h, 2w), "labels": (G, 4), "index": (G, 4)}``:
+    the classes and the source image indices of cells 0..3.
+    """
+    images = _check_images(images)
+    N, C, H, W = images.shape
+    y = _check_targets(labels, N).cpu()
+    ok = torch.ones(N, dtype=torch.bool) if eligible is None else torch.as_tensor(eligible, dtype=torch.bool).cpu()
+    if ok.shape != (N,):
+        raise ValueError(f"eligible must have shape ({N},), got {tuple(ok.shape)}")
+    classes = torch.unique(y[ok])
+    if classes.numel() < 4:
+        raise ValueError(f"grids need eligible images of at least 4 distinct classes, got {classes.numel()}")
+    if not isinstance(n_grids, int) or n_grids < 1:
+        raise ValueError(f"n_grids must be a positive int, got {n_grids!r}")
+    h, w = cell_size if cell_size is not None else (H // 2, W // 2)
+    g = torch.Generator().manual_seed(seed)
+    by_class = {int(c): torch.nonzero(ok & (y == c)).flatten() for c in classes}
+    idx = torch.empty(n_grids, 4, dtype=torch.long)
+    for i in range(n_grids):
+        cls = classes[torch.randperm(classes.numel(), generator=g)[:4]]
+        for j, c in enumerate(cls.tolist()):
+            pool = by_class[c]
+            idx[i, j] = pool[torch.randint(pool.numel(), (1,), generator=g)]
+    small = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    cells = small[idx.to(images.device)]  # (G, 4, C, h, w)
+    top = torch.cat([cells[:, 0], cells[:, 1]], dim=-1)
+    bottom = torch.cat([cells[:, 2], cells[:, 3]], dim=-1)
+    return {"grids": torch.cat([top, bottom], dim=-2), "labels": y[idx], "index": idx}
+
+
+def cell_masks(size: Tuple[int, int], device=None) -> Tensor:
+    """Boolean masks (4, H, W) of the cells 0 1 / 2 3 of a 2x2 grid of size (H, W)
+    (the first ``H // 2`` rows and ``W // 2`` columns are the top and left cells)."""
+    H, W = size
+    rows = torch.arange(H, device=device)[:, None] < H // 2
+    cols = torch.arange(W, device=device)[None, :] < W // 2
+    return torch.stack([rows & cols, rows & ~cols, ~rows & cols, ~rows & ~cols])
+
+
+def grid_pointing_game(maps: Tensor, cells: Union[int, Sequence[int], Tensor]) -> Tensor:
+    """Grid pointing game score: the fraction of the map's positive mass inside
+    the target's cell.
+
+    maps ``(..., H, W)`` on 2x2 grid images; ``cells`` the target cell (0..3,
+    cells 0 1 / 2 3) of each map, broadcastable to ``maps.shape[:-2]``.
+    Returns ``(...)`` in [0, 1]: ``sum(relu(map) in cell) / sum(relu(map))``,
+    and 0 for a map with no positive value (it points nowhere). A map that is
+    uniform over the grid scores 0.25 (for even H and W).
+    """
+    if not isinstance(maps, Tensor) or maps.dim() < 2:
+        raise ValueError(f"maps must be a tensor of shape (..., H, W), got {getattr(maps, 'shape', maps)}")
+    c = torch.as_tensor(cells, device=maps.device).long()
+    if c.numel() and (c.min() < 0 or c.max() > 3):
+        raise ValueError("cells must be in 0..3 (cells 0 1 / 2 3 of the 2x2 grid)")
+    try:
+        c = torch.broadcast_to(c, maps.shape[:-2])
+    except RuntimeError as e:
+        raise ValueError(f"cells of shape {tuple(c.shape)} do not match maps of shape {tuple(maps.shape)}") from e
+    pos = maps.float().clamp(min=0)
+    cm = cell_masks(tuple(maps.shape[-2:]), maps.device)  # (4, H, W)
+    inside = (pos * cm[c]).flatten(-2).sum(-1)
+    total = pos.flatten(-2).sum(-1)
+    return torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
