@@ -169,3 +169,31 @@ def test_console_entry_point_error_has_no_traceback(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip() == f"camkit: error: no such image file: {tmp_path / 'nope.png'}"
+
+
+def test_recam_with_a_saved_head(images, tmp_path, capsys):
+    import torch
+
+    import camkit
+
+    torch.manual_seed(0)
+    head = camkit.ReCAMHead(512, 5)
+    camkit.save_head(head, tmp_path / "head.pt")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(["daisy", "iris", "tulip", "pansy", "lily"]) + "\n")
+    out = tmp_path / "recam"
+    rc, stdout, err = _run(capsys, "explain", images[0], "--model", "vgg16", "--weights", "none",
+                           "--head", str(tmp_path / "head.pt"), "--classes", str(classes),
+                           "--method", "recam", "cam", "--out", str(out), "--threads", "2")
+    assert rc == 0, err
+    _png(out / "img0_recam.png", (224, 224))
+    _png(out / "img0_cam.png", (224, 224))
+    line = next(ln for ln in stdout.splitlines() if ln.startswith(images[0]))
+    assert sum(name in line for name in ["daisy", "iris", "tulip", "pansy", "lily"]) == 3
+    rc, _, err = _run(capsys, "explain", images[0], "--model", "resnet18", "--weights", "none",
+                      "--head", str(tmp_path / "head.pt"), "--out", str(out))
+    assert rc == 2 and "'features' Sequential" in _error_line(err)
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    rc, _, err = _run(capsys, "explain", images[0], "--model", "vgg16", "--weights", "none",
+                      "--head", str(tmp_path / "head.pt"), "--classes", str(tmp_path / "three.txt"), "--out", str(out))
+    assert rc == 2 and "names 3 classes, the model has 5" in _error_line(err)
