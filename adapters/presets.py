@@ -41,8 +41,9 @@ How the defaults are chosen (documented here once, tested in tests/test_adapters
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Reshape = Callable[[Tensor], Tensor]
+
+
+@contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode for a dry run, the caller's mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class TokenReshape:
@@ -89,6 +101,13 @@ class TokenReshape:
 
     def __repr__(self) -> str:
         return f"TokenReshape(num_prefix_tokens={self.num_prefix_tokens}, grid={self.grid})"
+
+
+def nhwc_to_nchw(t: Tensor) -> Tensor:
+    """Channels-last feature maps ``(B, H, W, C)`` (timm's Swin stages) as ``(B, C, H, W)``."""
+    if t.dim() != 4:
+        raise ValueError(f"expected channels-last maps (B, H, W, C), got {tuple(t.shape)}")
+    return t.permute(0, 3, 1, 2)
 
 
 def relu(t: Tensor) -> Tensor:
@@ -214,11 +233,12 @@ def _child_resolutions(seq: nn.Sequential, size: int = 64) -> List[Tuple[str, Tu
     """(child name, output (h, w)) of every child of ``seq`` for a (1, 3, size, size) input."""
     x = torch.zeros(1, 3, size, size)
     out = []
-    for name, child in seq.named_children():
-        x = child(x)
-        if x.dim() != 4:
-            break
-        out.append((name, (int(x.shape[-2]), int(x.shape[-1]))))
+    with _eval(seq):  # no batch-norm statistics are updated
+        for name, child in seq.named_children():
+            x = child(x)
+            if x.dim() != 4:
+                break
+            out.append((name, (int(x.shape[-2]), int(x.shape[-1]))))
     return out
 
 
@@ -258,12 +278,8 @@ def _capture(model: nn.Module, names: Sequence[str], x: Tensor, run: Optional[Ca
 
 def _verify_cam(model: nn.Module, cam_layer: str, fc: str, reshape: Optional[Reshape] = None, size: int = 64) -> bool:
     """Dry run: does GAP + ``fc`` on ``cam_layer``'s output give the model's logits?"""
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval(model):
         got, logits = _capture(model, [cam_layer], torch.randn(1, 3, size, size))
-    finally:
-        model.train(was_training)
     a = got[cam_layer]
     if reshape is not None:
         a = reshape(a)
@@ -302,7 +318,11 @@ def _tv_weights_fields(weights: Any) -> Dict[str, Any]:
 def _timm_fields(model: nn.Module) -> Dict[str, Any]:
     import timm.data
 
-    cfg = timm.data.resolve_data_config({}, model=model)
+    cfg = dict(timm.data.resolve_data_config({}, model=model))
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if fixed is not None and not getattr(model.patch_embed, "dynamic_img_pad", False) \
+            and not getattr(model, "dynamic_img_size", False) and tuple(fixed) != tuple(cfg["input_size"][1:]):
+        cfg["input_size"] = (3, int(fixed[0]), int(fixed[1]))  # the size the model was built for
     tf = timm.data.create_transform(**cfg)
     num_classes = getattr(model, "num_classes", None)
     return {
@@ -356,12 +376,8 @@ def _timm_convnet(model: nn.Module) -> Preset:
     layers = tuple(stages[-3:])
     fields = _timm_fields(model)
     h, w = fields["input_size"]
-    size = max(64, min(h, w) // 2)
     # The module whose output is exactly forward_features(x): the pooling's input.
     names = [n for n, _ in model.named_modules() if n]
-    x = torch.randn(1, 3, size, size)
-    was_training = model.training
-    model.eval()
     order: List[str] = []
     got: Dict[str, Tensor] = {}
 
@@ -372,35 +388,55 @@ def _timm_convnet(model: nn.Module) -> Preset:
                 order.append(n)
         return f
 
+    nhwc = str(getattr(model, "output_fmt", "NCHW")).upper() == "NHWC"  # e.g. Swin
     handles = [mods[n].register_forward_hook(hook(n)) for n in names]
     try:
-        with torch.no_grad():
-            feats = model.forward_features(x)
+        # a half-size dry run is cheaper; models with a fixed input size need theirs
+        for size in ((max(64, h // 2), max(64, w // 2)), (h, w)):
+            order.clear()
+            got.clear()
+            try:
+                with torch.no_grad(), _eval(model):
+                    feats = model.forward_features(torch.randn(1, 3, *size))
+                break
+            except Exception:
+                if size == (h, w):
+                    raise
     finally:
         for hd in handles:
             hd.remove()
+    raw_feats = feats
+    if nhwc:
+        feats = feats.permute(0, 3, 1, 2)
+        got = {n: (o.permute(0, 3, 1, 2) if o.dim() == 4 else o) for n, o in got.items()}
     last = None
     for n in order:
         if got[n] is feats or (got[n].shape == feats.shape and torch.equal(got[n], feats)):
             last = n
+    if feats.dim() != 4:
+        raise ValueError(
+            f"camkit has no preset for timm model {type(model).__name__}: its features have shape "
+            f"{tuple(raw_feats.shape)}, not (B, C, h, w); pass layers=[...] and a reshape=... yourself"
+        )
     cam_layer = fc_name = None
-    if last is not None and feats.dim() == 4:
+    if last is not None:
         clf = model.get_classifier() if hasattr(model, "get_classifier") else None
         fc_name = next((n for n, m in mods.items() if m is clf), None)
         if fc_name is not None and isinstance(clf, nn.Linear):
-            with torch.no_grad():
-                logits = model.forward_head(feats)
+            with torch.no_grad(), _eval(model):
+                logits = model.forward_head(raw_feats)
             if _gap_linear_ok(feats, logits, clf):
                 cam_layer = last
         if cam_layer is None:
             fc_name = None
-    model.train(was_training)
     return Preset(
         family="timm",
+        reshape=nhwc_to_nchw if nhwc else None,
         layers=layers,
-        gradcam_layer=last if (last is not None and feats.dim() == 4) else layers[-1],
+        gradcam_layer=last if last is not None else layers[-1],
         cam_layer=cam_layer,
         fc=fc_name,
+        cam_reshape=nhwc_to_nchw if (nhwc and cam_layer is not None) else None,
         **fields,
     )
 

@@ -15,6 +15,7 @@ from camkit.methods import METHODS
 
 timm = pytest.importorskip("timm")
 from timm.models.deit import VisionTransformerDistilled  # noqa: E402
+from timm.models.swin_transformer import SwinTransformer  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 SIZE = 64
@@ -44,6 +45,12 @@ def _deit_distilled() -> nn.Module:
                                       num_classes=NUM_CLASSES).eval()
 
 
+def _swin() -> nn.Module:
+    torch.manual_seed(0)
+    return SwinTransformer(img_size=SIZE, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1, 1),
+                           num_heads=(1, 1, 1), num_classes=NUM_CLASSES).eval()
+
+
 FACTORIES = {
     "vgg16": lambda: _tv("vgg16"),
     "resnet18": lambda: _tv("resnet18"),
@@ -56,6 +63,7 @@ FACTORIES = {
     "timm_lite0": lambda: timm.create_model("tf_efficientnet_lite0", num_classes=NUM_CLASSES).eval(),
     "timm_vit_reg4": _vit_reg,
     "timm_deit_distilled": _deit_distilled,
+    "timm_swin": _swin,  # channels-last (B, H, W, C) stage outputs
 }
 
 # Which methods each family must support by default.
@@ -71,6 +79,7 @@ EXPECTED_METHODS = {
     "timm_lite0": ("cam", "gradcam", "gradcampp", "layercam"),
     "timm_vit_reg4": ("gradcam", "gradcampp", "layercam"),
     "timm_deit_distilled": ("gradcam", "gradcampp", "layercam"),
+    "timm_swin": ("cam", "gradcam", "gradcampp", "layercam"),
 }
 
 
@@ -114,7 +123,9 @@ def test_cam_layer_is_exactly_what_the_pooling_sees(model_and_preset):
         logits = model(_x(1))
     h.remove()
     a = got["a"]
-    if preset.cam_reshape is not None:
+    if preset.cam_reshape is None:
+        assert a.dim() == 4 and a.shape[1] == mods[preset.fc].in_features
+    else:
         a = preset.cam_reshape(a)
     fc = mods[preset.fc]
     torch.testing.assert_close(fc(a.mean(dim=(2, 3))), logits, rtol=1e-4, atol=1e-4)
@@ -311,3 +322,31 @@ def test_preset_is_typed_and_frozen():
     assert isinstance(p, Preset)
     with pytest.raises(Exception):
         p.layers = ("x",)  # type: ignore[misc]
+
+
+def test_swin_channels_last_is_permuted():
+    m = _swin()
+    p = resolve(m)
+    assert m.output_fmt == "NHWC" and p.layers == ("layers.0", "layers.1", "layers.2")
+    t = torch.randn(2, 4, 4, 16)
+    assert torch.equal(p.reshape(t), t.permute(0, 3, 1, 2))
+    res = camkit.LayerCAM(m, **p.method_kwargs("layercam"))(_x(4))
+    assert res.layer_maps["layers.0"].shape == (2, 1, 16, 16)  # 64 / 4 patches, not the channel count
+
+
+def test_token_models_without_a_preset_get_a_clear_error():
+    m = timm.create_model("levit_128s", num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match="no preset for timm model LevitDistilled.*reshape"):
+        resolve(m)
+
+
+@pytest.mark.parametrize("factory", [lambda: tvm.resnet18(num_classes=NUM_CLASSES),
+                                     lambda: tvm.efficientnet_b0(num_classes=NUM_CLASSES),
+                                     lambda: timm.create_model("resnet18", num_classes=NUM_CLASSES)])
+def test_resolve_leaves_a_training_model_untouched(factory):
+    m = factory().train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    resolve(m)
+    assert m.training and all(mod.training for mod in m.modules())
+    for k, v in m.state_dict().items():
+        assert torch.equal(before[k], v), k  # no batch-norm statistics updated by the dry runs
