@@ -58,19 +58,28 @@ def _read_labels(path: str) -> Dict[str, str]:
     return out
 
 
-def _load_images(paths: Sequence[str]) -> List[Any]:
+def _check_images(paths: Sequence[str]) -> None:
+    """Fail early, before any model is built, on a missing file or one PIL cannot identify."""
     from PIL import Image, UnidentifiedImageError
 
-    images = []
     for p in paths:
         if not os.path.isfile(p):
             raise CLIError(f"no such image file: {p}")
         try:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
+            with Image.open(p):
+                pass
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise CLIError(f"cannot read image {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    return images
+
+
+def _load_image(p: str) -> Any:
+    from PIL import Image
+
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as e:  # e.g. a truncated file
+        raise CLIError(f"cannot read image {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 # --------------------------------------------------------------------------- model
@@ -177,7 +186,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         paths = [str(p) for p in sample_images()]
         labels_file = labels_file or str(sample_labels())
         print(f"camkit demo: {len(paths)} bundled sample photos, model {args.model}", file=sys.stderr)
-    images = _load_images(paths)
+    _check_images(paths)
     truths = _read_labels(labels_file) if labels_file else {}
     methods = []
     for m in args.method:
@@ -192,10 +201,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if m not in preset.methods and not args.layers:
             preset.default_layers(m)  # raises the reason (no CAM layer / not a ReCAM model)
     explainers = {m: _explainer(m, model, preset, args) for m in methods}
-    try:
-        xs = [preset.transform(im) for im in images]
-    except Exception as e:
-        raise CLIError(f"preprocessing failed: {type(e).__name__}: {e}") from None
+
+    def prepare(p: str):
+        try:
+            return preset.transform(_load_image(p))
+        except CLIError:
+            raise
+        except Exception as e:
+            raise CLIError(f"preprocessing {p} failed: {type(e).__name__}: {e}") from None
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +216,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     written: List[Path] = []
     with torch.no_grad():
-        probe = model(xs[0][None])
+        probe = model(prepare(paths[0])[None])
     categories = _categories(preset, probe.shape[1], args.classes)
     target_class, topk = _parse_target(args.target, categories)
 
@@ -217,10 +230,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     tiles: Dict[str, List[Any]] = {m: [] for m in methods}
     titles: List[str] = []
     inputs: List[Any] = []
-    bar = tqdm(total=len(images) * len(methods), desc="camkit", unit="map", disable=None, file=sys.stderr)
+    bar = tqdm(total=len(paths) * len(methods), desc="camkit", unit="map", disable=None, file=sys.stderr)
     bs = max(1, args.batch_size)
-    for start in range(0, len(xs), bs):
-        x = torch.stack(xs[start:start + bs])
+    for start in range(0, len(paths), bs):
+        x = torch.stack([prepare(p) for p in paths[start:start + bs]])
         shown = [ov.to_uint8(denormalize(xi, preset.mean, preset.std)) for xi in x]
         inputs += shown
         for m in methods:

@@ -114,6 +114,7 @@ def test_samples_have_a_licence_note():
 @pytest.mark.parametrize("argv,expect", [
     (["explain", "MISSING.jpg", "--weights", "none"], "no such image file: MISSING.jpg"),
     (["explain", "BADFILE", "--weights", "none"], "cannot read image"),
+    (["explain", "TRUNC", "--model", "resnet18", "--weights", "none"], "cannot read image"),
     (["explain", "IMG", "--model", "resnet181", "--weights", "none"], "unknown model 'resnet181'"),
     (["explain", "IMG", "--model", "resnet18", "--weights", "none", "--layers", "layer9"], "unknown layer 'layer9'"),
     (["explain", "IMG", "--model", "vgg16", "--weights", "none", "--method", "cam"], "CAM needs global average pooling"),
@@ -128,7 +129,10 @@ def test_samples_have_a_licence_note():
 def test_bad_input_gives_one_line_and_status_2(argv, expect, images, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
-    argv = [images[0] if a == "IMG" else str(bad) if a == "BADFILE" else a for a in argv]
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(Path(images[0]).read_bytes()[:200])  # a valid header, then nothing
+    subst = {"IMG": images[0], "BADFILE": str(bad), "TRUNC": str(trunc)}
+    argv = [subst.get(a, a) for a in argv]
     rc, _, err = _run(capsys, *argv, *(["--out", str(tmp_path / "o")] if argv[0] == "explain" else []))
     assert rc == 2
     assert expect in _error_line(err)
