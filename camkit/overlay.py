@@ -215,10 +215,7 @@ def labelled_grid(tiles: Sequence[ImageLike], titles: Sequence[str], cols: int =
     ``fig.savefig(path)`` or use :func:`save_labelled_grid`.
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
     except ImportError:
         raise ImportError("the labelled grid needs matplotlib: pip install 'camkit[plot]'") from None
     imgs = _tiles_as_images(tiles)
