@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -26,12 +25,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lrs", default=None, help="comma-separated, default 1e-5,5e-5,1e-4,2e-4")
     p.add_argument("--models", default=None, help="comma-separated subset of cam,recam_minmax,recam_sigmoid,recam_relu")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/flower17/<backbone>; "
-                   "<run-dir>/quick with --quick)")
-    p.add_argument("--run-dir", default=None, help="feature cache and checkpoints (default runs/flower17/<backbone>)")
+                   "<run-dir>/results with --quick)")
+    p.add_argument("--run-dir", default=None, help="feature cache and checkpoints (default runs/flower17/<backbone>, "
+                   "runs/flower17/<backbone>/quick with --quick)")
     p.add_argument("--seed", type=int, default=0, help="augmentation / shuffling / initialization seed")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--loss", default="recam", choices=("recam", "joint"),
+                   help="recam: the study's (cross-entropy of each head's output, ReCAM target = label); joint: "
+                        "supplementary variant adding the plain CAM logits' cross-entropy for ReCAM heads "
+                        "(checkpoints under <run-dir>/joint)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for feature extraction (big convolutions)")
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="torch threads for head training (small matrix products: on a shared 2-core machine one "
+                        "thread measured about 4x faster than two)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK['per_class']} images per class, {QUICK['epochs']} epochs")
+    p.add_argument("--per-class", type=int, default=None, help=f"images per class and split part with --quick (default {QUICK['per_class']})")
     p.add_argument("--force", action="store_true", help="rebuild the feature cache")
     p.add_argument("--no-fast", action="store_true", help="extract features with the eager backbone (no tracing)")
     p.add_argument("--float32", action="store_true", help="cache float32 features instead of float16")
@@ -43,15 +51,18 @@ def resolve(args) -> argparse.Namespace:
     from .models import default_run_dir
     from .train import DEFAULT_LRS
 
-    args.run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.backbone)
+    # --quick runs keep their cache, checkpoints and results apart from the study's.
+    args.run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.backbone) / ("quick" if args.quick else "")
     if args.out:
         args.out = Path(args.out)
     else:
-        args.out = args.run_dir / "quick" if args.quick else REPO_ROOT / "benchmarks" / "results" / "flower17" / args.backbone
+        args.out = args.run_dir / "results" if args.quick else REPO_ROOT / "benchmarks" / "results" / "flower17" / args.backbone
     args.epochs = args.epochs if args.epochs is not None else (QUICK["epochs"] if args.quick else 40)
     args.lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else list(QUICK["lrs"] if args.quick else DEFAULT_LRS)
     args.models = args.models.split(",") if args.models else None
-    args.per_class = QUICK["per_class"] if args.quick else None
+    if args.per_class is not None and not args.quick:
+        raise SystemExit("--per-class goes with --quick")
+    args.per_class = (args.per_class or QUICK["per_class"]) if args.quick else None
     return args
 
 
@@ -81,15 +92,22 @@ def cmd_train(args) -> dict:
     from .models import MODEL_NAMES
     from .train import save_results, train_grid
 
+    import torch
+
     split = data.load_split(args.data_root)
     path = cache.cache_path(args.run_dir, split.name, args.seed, args.per_class)
+    torch.set_num_threads(args.train_threads)
     if not path.exists():
         raise SystemExit(f"no feature cache at {path}; run `python -m benchmarks.flower17 prepare` first")
     blob = cache.load_cache(path)
-    res = train_grid(blob, args.run_dir, args.models or MODEL_NAMES, args.lrs, args.epochs, args.batch_size, args.seed)
+    ckpt_root = args.run_dir if args.loss == "recam" else args.run_dir / args.loss
+    res = train_grid(blob, ckpt_root, args.models or MODEL_NAMES, args.lrs, args.epochs, args.batch_size, args.seed,
+                     loss=args.loss)
     res.update({"backbone": args.backbone, "split": split.name, "split_source": split.source,
                 "cache": {k: v for k, v in blob["meta"].items()}, "quick": args.quick,
-                "threads": args.threads, "load_average_at_end": os.getloadavg()})
+                "checkpoint_root": str(ckpt_root),
+                "threads": args.threads, "train_threads": args.train_threads, "load_average_at_end": os.getloadavg()})
+    torch.set_num_threads(args.threads)
     save_results(res, args.out / "results.json")
     print(f"trained {len(res['runs'])} heads ({res['head_epochs']} head-epochs) in {res['train_seconds']:.1f} s; "
           f"wrote {args.out / 'results.json'}")
@@ -135,10 +153,13 @@ def cmd_all(args) -> dict:
 
 def run_quality(argv: List[str]) -> int:
     """Dispatch to ``benchmarks.flower17.quality:main(argv)`` (issue 5) when that module exists."""
-    if importlib.util.find_spec("benchmarks.flower17.quality") is None:
-        print("benchmarks.flower17.quality is not available yet (issue 5)", file=sys.stderr)
+    try:
+        from . import quality  # type: ignore[attr-defined]
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.quality":
+            raise
+        print(f"{__package__}.quality is not available (issue 5 adds it)", file=sys.stderr)
         return 2
-    from . import quality  # type: ignore[attr-defined]
 
     rc = quality.main(argv)
     return int(rc or 0)

@@ -121,7 +121,14 @@ def default_run_dir(backbone: str) -> Path:
 
 
 def lr_tag(lr: float) -> str:
+    """Learning rate as used in checkpoint folder names (``1e-05``, ``0.0001``)."""
     return f"{lr:g}"
+
+
+def lr_label(lr: float) -> str:
+    """Learning rate as printed in tables (``1e-5``, ``5e-5``, ``1e-4``, ``2e-4``)."""
+    m, e = f"{lr:.0e}".split("e")
+    return f"{m}e{int(e)}" if float(f"{lr:.0e}") == lr else f"{lr:g}"
 
 
 def checkpoint_path(run_dir: Union[str, os.PathLike], model_name: str, lr: float, which: str = "selected") -> Path:

@@ -59,24 +59,31 @@ class StackedHeads(nn.Module):
     def num_models(self) -> int:
         return self.weight.shape[0]
 
-    def forward(self, f: Tensor, target: Optional[Tensor] = None, active: Optional[Sequence[int]] = None) -> Tensor:
+    def forward(self, f: Tensor, target: Optional[Tensor] = None, active: Optional[Sequence[int]] = None,
+                with_plain: bool = False):
         """Logits ``(B, M', N)`` of the ``active`` heads (default all).
 
         ReCAM heads use ``target`` (B,) as ReCAM target, or their own plain top-1
-        when ``target`` is None; CAM heads ignore it.
+        when ``target`` is None; CAM heads ignore it. ``with_plain=True`` also
+        returns the plain CAM logits (before re-activation) of every head.
         """
         idx = list(range(self.num_models)) if active is None else list(active)
-        it = torch.as_tensor(idx, dtype=torch.long)
-        W, b, Fc = self.weight[it], self.bias[it], self.fc[it]
+        if idx == list(range(self.num_models)):
+            W, b, Fc = self.weight, self.bias, self.fc
+        else:
+            it = torch.as_tensor(idx, dtype=torch.long)
+            W, b, Fc = self.weight[it], self.bias[it], self.fc[it]
         B, C, h, w = f.shape
         M, N = W.shape[0], W.shape[1]
         x = f.flatten(2).transpose(1, 2).reshape(B * h * w, C)
         z = (x @ W.reshape(M * N, C).t()).view(B, h * w, M, N) + b  # (B, P, M, N)
         maps = torch.relu(z)
-        plain = torch.einsum("bmn,mkn->bmk", maps.mean(1), Fc)  # (B, M, N)
+        # the small contractions as broadcast products: torch's bmm path for these
+        # shapes is far slower on CPU than the arithmetic they need
+        plain = (maps.mean(1).unsqueeze(2) * Fc.unsqueeze(0)).sum(-1)  # (B, M, N)
         rec = [j for j, i in enumerate(idx) if self.normalizers[i] is not None]
         if not rec:
-            return plain
+            return (plain, plain) if with_plain else plain
         rj = torch.as_tensor(rec, dtype=torch.long)
         mr, Fr = maps[:, :, rj], Fc[rj]  # (B, P, R, N), (R, N, N)
         if target is None:
@@ -84,15 +91,15 @@ class StackedHeads(nn.Module):
         else:
             t = torch.as_tensor(target, dtype=torch.long).view(B, 1).expand(B, len(rec))
         wt = Fr[torch.arange(len(rec)).view(1, -1), t]  # (B, R, N): fc rows of the targets
-        cams = torch.einsum("bprn,brn->brp", mr, wt).reshape(B, len(rec), h, w)
+        cams = (mr * wt.unsqueeze(1)).sum(-1).transpose(1, 2).reshape(B, len(rec), h, w)
         masks = torch.empty_like(cams)
         for r, j in enumerate(rec):
             masks[:, r] = self.normalizers[idx[j]](cams[:, r])
         masked = mr * masks.flatten(2).transpose(1, 2).unsqueeze(-1)  # (B, P, R, N)
-        recam = torch.einsum("brn,rkn->brk", masked.mean(1), Fr)
+        recam = (masked.mean(1).unsqueeze(2) * Fr.unsqueeze(0)).sum(-1)  # (B, R, N)
         out = plain.clone()
         out[:, rj] = recam
-        return out
+        return (out, plain) if with_plain else out
 
     def export(self, i: int, head: nn.Module) -> nn.Module:
         """Copy the weights of head ``i`` into ``head`` (a CAMHead/ReCAMHead) and return it."""
@@ -118,19 +125,23 @@ class StackedAdam:
 
     @torch.no_grad()
     def step(self, active: Sequence[int]) -> None:
-        it = torch.as_tensor(list(active), dtype=torch.long)
-        self.t[it] += 1
-        t = self.t[it]
+        # Every row is updated in place with a per-row learning rate that is 0 for
+        # stopped heads (their weights stay exactly as they were); cheaper than
+        # gathering and scattering the active rows.
+        on = torch.zeros(len(self.lrs))
+        on[list(active)] = 1.0
+        self.t += on
+        t = self.t.clamp(min=1)
         bc1 = 1 - self.b1 ** t
         bc2 = 1 - self.b2 ** t
+        step_size = self.lrs * on / bc1
         for p, m, v in zip(self.params, self.m, self.v):
-            g = p.grad[it]
-            mi = m[it].mul_(self.b1).add_(g, alpha=1 - self.b1)
-            vi = v[it].mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            m[it], v[it] = mi, vi
+            g = p.grad
             shape = (-1,) + (1,) * (p.dim() - 1)
-            denom = (vi.sqrt() / bc2.sqrt().view(shape)).add_(self.eps)
-            p[it] = p[it] - (self.lrs[it] / bc1).view(shape) * mi / denom
+            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            denom = (v.sqrt() / bc2.sqrt().view(shape)).add_(self.eps)
+            p.addcdiv_(m * step_size.view(shape), denom, value=-1.0)
             p.grad = None
 
 
@@ -170,9 +181,18 @@ def _better(h: dict, best: Optional[dict]) -> bool:
 
 
 def train_grid(cache: dict, run_dir: Path, models: Sequence[str] = MODEL_NAMES, lrs: Sequence[float] = DEFAULT_LRS,
-               epochs: int = 40, batch_size: int = 8, seed: int = 0, stop_rule: bool = True) -> dict:
+               epochs: int = 40, batch_size: int = 8, seed: int = 0, stop_rule: bool = True,
+               loss: str = "recam") -> dict:
     """Train every (model, lr) on the cached features; returns the results dict and
-    writes checkpoints under ``run_dir/heads``."""
+    writes checkpoints under ``run_dir/heads``.
+
+    ``loss="recam"`` (the study's protocol): cross-entropy of each head's output
+    (re-activated logits with the label as target for ReCAM heads). ``loss="joint"``
+    (a supplementary variant, not the study's): for ReCAM heads, cross-entropy of
+    the plain CAM logits plus that of the re-activated logits, as in the ReCAM
+    paper's training objective; CAM heads are unchanged."""
+    if loss not in ("recam", "joint"):
+        raise ValueError(f"loss must be 'recam' or 'joint', got {loss!r}")
     from camkit.heads import save_head
 
     xtr, ytr = cache["train"]["x"], cache["train"]["y"]
@@ -204,9 +224,15 @@ def train_grid(cache: dict, run_dir: Path, models: Sequence[str] = MODEL_NAMES, 
         for s in tqdm(range(steps), desc=f"epoch {ep}/{epochs} ({len(active)} heads)", leave=False, mininterval=2.0):
             bi = perm[s * batch_size:(s + 1) * batch_size]
             f, y = xtr[bi].float(), ytr[bi]
-            lo = heads(f, y, active)  # (B, M', N); ReCAM target = label
-            per = F.cross_entropy(lo.permute(0, 2, 1), y.view(-1, 1).expand(-1, lo.shape[1]), reduction="none").mean(0)
-            per.sum().backward()
+            lo, plain = heads(f, y, active, with_plain=True)  # (B, M', N); ReCAM target = label
+            yy = y.view(-1, 1).expand(-1, lo.shape[1])
+            per = F.cross_entropy(lo.permute(0, 2, 1), yy, reduction="none").mean(0)
+            if loss == "joint" and any(heads.normalizers[i] is not None for i in active):
+                isrec = torch.tensor([heads.normalizers[i] is not None for i in active], dtype=per.dtype)
+                extra = F.cross_entropy(plain.permute(0, 2, 1), yy, reduction="none").mean(0) * isrec
+                (per + extra).sum().backward()
+            else:
+                per.sum().backward()
             opt.step(active)
             run_loss += per.detach() * len(bi)
             run_hit += (lo.detach().argmax(-1) == y.view(-1, 1)).sum(0)
@@ -241,7 +267,7 @@ def train_grid(cache: dict, run_dir: Path, models: Sequence[str] = MODEL_NAMES, 
                      "selected": sel, "stopped_at": stopped_at[i], "epochs_run": len(history[i]),
                      "best_val_loss_epoch": min(history[i], key=lambda h: h["val_loss"])["epoch"] if history[i] else None,
                      "history": history[i]})
-    return {"runs": runs, "train_seconds": seconds, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+    return {"runs": runs, "train_seconds": seconds, "epochs": epochs, "batch_size": batch_size, "seed": seed, "loss": loss,
             "n_train": int(n), "n_val": int(xva.shape[0]), "head_epochs": sum(len(h) for h in history)}
 
 

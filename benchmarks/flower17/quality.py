@@ -1,0 +1,540 @@
+"""Quantitative comparison of the maps on the Flower-17 validation images.
+
+``python -m benchmarks.flower17 quality [--backbone tf_efficientnet_lite0] [--size 160] [--steps 8] ...``
+
+Methods (all on the trained heads of ``python -m benchmarks.flower17 train``):
+
+- CAM of the best-lr CAM head, normalized three ways (minmax, sigmoid, relu_max);
+- ReCAM of each ReCAM head (best lr of each), with its own normalizer;
+- LayerCAM on three backbone stages (``models.LAYERCAM_LAYERS``) with the study's
+  weighted fusion (0.4/0.4/0.2, then tanh(2x)) and with max fusion;
+- Grad-CAM and Grad-CAM++ on the last stage as the head sees it (the backbone's
+  output: last stage + AdaptiveAvgPool2d(7), the head's input),
+
+LayerCAM, Grad-CAM and Grad-CAM++ on the CAMModel = frozen backbone + best CAM head.
+The maps are bilinearly upsampled to the input size after normalization (camkit's
+pipeline). Each map explains the same target per image: the top-1 class of the
+scorer below.
+
+Metrics (:mod:`camkit.metrics`), each map scored by the same classifier, the
+CAM model (frozen backbone + best CAM head):
+
+- deletion / insertion AUC (blur baseline, RISE's kernel 11 / sigma 5),
+  ``--steps`` equal steps, softmax probability of the target;
+- average drop / increase in confidence on ``image * map`` (in the model's
+  normalized input space, where 0 is mid-grey);
+- grid pointing game on ``--grids`` seeded 2x2 grids (cells at half size, so a
+  grid has the input size) of four distinct classes, built only from
+  validation images the scorer classifies correctly alone with probability
+  >= ``--min-prob``; maps for each of the four classes; score = the fraction of
+  the map's positive mass in the class's cell.
+
+Writes ``quality_table.md``, ``quality.json`` and ``quality_curves.png`` into the
+results folder.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import CLASSES, REPO_ROOT, load_image, load_split, subset
+from .models import (LAYERCAM_LAYERS, LAYERCAM_WEIGHTS, MODEL_NAMES, NORMALIZER_OF, backbone_stats,
+                     default_run_dir, load_trained, lr_tag, normalize_transform)
+
+#: (key, label) of the table rows, in order.
+METHOD_ROWS = [
+    ("cam_minmax", "CAM minmax"),
+    ("cam_sigmoid", "CAM sigmoid"),
+    ("cam_relu", "CAM relu"),
+    ("recam_minmax", "ReCAM minmax"),
+    ("recam_sigmoid", "ReCAM sigmoid"),
+    ("recam_relu", "ReCAM relu"),
+    ("layercam_weighted", "LayerCAM 0.4/0.4/0.2"),
+    ("layercam_max", "LayerCAM max"),
+    ("gradcam", "Grad-CAM"),
+    ("gradcampp", "Grad-CAM++"),
+]
+LABELS = dict(METHOD_ROWS)
+CAM_NORMALIZERS = {"cam_minmax": "minmax", "cam_sigmoid": "sigmoid", "cam_relu": "relu_max"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.flower17 quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="tf_efficientnet_lite0", choices=("tf_efficientnet_lite0", "vgg16"))
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--run-dir", default=None, help="checkpoints (default runs/flower17/<backbone>)")
+    p.add_argument("--results", default=None, help="train's results.json for the best lr of each head "
+                   "(default benchmarks/results/flower17/<backbone>/results.json)")
+    p.add_argument("--lr", action="append", default=[], metavar="MODEL=LR",
+                   help="override the learning rate of a head, e.g. --lr cam=1e-4 (repeatable)")
+    p.add_argument("--which", default="selected", choices=("selected", "best_val_loss"), help="checkpoint of each head")
+    p.add_argument("--out", default=None, help="default benchmarks/results/flower17/<backbone>")
+    p.add_argument("--size", type=int, default=160, help="input resolution of the evaluation (images resized to size x size)")
+    p.add_argument("--steps", type=int, default=8, help="deletion / insertion steps")
+    p.add_argument("--baseline", default="blur", choices=("blur", "mean", "zeros"))
+    p.add_argument("--grids", type=int, default=200, help="number of 2x2 grids")
+    p.add_argument("--grid-seed", type=int, default=0)
+    p.add_argument("--min-prob", type=float, default=0.9, help="confidence an image needs to enter a grid")
+    p.add_argument("--per-class", type=int, default=None, help="only the first N validation images of each class")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call in the metrics")
+    p.add_argument("--map-batch", type=int, default=16, help="images per gradient-method call")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-fast", action="store_true", help="score with the eager backbone (no tracing)")
+    return p
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def best_lrs(results_path: Path, overrides: Sequence[str]) -> Dict[str, dict]:
+    """``{model: {"lr", "val_top1", "epoch"}}``: for each head, the lr whose selected
+    epoch has the best validation top-1 (ties: lower validation loss, then lower lr)."""
+    out: Dict[str, dict] = {}
+    if results_path.exists():
+        res = json.loads(results_path.read_text())
+        for name in MODEL_NAMES:
+            runs = [r for r in res["runs"] if r["model"] == name and r.get("selected")]
+            if runs:
+                r = min(runs, key=lambda r: (-r["selected"]["val_top1"], r["selected"]["val_loss"], r["lr"]))
+                out[name] = {"lr": r["lr"], "val_top1": r["selected"]["val_top1"], "epoch": r["selected"]["epoch"],
+                             "source": str(results_path)}
+    for o in overrides:
+        name, _, v = o.partition("=")
+        if name not in MODEL_NAMES or not v:
+            raise SystemExit(f"--lr expects MODEL=LR with MODEL in {MODEL_NAMES}, got {o!r}")
+        out[name] = {"lr": float(v), "val_top1": None, "epoch": None, "source": "--lr"}
+    missing = [m for m in MODEL_NAMES if m not in out]
+    if missing:
+        raise SystemExit(f"no trained lr for {missing}: run `python -m benchmarks.flower17 train` first "
+                         f"(looked in {results_path}) or pass --lr MODEL=LR")
+    return out
+
+
+def head_only(model) -> nn.Module:
+    """The same head on an identity backbone: input = the backbone's features."""
+    from camkit.heads import CAMModel
+
+    return CAMModel(nn.Identity(), model.head, freeze=True).eval()
+
+
+def fast_backbone(net: nn.Module, size: int, batch: int, fast: bool) -> nn.Module:
+    if not fast:
+        return net
+    from .cache import fast_extractor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fast_extractor(net, batch, size=size)
+
+
+@torch.no_grad()
+def features_of(backbone: nn.Module, x: Tensor, batch: int) -> Tensor:
+    return torch.cat([backbone(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+
+
+def up(m: Tensor, size: int) -> Tensor:
+    return F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- maps
+
+
+class MapMaker:
+    """All methods' maps for a batch of images and targets (B, K): ``{key: (B, K, S, S)}``.
+
+    CAM, ReCAM and Grad-CAM / Grad-CAM++ (on the head's input) run on the
+    backbone's features through the head alone (one backbone pass shared by
+    all); LayerCAM runs on the full CAMModel (its layers are inside the
+    backbone), once with max fusion; the study's weighted fusion is formed from
+    the same per-layer maps with camkit.normalize / camkit.fusion. ``check``
+    compares every shortcut with the direct call of the method on the full model.
+    """
+
+    def __init__(self, cam_model, recam_models: Dict[str, nn.Module], backbone_fast: nn.Module, size: int,
+                 layers: List[str], map_batch: int):
+        import camkit
+
+        self.size, self.map_batch = size, map_batch
+        self.cam_model = cam_model
+        self.recam_models = recam_models
+        self.backbone_fast = backbone_fast
+        h = head_only(cam_model)
+        self.cams = {k: camkit.CAM(h, normalize=n) for k, n in CAM_NORMALIZERS.items()}
+        self.recams = {k: camkit.ReCAM(head_only(m)) for k, m in recam_models.items()}
+        self.gradcam = camkit.GradCAM(h, layers=["backbone"])
+        self.gradcampp = camkit.GradCAMpp(h, layers=["backbone"])
+        self.layers = layers
+        self.layercam = camkit.LayerCAM(cam_model, layers=layers, fusion="max")
+
+    def weighted_from_layers(self, layer_maps: Dict[str, Tensor]) -> Tensor:
+        from camkit.fusion import fuse_weighted
+        from camkit.normalize import minmax
+
+        ups = [up(minmax(layer_maps[n]), self.size) for n in self.layers]
+        return fuse_weighted(ups, LAYERCAM_WEIGHTS).clamp_(0.0, 1.0)
+
+    def __call__(self, x: Tensor, targets: Tensor, feats: Optional[Tensor] = None,
+                 keys: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
+        keys = list(keys or LABELS)
+        if feats is None:
+            feats = features_of(self.backbone_fast, x, 64)
+        out: Dict[str, Tensor] = {}
+        for k, m in self.cams.items():
+            if k in keys:
+                out[k] = up(m(feats, targets=targets).maps, self.size)
+        for k, m in self.recams.items():
+            if k in keys:
+                out[k] = up(m(feats, targets=targets).maps, self.size)
+        if "gradcam" in keys:
+            out["gradcam"] = up(self.gradcam(feats, targets=targets).maps, self.size)
+        if "gradcampp" in keys:
+            out["gradcampp"] = up(self.gradcampp(feats, targets=targets).maps, self.size)
+        if "layercam_max" in keys or "layercam_weighted" in keys:
+            mx, wt = [], []
+            for i in range(0, x.shape[0], self.map_batch):
+                r = self.layercam(x[i:i + self.map_batch], targets=targets[i:i + self.map_batch])
+                mx.append(r.maps)
+                wt.append(self.weighted_from_layers(r.layer_maps))
+            out["layercam_max"], out["layercam_weighted"] = torch.cat(mx), torch.cat(wt)
+        return {k: out[k] for k in keys}
+
+    def check(self, x: Tensor, targets: Tensor) -> Dict[str, float]:
+        """Max abs difference between each shortcut and the method called on the full model."""
+        import camkit
+
+        got = self(x, targets)
+        direct = {k: camkit.CAM(self.cam_model, normalize=n)(x, targets=targets).maps for k, n in CAM_NORMALIZERS.items()}
+        for k, m in self.recam_models.items():
+            direct[k] = camkit.ReCAM(m)(x, targets=targets).maps
+        direct["gradcam"] = camkit.GradCAM(self.cam_model, layers=["backbone"])(x, targets=targets).maps
+        direct["gradcampp"] = camkit.GradCAMpp(self.cam_model, layers=["backbone"])(x, targets=targets).maps
+        direct["layercam_max"] = camkit.LayerCAM(self.cam_model, layers=self.layers, fusion="max")(x, targets=targets).maps
+        direct["layercam_weighted"] = camkit.LayerCAM(self.cam_model, layers=self.layers, fusion="weighted",
+                                                      weights=list(LAYERCAM_WEIGHTS))(x, targets=targets).maps
+        return {k: float((got[k] - direct[k]).abs().max()) for k in direct}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def mean_ci(v: Tensor) -> Tuple[float, float]:
+    """Mean and the half-width of its normal 95% interval (1.96 standard errors)."""
+    v = v.double().flatten()
+    n = v.numel()
+    sd = float(v.std(unbiased=True)) if n > 1 else float("nan")
+    return float(v.mean()), 1.96 * sd / math.sqrt(n) if n > 1 else float("nan")
+
+
+def ranks_of(values: Dict[str, float], higher_better: bool) -> Dict[str, int]:
+    order = sorted(values, key=lambda k: -values[k] if higher_better else values[k])
+    return {k: i + 1 for i, k in enumerate(order)}
+
+
+METRICS = [  # key, column label, higher is better
+    ("deletion_auc", "deletion AUC (lower better)", False),
+    ("insertion_auc", "insertion AUC (higher better)", True),
+    ("average_drop", "average drop % (lower better)", False),
+    ("increase", "increase in confidence % (higher better)", True),
+    ("grid_score", "grid pointing game (higher better)", True),
+]
+
+
+def verdict(summary: Dict[str, Dict[str, dict]]) -> List[str]:
+    """Plain sentences on the study's conclusion (LayerCAM best, ReCAM worst), from the numbers."""
+    lines = []
+    keys = [k for k, _ in METHOD_ROWS]
+    n = len(keys)
+    lc, rc = ["layercam_weighted", "layercam_max"], ["recam_minmax", "recam_sigmoid", "recam_relu"]
+    holds_best, holds_worst = [], []
+    for mk, label, hb in METRICS:
+        vals = {k: summary[k][mk]["mean"] for k in keys}
+        rk = ranks_of(vals, hb)
+        best = min(keys, key=lambda k: rk[k])
+        worst = max(keys, key=lambda k: rk[k])
+        lc_r = ", ".join(f"{LABELS[k]} {rk[k]}" for k in lc)
+        rc_r = ", ".join(f"{LABELS[k]} {rk[k]}" for k in rc)
+        lc_best = any(rk[k] == 1 for k in lc)
+        rc_worst = any(rk[k] == n for k in rc)
+        rc_bottom3 = all(rk[k] > n - 3 for k in rc)
+        holds_best.append(lc_best)
+        holds_worst.append(rc_worst)
+        lines.append(
+            f"- {label}: best {LABELS[best]} ({vals[best]:.4g}), worst {LABELS[worst]} ({vals[worst]:.4g}); "
+            f"ranks of {n}: {lc_r}; {rc_r}. LayerCAM best: {'yes' if lc_best else 'no'}; "
+            f"a ReCAM worst: {'yes' if rc_worst else 'no'}{' (all three ReCAMs in the bottom three)' if rc_bottom3 else ''}."
+        )
+    lines.append(
+        f"- Summary: LayerCAM is best on {sum(holds_best)} of {len(METRICS)} metrics and a ReCAM head is worst on "
+        f"{sum(holds_worst)} of {len(METRICS)}."
+    )
+    return lines
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def plot_curves(summary: Dict[str, dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    styles = {"cam": ("tab:blue", ["-", "--", ":"]), "recam": ("tab:red", ["-", "--", ":"]),
+              "layercam": ("tab:green", ["-", "--"]), "gradcam": ("tab:purple", ["-"]), "gradcampp": ("tab:orange", ["-"])}
+    used: Dict[str, int] = {}
+    for k, label in METHOD_ROWS:
+        fam = "gradcampp" if k == "gradcampp" else "gradcam" if k == "gradcam" else k.split("_")[0]
+        color, ls = styles[fam]
+        i = used.get(fam, 0)
+        used[fam] = i + 1
+        for ax, mode in zip(axes, ("deletion", "insertion")):
+            c = summary[k][f"mean_{mode}_curve"]
+            x = [j / (len(c) - 1) for j in range(len(c))]
+            a = summary[k][f"{mode}_auc"]["mean"]
+            ax.plot(x, c, color=color, ls=ls[i % len(ls)], marker=".", label=f"{label} ({a:.3f})")
+    for ax, mode in zip(axes, ("deletion", "insertion")):
+        ax.set_xlabel(f"fraction of pixels {'removed (blurred)' if mode == 'deletion' else 'revealed'}")
+        ax.set_ylabel("mean softmax probability of the target")
+        ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} AUC is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="method (AUC)", title_fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- table
+
+
+def fmt(m: dict, digits: int = 3) -> str:
+    return f"{m['mean']:.{digits}f} ± {m['ci95']:.{digits}f}"
+
+
+def write_table(info: dict, summary: Dict[str, Dict[str, dict]], path: Path) -> None:
+    a = info["args"]
+    L = []
+    L.append(f"# Flower-17 map quality: {info['backbone']} ({info['split']} split, {info['n_images']} validation images)")
+    L.append("")
+    L.append("Command (this run):")
+    L.append("")
+    L.append(f"    {info['command']}")
+    L.append("")
+    L.append(f"Run: {info['seconds']['total']:.0f} s on {a['threads']} threads ({info['date_utc']}; load average "
+             f"{info['load_average_start'][0]:.1f} at start, {info['load_average_end'][0]:.1f} at end).")
+    L.append("")
+    L.append("Setup:")
+    L.append("")
+    hs = info["heads"]
+    L.append("- Heads (best lr by validation top-1 of train's selected epochs): " + "; ".join(
+        f"{m} lr {lr_tag(h['lr'])} (val top-1 {100 * h['val_top1']:.2f}%)" if h.get("val_top1") is not None
+        else f"{m} lr {lr_tag(h['lr'])}" for m, h in hs.items()) + f"; checkpoint `{a['which']}.pt`.")
+    L.append(f"- Evaluation input: images resized to {a['size']} x {a['size']} (the heads were trained on 256 x 256; "
+             f"see the README of this folder for why {a['size']}); scorer = CAM model (frozen backbone + best CAM head), "
+             f"top-1 accuracy at this size {100 * info['scorer_top1']:.2f}% on these images. Target of every map: the "
+             "scorer's top-1 class.")
+    L.append(f"- Maps: CAM of the CAM head (three normalizers); ReCAM of each ReCAM head with its normalizer; "
+             f"LayerCAM on `{'`, `'.join(info['layercam_layers'])}` (weighted: minmax per layer, 0.4/0.4/0.2, tanh(2x); "
+             f"max: element-wise max); Grad-CAM and Grad-CAM++ on `backbone` (the last stage after "
+             "AdaptiveAvgPool2d(7): the head's input). All maps bilinearly upsampled to the input after normalization.")
+    L.append(f"- Deletion / insertion: {a['steps']} steps of {100 / a['steps']:.1f}% of the pixels, order of decreasing "
+             f"map value (ties in raster order), {a['baseline']} baseline"
+             + (" (Gaussian kernel 11, sigma 5)" if a['baseline'] == 'blur' else "")
+             + ", softmax probability of the target, trapezoid AUC over [0, 1].")
+    L.append("- Average drop / increase in confidence: the scorer on image x map (normalized input space, 0 = mid-grey).")
+    g = info["grid"]
+    L.append(f"- Grid pointing game: {g['n_grids']} 2x2 grids (seed {a['grid_seed']}; cells {a['size'] // 2} px) of four "
+             f"distinct classes, drawn from the {g['eligible']} of {info['n_images']} validation images the scorer "
+             f"classifies correctly with probability >= {a['min_prob']} on their own ({g['eligible_classes']} classes); "
+             f"a map for each of the four classes; score = share of the map's positive mass in that class's cell "
+             "(0.25 = uniform map). The grids' own accuracy: the scorer's top-4 on a grid holds all four classes in "
+             f"{100 * g['top4_all_four']:.1f}% of grids.")
+    L.append("- Every value: mean over images (grid: over grids x 4 classes) ± half-width of the normal 95% interval.")
+    L.append("")
+    cols = [c for _, c, _ in METRICS]
+    L.append("| method | " + " | ".join(cols) + " |")
+    L.append("|---|" + "---|" * len(cols))
+    keys = [k for k, _ in METHOD_ROWS]
+    best = {}
+    for mk, _, hb in METRICS:
+        vals = {k: summary[k][mk]["mean"] for k in keys}
+        best[mk] = max(vals, key=vals.get) if hb else min(vals, key=vals.get)
+    for k, label in METHOD_ROWS:
+        cells = []
+        for mk, _, _ in METRICS:
+            d = 2 if mk in ("average_drop", "increase") else 3
+            s = fmt(summary[k][mk], d)
+            cells.append(f"**{s}**" if best[mk] == k else s)
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("Best value of each column in bold.")
+    L.append("")
+    L.append("## Does the study's conclusion (LayerCAM best, ReCAM worst, judged by eye) hold?")
+    L.append("")
+    L.append("Computed from the table above:")
+    L.append("")
+    L.extend(verdict(summary))
+    L.append("")
+    L.append("![deletion and insertion curves](quality_curves.png)")
+    L.append("")
+    path.write_text("\n".join(L) + "\n")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    torch.set_num_threads(args.threads)
+    import camkit  # noqa: F401  (fails early if the core is missing)
+    from camkit import metrics as M
+
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()
+    secs: Dict[str, float] = {}
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.backbone)
+    out = Path(args.out) if args.out else REPO_ROOT / "benchmarks" / "results" / "flower17" / args.backbone
+    out.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results) if args.results else REPO_ROOT / "benchmarks" / "results" / "flower17" / args.backbone / "results.json"
+    heads = best_lrs(results, args.lr)
+    print("heads:", {m: lr_tag(h["lr"]) for m, h in heads.items()}, flush=True)
+
+    # ---- data
+    t = time.perf_counter()
+    split = load_split(args.data_root)
+    samples = split["val"] if args.per_class is None else subset(split["val"], args.per_class)
+    norm = normalize_transform(*backbone_stats(args.backbone))
+    images = torch.stack([norm(load_image(p, args.size)) for p, _ in samples])
+    labels = torch.tensor([y for _, y in samples])
+    secs["load_images"] = time.perf_counter() - t
+    print(f"{len(samples)} validation images at {args.size} px ({split.name}) in {secs['load_images']:.1f} s", flush=True)
+
+    # ---- models
+    t = time.perf_counter()
+    cam_model = load_trained(args.backbone, "cam", heads["cam"]["lr"], run_dir, args.which)
+    recam_models = {m: load_trained(args.backbone, m, heads[m]["lr"], run_dir, args.which) for m in NORMALIZER_OF}
+    for m in recam_models.values():  # one backbone for all (identical frozen weights)
+        m.backbone = cam_model.backbone
+    fast = fast_backbone(copy.deepcopy(cam_model.backbone), args.size, args.batch_size, not args.no_fast)
+    scorer = nn.Sequential(fast, cam_model.head).eval()
+    layers = LAYERCAM_LAYERS[args.backbone]
+    maker = MapMaker(cam_model, recam_models, fast, args.size, layers, args.map_batch)
+    with torch.no_grad():
+        chk = images[: min(8, len(images))]
+        scorer_err = float((scorer(chk) - cam_model(chk)).abs().max())
+    secs["models"] = time.perf_counter() - t
+    print(f"models ready in {secs['models']:.1f} s; traced scorer vs eager: max |logit diff| {scorer_err:.2e}", flush=True)
+
+    # ---- validation features, predictions (targets), maps
+    t = time.perf_counter()
+    feats = features_of(fast, images, args.batch_size)
+    with torch.no_grad():
+        logits = cam_model.head(feats)
+    targets = logits.argmax(1)
+    top1 = float((targets == labels).float().mean())
+    shortcut_err = maker.check(images[:4], targets[:4, None])
+    print(f"scorer top-1 at {args.size} px: {100 * top1:.2f}%; shortcut vs direct max |diff|: "
+          f"{max(shortcut_err.values()):.2e}", flush=True)
+    maps = maker(images, targets[:, None], feats)  # {key: (B, 1, S, S)}
+    keys = [k for k, _ in METHOD_ROWS]
+    stack = torch.cat([maps[k] for k in keys], dim=1)  # (B, 10, S, S)
+    del maps
+    secs["maps"] = time.perf_counter() - t
+    print(f"maps of {len(keys)} methods in {secs['maps']:.1f} s", flush=True)
+
+    # ---- average drop / increase
+    t = time.perf_counter()
+    ad = M.average_drop_increase(scorer, images, stack, targets, batch_size=args.batch_size, reduce=False)
+    secs["average_drop"] = time.perf_counter() - t
+    print(f"average drop / increase in {secs['average_drop']:.1f} s", flush=True)
+
+    # ---- deletion / insertion, in chunks of images (progress)
+    t = time.perf_counter()
+    curves = {"deletion": [], "insertion": []}
+    chunk = 20
+    for i in range(0, len(images), chunk):
+        r = M.deletion_insertion(scorer, images[i:i + chunk], stack[i:i + chunk], targets[i:i + chunk],
+                                 steps=args.steps, baseline=args.baseline, batch_size=args.batch_size)
+        for mode in curves:
+            curves[mode].append(r[mode])
+        done = min(i + chunk, len(images))
+        el = time.perf_counter() - t
+        print(f"  deletion/insertion {done}/{len(images)} images, {el:.0f} s (eta {el / done * (len(images) - done):.0f} s)",
+              flush=True)
+    curves = {mode: torch.cat(v) for mode, v in curves.items()}  # (B, 10, steps + 1)
+    secs["deletion_insertion"] = time.perf_counter() - t
+    del stack
+
+    # ---- grid pointing game
+    t = time.perf_counter()
+    conf = M.confident_mask(scorer, images, labels, min_prob=args.min_prob, batch_size=args.batch_size)
+    eligible = conf["mask"]
+    grids = M.make_grids(images, labels, args.grids, seed=args.grid_seed, eligible=eligible)
+    gx, gy = grids["grids"], grids["labels"]  # (G, 3, S, S), (G, 4)
+    gfeats = features_of(fast, gx, args.batch_size)
+    with torch.no_grad():
+        glog = cam_model.head(gfeats)
+    top4 = glog.topk(4, dim=1).indices
+    top4_all = float(torch.stack([torch.isin(gy[i], top4[i]).all() for i in range(len(gy))]).float().mean())
+    grid_scores: Dict[str, Tensor] = {}
+    for i in range(0, len(gx), args.map_batch):
+        gm = maker(gx[i:i + args.map_batch], gy[i:i + args.map_batch], gfeats[i:i + args.map_batch])
+        for k in keys:
+            s = M.grid_pointing_game(gm[k], torch.arange(4))  # (g, 4): target of map j is cell j's class
+            grid_scores.setdefault(k, []).append(s)
+    grid_scores = {k: torch.cat(v) for k, v in grid_scores.items()}
+    secs["grid"] = time.perf_counter() - t
+    print(f"grid pointing game on {len(gx)} grids ({int(eligible.sum())} eligible images) in {secs['grid']:.1f} s", flush=True)
+
+    # ---- summary
+    summary: Dict[str, Dict[str, dict]] = {}
+    d_auc, i_auc = M.auc(curves["deletion"]), M.auc(curves["insertion"])
+    for j, k in enumerate(keys):
+        vals = {"deletion_auc": d_auc[:, j], "insertion_auc": i_auc[:, j], "average_drop": ad["drop"][:, j],
+                "increase": ad["increase"][:, j], "grid_score": grid_scores[k]}
+        summary[k] = {}
+        for mk, v in vals.items():
+            mu, ci = mean_ci(v)
+            summary[k][mk] = {"mean": mu, "ci95": ci, "n": int(v.numel())}
+        summary[k]["mean_deletion_curve"] = curves["deletion"][:, j].mean(0).tolist()
+        summary[k]["mean_insertion_curve"] = curves["insertion"][:, j].mean(0).tolist()
+    secs["total"] = time.perf_counter() - t_start
+    cmd = "python -m benchmarks.flower17 quality " + " ".join(sys.argv[2:] if argv is None else argv)
+    info = {
+        "command": cmd.strip(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "backbone": args.backbone, "split": split.name, "n_images": len(samples), "args": vars(args),
+        "heads": heads, "scorer_top1": top1, "scorer_traced_max_logit_diff": scorer_err,
+        "shortcut_max_abs_diff": shortcut_err, "layercam_layers": layers, "layercam_weights": list(LAYERCAM_WEIGHTS),
+        "grid": {"n_grids": len(gx), "eligible": int(eligible.sum()), "eligible_classes": int(labels[eligible].unique().numel()),
+                 "top4_all_four": top4_all, "seed": args.grid_seed, "min_prob": args.min_prob,
+                 "index": grids["index"].tolist()},
+        "seconds": secs, "load_average_start": load0, "load_average_end": os.getloadavg(),
+        "torch_threads": torch.get_num_threads(), "methods": METHOD_ROWS,
+    }
+    (out / "quality.json").write_text(json.dumps({"info": info, "summary": summary}, indent=1) + "\n")
+    title = (f"Flower-17 {args.backbone}, {len(samples)} val images at {args.size} px, {args.baseline} baseline, "
+             f"{args.steps} steps; scorer: CAM model; mean curves")
+    plot_curves(summary, out / "quality_curves.png", title)
+    write_table(info, summary, out / "quality_table.md")
+    print((out / "quality_table.md").read_text())
+    print(f"wrote {out / 'quality_table.md'}, {out / 'quality.json'}, {out / 'quality_curves.png'} "
+          f"in {secs['total']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
