@@ -50,7 +50,8 @@ def test_without_matplotlib_builtin_jet_and_clear_error(monkeypatch):
     v = np.linspace(0, 1, 101)
     ref = matplotlib.colormaps["jet"](v)[:, :3]
     assert np.abs(ov._jet(v) - ref).max() < 0.02  # the same ramp; matplotlib quantizes it to 256 levels
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed, even when other tests imported it
     c = ov.colorize(torch.tensor([[0.0, 1.0]]))
     assert np.array_equal(c[0], (ov._jet(np.array([0.0, 1.0])) * 255 + 0.5).astype(np.uint8))
     with pytest.raises(ImportError, match=r"camkit\[plot\]"):
