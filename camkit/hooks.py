@@ -66,12 +66,27 @@ class ActivationRecorder:
     output that carries no autograd history (frozen weights, plain input) is
     replaced by a leaf that requires grad, so gradients can be taken with
     respect to it without touching any parameter's ``requires_grad``.
+
+    With ``grad_from_first_layer=True`` as well, the forward can run under
+    ``torch.no_grad()``: the first hooked layer to finish turns grad mode on
+    (the enclosing ``no_grad`` block turns it back off when it exits), so no
+    autograd graph is recorded for anything computed before it. Gradients
+    with respect to the hooked outputs are unchanged (nothing computed before
+    a layer ran can depend on its output), but the forward saves no tensors
+    for the part of the model below the hooked layers.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[Tuple[str, nn.Module]], make_differentiable: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[Tuple[str, nn.Module]],
+        make_differentiable: bool = False,
+        grad_from_first_layer: bool = False,
+    ) -> None:
         self.model = model
         self.layers = list(layers)
         self.make_differentiable = make_differentiable
+        self.grad_from_first_layer = grad_from_first_layer
         self.activations: Dict[str, Tensor] = {}
         self._calls: Dict[str, int] = {}
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
@@ -107,6 +122,8 @@ class ActivationRecorder:
                     f"layer {name!r} returned {type(output).__name__}, not a tensor; hook a layer that returns one"
                 )
             self._calls[name] = self._calls.get(name, 0) + 1
+            if self.grad_from_first_layer and not torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+                torch.set_grad_enabled(True)  # record the graph from here on only
             if self.make_differentiable and torch.is_grad_enabled() and not output.requires_grad:
                 output = output.detach().requires_grad_(True)
             self.activations[name] = output
