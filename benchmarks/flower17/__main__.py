@@ -147,6 +147,9 @@ def cmd_all(args) -> dict:
               "all_seconds": t_all, "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
               "cache_reused": "prepare_seconds" in prep and prep["prepare_seconds"] < 30}
     (args.out / "timing_all.json").write_text(json.dumps(timing, indent=1) + "\n")
+    from .evaluate import write_table
+
+    write_table(args)  # again, now with the end-to-end timing
     print(json.dumps(timing, indent=1))
     return timing
 

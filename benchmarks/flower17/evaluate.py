@@ -59,6 +59,23 @@ def fp16_check(args, cache: dict, heads: StackedHeads) -> dict:
     }
 
 
+def recam_diagnostics(head, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Why a ReCAM head fails: the share of validation images whose mask for their
+    own label (the training target) is all ~0 (max < 1e-3), which leaves every
+    re-activated logit at ~0; and the classes the head never predicts."""
+    with torch.no_grad():
+        x = x.float()
+        maps = head.maps(x)
+        cams = torch.einsum("bn,bnhw->bhw", head.fc.weight[y], maps)
+        dead = head.normalize(cams).amax(dim=(-2, -1)) < 1e-3
+        pred = head(x).argmax(1)
+    n = head.num_classes
+    return {"dead_label_mask_share": float(dead.float().mean()),
+            "classes_with_dead_label_mask": [c for c in range(n) if bool(dead[y == c].all()) and bool((y == c).any())],
+            "classes_never_predicted": [c for c in range(n) if not bool((pred == c).any())],
+            "val_top1_with_label_target": float((head(x, target=y).argmax(1) == y).float().mean())}
+
+
 def evaluate(args) -> dict:
     from . import cache as cache_mod
     from .data import load_split
@@ -79,6 +96,12 @@ def evaluate(args) -> dict:
         key = f"{r['model']}@{r['lr_tag']}"
         per_run[key] = {"val_top1_from_checkpoint": val["top1"][j], "val_matches_history": abs(val["top1"][j] - r["selected"]["val_top1"]) < 1e-9,
                         "test_top1": test["top1"][j], "test_top3": test["top3"][j], "test_top5": test["top5"][j], "test_loss": test["loss"][j]}
+    from camkit.heads import ReCAMHead
+
+    loaded = _load_heads(Path(res.get("checkpoint_root", args.run_dir)), runs)
+    for r, h in zip(runs, loaded):
+        if isinstance(h, ReCAMHead):
+            per_run[f"{r['model']}@{r['lr_tag']}"]["recam"] = recam_diagnostics(h, blob["val"]["x"], blob["val"]["y"])
     ev = {"split": split.name, "per_run": per_run, "fp16_check": fp16_check(args, blob, heads),
           "seconds": time.perf_counter() - t0}
     (args.out / "evaluation.json").write_text(json.dumps(ev, indent=1) + "\n")
@@ -169,6 +192,29 @@ def write_table(args) -> Path:
                  f"{st['batch_size']}, read + augment + forward) -> about {per_epoch / 60:.1f} min per head-epoch "
                  f"({N_TRAIN_FULL} + {N_VAL_FULL} images), so about {total / 3600:.1f} h for the "
                  f"{res['head_epochs']} head-epochs this grid ran (backbone cost only).")
+        head_epoch = res["train_seconds"] / max(res["head_epochs"], 1)
+        L.append(f"- Per head-epoch: {head_epoch:.2f} s on the cache vs about {per_epoch:.0f} s the study's way "
+                 f"(x{per_epoch / head_epoch:.0f}, extrapolated).")
+        if timing:
+            L.append(f"- Whole grid: {timing['prepare_plus_train_seconds'] / 60:.1f} min cached (extraction included) vs "
+                     f"about {total / 3600:.1f} h the study's way (x{total / timing['prepare_plus_train_seconds']:.0f}, "
+                     "extrapolated).")
+    diag = [(k, v["recam"]) for k, v in ev["per_run"].items() if "recam" in v]
+    if diag:
+        L.append("")
+        L.append("## ReCAM diagnostics (validation, selected heads)")
+        L.append("")
+        L.append("With relu_max, a class whose CAM is negative everywhere gets an all-zero mask: every re-activated "
+                 "logit is then 0 (argmax falls on class 0) and no gradient reaches the head through that image. "
+                 "Sigmoid masks are never all ~0 here, yet several classes are never predicted; that mechanism is not "
+                 "diagnosed. Training also on the plain CAM logits (joint_loss/) removes both failures.")
+        L.append("")
+        L.append("| head | images with an all-~0 mask for their label | top-1 with the label as target | classes never predicted |")
+        L.append("|---|---|---|---|")
+        for k, d in diag:
+            m, lr = k.split("@")
+            L.append(f"| {MODEL_LABELS[m]} {lr_label(float(lr))} | {100 * d['dead_label_mask_share']:.1f}% | "
+                     f"{100 * d['val_top1_with_label_target']:.2f} | {len(d['classes_never_predicted'])} |")
     fc = ev.get("fp16_check")
     if fc:
         L.append("")

@@ -149,7 +149,7 @@ def map_figure(args, res: dict, path: Path) -> dict:
 
 def figures(args) -> dict:
     res = json.loads((args.out / "results.json").read_text())
-    out = {"loss_curves": str(loss_curves(res, args.out / "loss_curves.png"))}
+    out = {"loss_curves": loss_curves(res, args.out / "loss_curves.png").name}
     out["maps"] = map_figure(args, res, args.out / "maps.png")
     (args.out / "figures.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out / 'loss_curves.png'} and {args.out / 'maps.png'}")
