@@ -61,9 +61,9 @@ def loss_curves(res: dict, path: Path) -> Path:
     handles = [Line2D([], [], color="tab:blue", label="train"), Line2D([], [], color="tab:orange", label="validation"),
                Line2D([], [], color="red", marker="x", ls="--", lw=0.8, label="stop (val > 2 x train)"),
                Line2D([], [], color="green", marker="o", mfc="none", ls="none", label="selected epoch")]
-    fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=4)
+    fig.legend(handles=handles, loc="lower center", fontsize=8, ncol=4)
     fig.suptitle(f"Flower-17, {res['backbone']}: train / validation loss (split {res['split']})", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.96))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
