@@ -264,14 +264,18 @@ def floor_runner(s: Setup, layers: List[str], method: str, k: int, mode: str = "
     return Runner(label, lambda: fl(s.x, topk=k)[0], note="forward + autograd.grad w.r.t. the hooked outputs + formula + upsample")
 
 
-def camkit_runner(s: Setup, method: str, layers: List[str], k: int) -> Runner:
+def camkit_runner(s: Setup, method: str, layers: List[str], k: int, channels_last: bool = False) -> Runner:
+    """camkit's call, maps at input size included (res.maps is read inside the timed call)."""
     import camkit
 
     cls = {"layercam": camkit.LayerCAM, "gradcam": camkit.GradCAM}[method]
-    cam = cls(s.model, layers=layers)
+    cam = cls(s.model, layers=layers, channels_last=channels_last)
+    name = "camkit" + (" channels_last=True" if channels_last else "")
+    extra = " (input passed channels-last; model untouched)" if channels_last else ""
     if k == 1:
-        return Runner("camkit", lambda: cam(s.x), teardown=cam.remove, note="cam(x): top-1 from its own forward")
-    return Runner("camkit", lambda: cam(s.x, topk=k), teardown=cam.remove, note=f"cam(x, topk={k})")
+        return Runner(name, lambda: cam(s.x).maps, teardown=cam.remove,
+                      note="cam(x).maps: top-1 from its own forward" + extra)
+    return Runner(name, lambda: cam(s.x, topk=k).maps, teardown=cam.remove, note=f"cam(x, topk={k}).maps" + extra)
 
 
 # ---- pytorch-grad-cam (PyPI grad-cam)
@@ -463,7 +467,10 @@ def cam_all_runners(s: Setup) -> List[Runner]:
     return [
         Runner("floor CAM all (raw 7x7 maps)", floor_raw, note="no-grad forward + one einsum with the fc weights"),
         Runner("floor CAM all (upsampled to 224)", floor_up, note="... + one F.interpolate of (B,1000,7,7)"),
-        Runner("camkit", lambda: ck(s.x, targets="all"), teardown=ck.remove, note="CAM(model)(x, targets='all')"),
+        Runner("camkit (maps not read)", lambda: ck(s.x, targets="all"), teardown=ck.remove,
+               note="CAM(model)(x, targets='all'): logits and raw (B,1000,7,7) layer_maps; .maps upsampled on first access"),
+        Runner("camkit + .maps", lambda: ck(s.x, targets="all").maps, teardown=ck.remove,
+               note="... and reading res.maps: (B,1000,224,224) normalized, upsampled"),
         Runner(f"torchcam documented ({n} calls)", tc_doc, tc_setup, tc_teardown,
                note="with no_grad: model(x); then cam(class_idx=c) for every class"),
     ]
@@ -474,15 +481,17 @@ def scenarios(s: Setup, quick: bool) -> List[Tuple[str, List[Runner]]]:
     lay3, lay1 = s.layers3, [s.layer1]
     out.append((f"{s.name} LayerCAM {'/'.join(lay3)} top-1", [
         bare_runner(s), floor_runner(s, lay3, "layercam", 1), camkit_runner(s, "layercam", lay3, 1),
+        camkit_runner(s, "layercam", lay3, 1, channels_last=True),
         *pgc_runners(s, "layercam", lay3, 1), *torchcam_runners(s, "layercam", lay3, 1),
         *captum_runners(s, "layercam", lay3, 1)]))
     out.append((f"{s.name} Grad-CAM {lay1[0]} top-1", [
         bare_runner(s), floor_runner(s, lay1, "gradcam", 1), camkit_runner(s, "gradcam", lay1, 1),
+        camkit_runner(s, "gradcam", lay1, 1, channels_last=True),
         *pgc_runners(s, "gradcam", lay1, 1), *torchcam_runners(s, "gradcam", lay1, 1),
         *captum_runners(s, "gradcam", lay1, 1)]))
     out.append((f"{s.name} LayerCAM {'/'.join(lay3)} top-5", [
         bare_runner(s), floor_runner(s, lay3, "layercam", 5, "loop"), floor_runner(s, lay3, "layercam", 5, "batched"),
-        camkit_runner(s, "layercam", lay3, 5),
+        camkit_runner(s, "layercam", lay3, 5), camkit_runner(s, "layercam", lay3, 5, channels_last=True),
         *pgc_runners(s, "layercam", lay3, 5), *torchcam_runners(s, "layercam", lay3, 5),
         *captum_runners(s, "layercam", lay3, 5)]))
     if s.name == "resnet50":
@@ -635,6 +644,52 @@ def floor_name(names: Sequence[str], times: Dict[str, List[float]]) -> str:
     return min(floors, key=lambda n: statistics.median(times[n]))
 
 
+def same_round_ratio(times: Dict[str, List[float]], a: str, b: str) -> float:
+    """Median over rounds of times[a] / times[b]."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
+def targets_report(raw: Dict[str, Dict[str, List[float]]]) -> List[List[object]]:
+    """The issue's targets, each as (scenario, check, measured, goal, met)."""
+    rows: List[List[object]] = []
+
+    def check(title, what, value, goal, ok):
+        rows.append([title, what, value, goal, "yes" if ok else "no"])
+
+    for title, t in raw.items():
+        names = list(t)
+        ck = "camkit"
+        if "all 1000 classes" in title:
+            for n in ("camkit (maps not read)", "camkit + .maps"):
+                v = same_round_ratio(t, n, names[0])
+                check(title, f"{n} / bare forward", v, "<= 1.05", v <= 1.05)
+            continue
+        fl = floor_name(names, t)
+        v = same_round_ratio(t, ck, fl)
+        check(title, f"camkit / {fl}", v, "<= 1.05", v <= 1.05)
+        if "channels_last" in " ".join(names):
+            n = "camkit channels_last=True"
+            v = same_round_ratio(t, n, fl)
+            check(title, f"{n} / {fl}", v, "<= 1.05", v <= 1.05)
+        peers = [n for n in names if not n.startswith(("camkit", "floor", "bare"))]
+        if "top-1" in title:
+            for n in peers:
+                v = same_round_ratio(t, n, ck)
+                goal = 2.5 if n.startswith(("pytorch-grad-cam", "captum")) else 1.0
+                check(title, f"{n} / camkit", v, f">= {goal}", v >= goal)
+        else:
+            for n in peers:
+                v = same_round_ratio(t, n, ck)
+                if "documented" in n:
+                    goal = 5.0 if n.startswith("pytorch-grad-cam") else 2.0
+                elif n.startswith("torchcam"):
+                    goal = 1.0
+                else:
+                    goal = None
+                check(title, f"{n} / camkit", v, f">= {goal}" if goal else "(reference)", goal is None or v >= goal)
+    return rows
+
+
 def run(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -649,11 +704,16 @@ def run(args: argparse.Namespace) -> str:
             if args.only and not any(o in title for o in args.only):
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {title}: {len(runners)} runners x {args.warmup}+{args.reps}", flush=True)
+            if args.memory_only:
+                rows = [[r.name, probe_in_subprocess(arch, si, ri, args.batch, args.size)] for ri, r in enumerate(runners)]
+                sections.append(f"### {title}\n\n" + markdown_table(["runner", "peak MiB"], rows) + "\n")
+                print(sections[-1], flush=True)
+                continue
             times = interleave(runners, args.reps, args.warmup, between=gc.collect)
             raw[title] = times
             base = runners[0].name
             fl = floor_name([r.name for r in runners], times)
-            if "CAM all" in title:
+            if "all 1000 classes" in title:
                 fl = base
             rb, rf = ratio_medians(times, base), ratio_medians(times, fl)
             mem: Dict[str, object] = {}
@@ -667,14 +727,17 @@ def run(args: argparse.Namespace) -> str:
             rows = []
             for r in runners:
                 med = statistics.median(times[r.name]) * 1000
-                rows.append([r.name, med, rb[r.name], rf[r.name], mem.get(r.name, "-")])
+                rows.append([r.name, med, min(times[r.name]) * 1000, rb[r.name], rf[r.name], mem.get(r.name, "-")])
                 summary.append([title, r.name, med, rb[r.name], rf[r.name], mem.get(r.name, "-")])
             sections.append(f"### {title}\n\nfloor used for 'x floor': {fl}\n\n"
-                            + markdown_table(["runner", "median ms", "x bare", "x floor", "peak MiB"], rows)
+                            + markdown_table(["runner", "median ms", "min ms", "x bare", "x floor", "peak MiB"], rows)
                             + "\n\nHow each runner is called:\n\n"
                             + "\n".join(f"- {r.name}: {r.note}" for r in runners if r.note) + "\n")
             print(sections[-1], flush=True)
         if args.agreement:
+            del s
+            gc.collect()
+            s = make_setup(arch, args.agreement_batch, args.size)
             agree_rows += agreement(s)
         del s
         gc.collect()
@@ -716,7 +779,14 @@ def run(args: argparse.Namespace) -> str:
                  "Same input and targets (camkit's top-k); max |difference| and that divided by max |camkit map|.\n\n"
                  + markdown_table(["scenario", "peer", "layer", "max abs diff", "max rel diff"], agree_rows)
                  + "\n\n## Where definitions differ\n\n" + "\n".join(f"- {d}" for d in DEFINITIONS) + "\n")
-    text = "\n".join(head) + "\n## Timings\n\n" + body + "\n" + agree
+    if args.memory_only:
+        raw = {}
+    tg = ("## The issue's targets (same-round ratios, medians over rounds)\n\n"
+          + markdown_table(["scenario", "ratio", "measured", "goal", "met"], targets_report(raw)) + "\n\n")
+    print(tg, flush=True)
+    if agree:
+        print(agree, flush=True)
+    text = "\n".join(head) + "\n" + tg + "## Timings\n\n" + body + "\n" + agree
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -740,6 +810,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--only", nargs="*", default=None, help="run scenarios whose title contains one of these")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--no-agreement", dest="agreement", action="store_false")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-memory probes (one fresh process per runner)")
+    p.add_argument("--agreement-batch", type=int, default=2, help="batch size of the agreement check")
     p.add_argument("--out", default=None, help="Markdown file to write (default: results/peers/peers.md for a full run)")
     p.add_argument("--probe-memory", nargs=3, metavar=("ARCH", "SCENARIO", "RUNNER"), default=None,
                    help=argparse.SUPPRESS)
