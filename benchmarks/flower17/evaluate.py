@@ -182,7 +182,7 @@ def write_table(args) -> Path:
                  f"{timing['prepare_plus_train_seconds']:.1f} s, through evaluate {timing['through_evaluate_seconds']:.1f} s, "
                  f"with figures {timing['all_seconds']:.1f} s; load average (1/5/15 min) at start "
                  f"{'/'.join(f'{v:.2f}' for v in timing['load_average_at_start'])}, at end "
-                 f"{'/'.join(f'{v:.2f}' for v in timing['load_average_at_end'])} (2 cores shared with other engineers).")
+                 f"{'/'.join(f'{v:.2f}' for v in timing['load_average_at_end'])} on {os.cpu_count()} cores (load average > 2 means other jobs shared them).")
     st = prep.get("study_way")
     if st:
         per_epoch = st["seconds_per_image"] * (N_TRAIN_FULL + N_VAL_FULL)
