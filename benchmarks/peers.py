@@ -264,14 +264,17 @@ def floor_runner(s: Setup, layers: List[str], method: str, k: int, mode: str = "
     return Runner(label, lambda: fl(s.x, topk=k)[0], note="forward + autograd.grad w.r.t. the hooked outputs + formula + upsample")
 
 
-def camkit_runner(s: Setup, method: str, layers: List[str], k: int, channels_last: bool = False) -> Runner:
+def camkit_runner(s: Setup, method: str, layers: List[str], k: int, channels_last: bool = False,
+                  batched_backward: bool = True) -> Runner:
     """camkit's call, maps at input size included (res.maps is read inside the timed call)."""
     import camkit
 
     cls = {"layercam": camkit.LayerCAM, "gradcam": camkit.GradCAM}[method]
-    cam = cls(s.model, layers=layers, channels_last=channels_last)
-    name = "camkit" + (" channels_last=True" if channels_last else "")
+    cam = cls(s.model, layers=layers, channels_last=channels_last, batched_backward=batched_backward)
+    name = "camkit" + (" channels_last=True" if channels_last else "") + ("" if batched_backward else " batched_backward=False")
     extra = " (input passed channels-last; model untouched)" if channels_last else ""
+    if not batched_backward:
+        extra += " (K retained-graph grad calls instead of one vmapped call)"
     if k == 1:
         return Runner(name, lambda: cam(s.x).maps, teardown=cam.remove,
                       note="cam(x).maps: top-1 from its own forward" + extra)
@@ -492,6 +495,7 @@ def scenarios(s: Setup, quick: bool) -> List[Tuple[str, List[Runner]]]:
     out.append((f"{s.name} LayerCAM {'/'.join(lay3)} top-5", [
         bare_runner(s), floor_runner(s, lay3, "layercam", 5, "loop"), floor_runner(s, lay3, "layercam", 5, "batched"),
         camkit_runner(s, "layercam", lay3, 5), camkit_runner(s, "layercam", lay3, 5, channels_last=True),
+        camkit_runner(s, "layercam", lay3, 5, batched_backward=False),
         *pgc_runners(s, "layercam", lay3, 5), *torchcam_runners(s, "layercam", lay3, 5),
         *captum_runners(s, "layercam", lay3, 5)]))
     if s.name == "resnet50":
@@ -667,10 +671,10 @@ def targets_report(raw: Dict[str, Dict[str, List[float]]]) -> List[List[object]]
         fl = floor_name(names, t)
         v = same_round_ratio(t, ck, fl)
         check(title, f"camkit / {fl}", v, "<= 1.05", v <= 1.05)
-        if "channels_last" in " ".join(names):
-            n = "camkit channels_last=True"
-            v = same_round_ratio(t, n, fl)
-            check(title, f"{n} / {fl}", v, "<= 1.05", v <= 1.05)
+        for n in ("camkit channels_last=True", "camkit batched_backward=False"):
+            if n in names:
+                v = same_round_ratio(t, n, fl)
+                check(title, f"{n} / {fl}", v, "<= 1.05", v <= 1.05)
         peers = [n for n in names if not n.startswith(("camkit", "floor", "bare"))]
         if "top-1" in title:
             for n in peers:
@@ -687,6 +691,12 @@ def targets_report(raw: Dict[str, Dict[str, List[float]]]) -> List[List[object]]
                 else:
                     goal = None
                 check(title, f"{n} / camkit", v, f">= {goal}" if goal else "(reference)", goal is None or v >= goal)
+            loop = "camkit batched_backward=False"
+            if loop in names:
+                for n in peers:
+                    if "best" in n and n.startswith("torchcam"):
+                        v = same_round_ratio(t, n, loop)
+                        check(title, f"{n} / {loop}", v, ">= 1.0", v >= 1.0)
     return rows
 
 

@@ -319,26 +319,40 @@ class _Method:
         return fuse(ups, fusion, weights if fusion == "weighted" else None).clamp_(0.0, 1.0)
 
 
-def target_gradients(logits: Tensor, activations: Sequence[Tensor], targets: Tensor) -> List[Optional[Tensor]]:
+def target_gradients(
+    logits: Tensor, activations: Sequence[Tensor], targets: Tensor, batched: bool = True
+) -> List[Optional[Tensor]]:
     """d logits[b, targets[b, k]] / d A for every activation: ``(B, K, *A.shape[1:])`` each.
 
-    One backward for all K targets (``is_grads_batched``: the K one-hot
-    vector-Jacobian products run as one vmapped call); only the graph between
-    the activations and the logits is traversed. On CPU this measured 0.98x
-    (VGG16) to 1.04x (ResNet50) the time of K retained-graph calls
-    (benchmarks/results/peers): the K products are the cost either way.
+    ``batched=True``: one backward for all K targets (``is_grads_batched``:
+    the K one-hot vector-Jacobian products run as one vmapped call).
+    ``batched=False``: K calls on the retained graph. Only the graph between
+    the activations and the logits is traversed either way, and the results
+    are equal. On CPU (torch 2.14) vmap runs each convolution's backward once
+    per target and concatenates, so batching saves nothing there: measured
+    0.92-0.98x the loop's time on VGG16 and 1.04-1.14x on ResNet50, top-5, B=8
+    (benchmarks/results/peers/README.md).
     """
     B, K = targets.shape
     onehot = torch.zeros(K, *logits.shape, dtype=logits.dtype, device=logits.device)
     onehot.scatter_(2, targets.t().unsqueeze(-1), 1.0)
-    if K == 1:
-        grads = torch.autograd.grad(logits, activations, grad_outputs=onehot[0], allow_unused=True)
-        return [g.unsqueeze(1) if g is not None else None for g in grads]
+    if K == 1 or not batched:
+        per_k = [
+            torch.autograd.grad(logits, activations, grad_outputs=onehot[k], retain_graph=k < K - 1, allow_unused=True)
+            for k in range(K)
+        ]
+        return [
+            None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], dim=1)
+            for i in range(len(activations))
+        ]
     grads = torch.autograd.grad(logits, activations, grad_outputs=onehot, is_grads_batched=True, allow_unused=True)
     return [g.transpose(0, 1) if g is not None else None for g in grads]
 
 
 class _GradientMethod(_Method):
+    """Methods that need dy_c/dA. ``batched_backward``: one vmapped backward for
+    K targets (default) or K calls on the retained graph (see ``target_gradients``)."""
+
     needs_grad = True
     formula: Callable[[Tensor, Tensor], Tensor]
 
@@ -351,15 +365,17 @@ class _GradientMethod(_Method):
         normalize: Union[str, Normalizer] = "minmax",
         reshape: Optional[Reshape] = None,
         channels_last: bool = False,
+        batched_backward: bool = True,
     ) -> None:
         super().__init__(model, layers, fusion, weights, normalize, reshape, channels_last)
+        self.batched_backward = bool(batched_backward)
 
     def _layer_maps(self, acts: Dict[str, Tensor], logits: Tensor, targets: Tensor) -> Dict[str, Tensor]:
         names = self.layer_names
         raw = [acts[n] for n in names]
         if not logits.requires_grad:
             raise ValueError(f"the model's output does not depend on layers {names} through autograd")
-        grads = target_gradients(logits, raw, targets)
+        grads = target_gradients(logits, raw, targets, self.batched_backward)
         out: Dict[str, Tensor] = {}
         for name, a, g in zip(names, raw, grads):
             if g is None:

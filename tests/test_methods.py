@@ -26,11 +26,12 @@ def assert_close(actual, expected, rtol=1e-5):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale.item())
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batched_backward", "loop_backward"])
 @pytest.mark.parametrize("method", sorted(GRAD_METHODS))
-def test_vgg16_layer_maps_match_reference(method, vgg64, img64):
+def test_vgg16_layer_maps_match_reference(method, batched, vgg64, img64):
     targets = torch.tensor([[3, 7, 999], [0, 500, 3]])
     names = [f"features.{i}" for i in VGG_LAYERS]
-    with GRAD_METHODS[method](vgg64, layers=names) as cam:
+    with GRAD_METHODS[method](vgg64, layers=names, batched_backward=batched) as cam:
         res = cam(img64, targets=targets)
     ref = reference_maps(functools.partial(vgg_forward, vgg64, capture=VGG_LAYERS), img64, targets, method)
     for i, name in zip(VGG_LAYERS, names):
@@ -65,6 +66,21 @@ def test_k_targets_equal_k_single_calls(method, vgg64, img64):
         for name in many.layer_maps:
             assert_close(many.layer_maps[name][:, k : k + 1], one.layer_maps[name])
         assert_close(many.maps[:, k : k + 1], one.maps)
+
+
+def test_batched_and_loop_backward_agree():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=20).eval()
+    x = torch.randn(2, 3, 64, 64)
+    out = {}
+    for batched in (True, False):
+        with camkit.LayerCAM(model, layers=["layer2", "layer4"], batched_backward=batched) as cam:
+            out[batched] = cam(x, topk=4)
+    assert torch.equal(out[True].targets, out[False].targets)
+    for name in ("layer2", "layer4"):
+        assert_close(out[False].layer_maps[name], out[True].layer_maps[name])
+    assert_close(out[False].maps, out[True].maps)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_cam_resnet_matches_reference_and_all_classes():
