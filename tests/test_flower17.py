@@ -231,3 +231,13 @@ def test_quality_subcommand_dispatches_lazily(monkeypatch):
     monkeypatch.setitem(sys.modules, "benchmarks.flower17.quality", fake)
     monkeypatch.delattr("benchmarks.flower17.quality", raising=False)
     assert cli.main(["quality", "--x", "1"]) == 0 and seen == [["--x", "1"]]
+
+
+def test_quality_table_keeps_the_hand_written_reading():
+    from benchmarks.flower17.quality import HAND_WRITTEN, keep_hand_written
+
+    old = "# table\n| a |\n\n" + HAND_WRITTEN + " after run 1)\n\nLayerCAM holds on deletion.\n"
+    new = "# table\n| b |\n"
+    out = keep_hand_written(new, old)
+    assert out.startswith(new) and out.endswith("LayerCAM holds on deletion.\n") and "| a |" not in out
+    assert keep_hand_written(new, "") == new and keep_hand_written(new, "# table\n| a |\n") == new

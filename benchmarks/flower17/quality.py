@@ -345,6 +345,15 @@ def fmt(m: dict, digits: int = 3) -> str:
     return f"{m['mean']:.{digits}f} ± {m['ci95']:.{digits}f}"
 
 
+HAND_WRITTEN = "## Reading of these numbers (written by hand"
+
+
+def keep_hand_written(new: str, old: str) -> str:
+    """``new`` followed by the hand-written section of ``old`` (from HAND_WRITTEN on), if it has one."""
+    at = old.find(HAND_WRITTEN)
+    return new if at < 0 else new + "\n" + old[at:]
+
+
 def write_table(info: dict, summary: Dict[str, Dict[str, dict]], per_image, path: Path) -> None:
     a = info["args"]
     L = []
@@ -438,7 +447,7 @@ def write_table(info: dict, summary: Dict[str, Dict[str, dict]], per_image, path
     L.append("")
     L.append("![deletion and insertion curves](quality_curves.png)")
     L.append("")
-    path.write_text("\n".join(L) + "\n")
+    path.write_text(keep_hand_written("\n".join(L) + "\n", path.read_text() if path.exists() else ""))
 
 
 # --------------------------------------------------------------------------- main
