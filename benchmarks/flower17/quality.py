@@ -1,6 +1,6 @@
 """Quantitative comparison of the maps on the Flower-17 validation images.
 
-``python -m benchmarks.flower17 quality [--size 160] [--steps 4] [--curve-per-class 5] [--grids 200] ...``
+``python -m benchmarks.flower17 quality [--size 160] [--steps 4] [--curve-per-class 20] [--grids 200] ...``
 
 Methods (all on the trained heads of ``python -m benchmarks.flower17 train``):
 
@@ -84,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default benchmarks/results/flower17/<backbone>")
     p.add_argument("--size", type=int, default=160, help="input resolution of the evaluation (images resized to size x size)")
     p.add_argument("--steps", type=int, default=4, help="deletion / insertion steps")
-    p.add_argument("--curve-per-class", type=int, default=5,
+    p.add_argument("--curve-per-class", type=int, default=20,
                    help="deletion / insertion on the first N validation images of each class (20 = all)")
     p.add_argument("--deletion-baseline", default="zeros", choices=("blur", "mean", "zeros"),
                    help="what deleted pixels become (RISE: zeros; here 0 is mid-grey in the normalized input)")
@@ -380,15 +380,16 @@ def write_table(info: dict, summary: Dict[str, Dict[str, dict]], per_image, path
              f"In this run a backbone forward pass at {a['grid_size']} px cost {info['cost_ratio']:.2f} x one at "
              f"{a['size']} px (traced backbone, all validation images, timed in this run), and deletion + insertion of "
              f"10 maps take 10 x 2 x {a['steps'] - 1} = {20 * (a['steps'] - 1)} forward passes per image (the two end "
-             "points are shared), so full resolution, more steps or all images for the curves would multiply the "
+             "points are shared), so full resolution or more steps would multiply the "
              f"{info['seconds']['deletion_insertion']:.0f} s the curves took here.")
     L.append(f"- Maps: CAM of the CAM head (three normalizers); ReCAM of each ReCAM head with its normalizer; "
              f"LayerCAM on `{'`, `'.join(info['layercam_layers'])}` (weighted: minmax per layer, 0.4/0.4/0.2, tanh(2x); "
              f"max: element-wise max); Grad-CAM and Grad-CAM++ on `backbone` (the last stage after "
              "AdaptiveAvgPool2d(7): the head's input). All maps bilinearly upsampled to the input after normalization.")
-    L.append(f"- Deletion / insertion: on {info['n_curve_images']} of the {info['n_images']} images (the first "
-             f"{a['curve_per_class']} validation images of each class, to keep the run short; `--curve-per-class 20` "
-             f"for all), {a['steps']} steps of {100 / a['steps']:.1f}% of the pixels, order of decreasing "
+    which = ("all validation images" if info["n_curve_images"] == info["n_images"] else
+             f"{info['n_curve_images']} of the {info['n_images']} images (the first {a['curve_per_class']} validation "
+             "images of each class; `--curve-per-class 20` for all)")
+    L.append(f"- Deletion / insertion: on {which}, {a['steps']} steps of {100 / a['steps']:.1f}% of the pixels, order of decreasing "
              f"map value (ties in raster order); as in RISE, deleted pixels become the {a['deletion_baseline']} baseline"
              f"{' (0 in the normalized input = mid-grey)' if a['deletion_baseline'] == 'zeros' else ''} and insertion "
              f"starts from the {a['insertion_baseline']} baseline"
