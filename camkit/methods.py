@@ -336,7 +336,10 @@ def target_gradients(
     B, K = targets.shape
     onehot = torch.zeros(K, *logits.shape, dtype=logits.dtype, device=logits.device)
     onehot.scatter_(2, targets.t().unsqueeze(-1), 1.0)
-    if K == 1 or not batched:
+    if K == 1:  # a view, not a copy: the top-1 path is the common one
+        grads = torch.autograd.grad(logits, activations, grad_outputs=onehot[0], allow_unused=True)
+        return [g.unsqueeze(1) if g is not None else None for g in grads]
+    if not batched:
         per_k = [
             torch.autograd.grad(logits, activations, grad_outputs=onehot[k], retain_graph=k < K - 1, allow_unused=True)
             for k in range(K)
