@@ -5,7 +5,7 @@ layer and linear head, token reshape for vision transformers, preprocessing);
 ``build(name, weights)`` creates a torchvision / timm model or the offline
 ``efficientnet_lite0`` with its preset; ``list_layers`` shows hookable layers.
 """
-from .build import LayerInfo, ModelError, OFFLINE_MODEL, build, default_marks, known_models, list_layers
+from .build import OFFLINE_MODEL, LayerInfo, ModelError, build, default_marks, known_models, list_layers
 from .presets import Preset, TokenReshape, imagenet_categories, resolve
 from .pretrained import efficientnet_lite0, lite0_weights_path
 

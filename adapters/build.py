@@ -8,18 +8,20 @@ A bare name is looked up in that order; ``tv:NAME`` / ``timm:NAME`` choose.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .presets import Preset, _timm_fields, resolve
+from camkit.errors import InputError
+
+from .presets import Preset, resolve
 
 OFFLINE_MODEL = "efficientnet_lite0"
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model could not be built or loaded; the message is meant for the user."""
 
 

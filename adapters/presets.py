@@ -48,6 +48,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import Tensor, nn
 
+from camkit.errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -77,7 +79,7 @@ class TokenReshape:
 
     def __init__(self, num_prefix_tokens: int, grid: Tuple[int, int]) -> None:
         if num_prefix_tokens < 0:
-            raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
+            raise InputError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.grid = (int(grid[0]), int(grid[1]))
 
@@ -85,14 +87,14 @@ class TokenReshape:
         if t.dim() == 4:
             return t
         if t.dim() != 3:
-            raise ValueError(f"expected tokens of shape (B, N, C), got {tuple(t.shape)}")
+            raise InputError(f"expected tokens of shape (B, N, C), got {tuple(t.shape)}")
         patches = t[:, self.num_prefix_tokens:, :]
         n = patches.shape[1]
         h, w = self.grid
         if h * w != n:
             side = int(round(n ** 0.5))
             if side * side != n:
-                raise ValueError(
+                raise InputError(
                     f"{t.shape[1]} tokens minus {self.num_prefix_tokens} prefix tokens = {n} patch tokens, "
                     f"which fit neither the patch grid {h}x{w} nor a square grid"
                 )
@@ -106,7 +108,7 @@ class TokenReshape:
 def nhwc_to_nchw(t: Tensor) -> Tensor:
     """Channels-last feature maps ``(B, H, W, C)`` (timm's Swin stages) as ``(B, C, H, W)``."""
     if t.dim() != 4:
-        raise ValueError(f"expected channels-last maps (B, H, W, C), got {tuple(t.shape)}")
+        raise InputError(f"expected channels-last maps (B, H, W, C), got {tuple(t.shape)}")
     return t.permute(0, 3, 1, 2)
 
 
@@ -168,16 +170,16 @@ class Preset:
             return (self.gradcam_layer,)
         if method == "cam":
             if self.cam_layer is None:
-                raise ValueError(
+                raise InputError(
                     f"CAM needs global average pooling followed by one linear layer; this {self.family} model "
                     f"has none. Use gradcam, gradcampp or layercam"
                 )
             return (self.cam_layer,)
         if method == "recam":
             if not self.recam:
-                raise ValueError("ReCAM needs a camkit.CAMModel with a ReCAMHead (see camkit.heads)")
+                raise InputError("ReCAM needs a camkit.CAMModel with a ReCAMHead (see camkit.heads)")
             return ()
-        raise ValueError(f"unknown method {method!r}; choose one of cam, gradcam, gradcampp, layercam, recam")
+        raise InputError(f"unknown method {method!r}; choose one of cam, gradcam, gradcampp, layercam, recam")
 
     def expand_layers(self, layers: Sequence[str]) -> List[str]:
         """Replace names of layer sets (``"convs"``, ``"pools"``, ``"default"``) by their layers."""
@@ -200,7 +202,7 @@ class Preset:
         chosen = self.expand_layers(layers) if layers else list(self.default_layers(method))
         if method == "cam":
             if len(chosen) != 1:
-                raise ValueError(f"CAM uses exactly one layer, got {chosen}")
+                raise InputError(f"CAM uses exactly one layer, got {chosen}")
             kw: Dict[str, Any] = {"layer": chosen[0]}
             if self.fc is not None:
                 kw["fc"] = self.fc
@@ -209,7 +211,7 @@ class Preset:
             return kw
         if method == "recam":
             if layers:
-                raise ValueError("ReCAM uses the CAM head's maps; it takes no layers")
+                raise InputError("ReCAM uses the CAM head's maps; it takes no layers")
             self.default_layers("recam")
             return {}
         kw = {"layers": chosen}
@@ -217,7 +219,7 @@ class Preset:
             kw["reshape"] = self.reshape
         return kw
 
-    def with_weights(self, weights: Any) -> "Preset":
+    def with_weights(self, weights: Any) -> Preset:
         """The same preset with the transform and categories of a torchvision weights enum."""
         return replace(self, **_tv_weights_fields(weights))
 
@@ -369,10 +371,10 @@ def _timm_convnet(model: nn.Module) -> Preset:
     info = getattr(model, "feature_info", None)
     mods = _modules(model)
     if not info:
-        raise ValueError(f"timm model {type(model).__name__} has no feature_info; pass layers=... (see `camkit layers`)")
+        raise InputError(f"timm model {type(model).__name__} has no feature_info; pass layers=... (see `camkit layers`)")
     stages = [d["module"] for d in info if d.get("module") in mods]
     if not stages:
-        raise ValueError(f"timm model {type(model).__name__}: feature_info names no module of the model")
+        raise InputError(f"timm model {type(model).__name__}: feature_info names no module of the model")
     layers = tuple(stages[-3:])
     fields = _timm_fields(model)
     h, w = fields["input_size"]
@@ -414,7 +416,7 @@ def _timm_convnet(model: nn.Module) -> Preset:
         if got[n] is feats or (got[n].shape == feats.shape and torch.equal(got[n], feats)):
             last = n
     if feats.dim() != 4:
-        raise ValueError(
+        raise InputError(
             f"camkit has no preset for timm model {type(model).__name__}: its features have shape "
             f"{tuple(raw_feats.shape)}, not (B, C, h, w); pass layers=[...] and a reshape=... yourself"
         )
@@ -559,7 +561,7 @@ def resolve(model: nn.Module, weights: Any = None) -> Preset:
     elif isinstance(model, tvm.VisionTransformer):
         preset = _tv_vit(model)
     else:
-        raise ValueError(
+        raise InputError(
             f"camkit has no preset for {type(model).__module__}.{type(model).__name__}; "
             "pass layers=[...] yourself (list them with `camkit layers` or model.named_modules())"
         )

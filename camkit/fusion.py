@@ -11,13 +11,15 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 
 def _stack(maps: Sequence[Tensor]) -> Tensor:
     if len(maps) == 0:
-        raise ValueError("fusion needs at least one map")
+        raise InputError("fusion needs at least one map")
     shapes = {tuple(m.shape) for m in maps}
     if len(shapes) != 1:
-        raise ValueError(f"all maps must have the same shape (B, K, H, W), got {sorted(shapes)}")
+        raise InputError(f"all maps must have the same shape (B, K, H, W), got {sorted(shapes)}")
     return torch.stack(list(maps), dim=0)
 
 
@@ -35,11 +37,11 @@ def fuse_weighted(maps: Sequence[Tensor], weights: Sequence[float], scale: float
     stacked = _stack(maps)
     w = torch.as_tensor(list(weights), dtype=stacked.dtype, device=stacked.device)
     if w.dim() != 1 or w.numel() != stacked.shape[0]:
-        raise ValueError(f"expected {stacked.shape[0]} fusion weights (one per layer), got {list(weights)}")
+        raise InputError(f"expected {stacked.shape[0]} fusion weights (one per layer), got {list(weights)}")
     if not torch.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"fusion weights must be finite and non-negative, got {list(weights)}")
+        raise InputError(f"fusion weights must be finite and non-negative, got {list(weights)}")
     if float(w.sum()) > 1.0 + 1e-6:
-        raise ValueError(f"fusion weights must sum to at most 1, got {list(weights)} (sum {float(w.sum()):g})")
+        raise InputError(f"fusion weights must sum to at most 1, got {list(weights)} (sum {float(w.sum()):g})")
     return torch.tanh(scale * torch.einsum("l,l...->...", w, stacked))
 
 
@@ -47,10 +49,10 @@ def fuse(maps: Sequence[Tensor], method: str = "max", weights: Optional[Sequence
     """Dispatch on ``method``: ``"max"`` or ``"weighted"`` (needs ``weights``)."""
     if method == "max":
         if weights is not None:
-            raise ValueError("fusion='max' takes no weights; use fusion='weighted' to weight layers")
+            raise InputError("fusion='max' takes no weights; use fusion='weighted' to weight layers")
         return fuse_max(maps)
     if method == "weighted":
         if weights is None:
-            raise ValueError("fusion='weighted' needs weights=[...], one per layer (the study used 0.4, 0.4, 0.2)")
+            raise InputError("fusion='weighted' needs weights=[...], one per layer (the study used 0.4, 0.4, 0.2)")
         return fuse_weighted(maps, weights)
-    raise ValueError(f"unknown fusion {method!r}; choose 'max' or 'weighted'")
+    raise InputError(f"unknown fusion {method!r}; choose 'max' or 'weighted'")

@@ -11,6 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError
 from .normalize import Normalizer, get_normalizer
 
 
@@ -25,7 +26,7 @@ class CAMHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         if in_channels <= 0 or num_classes <= 0:
-            raise ValueError(f"in_channels and num_classes must be positive, got {in_channels}, {num_classes}")
+            raise InputError(f"in_channels and num_classes must be positive, got {in_channels}, {num_classes}")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.conv = nn.Conv2d(in_channels, num_classes, kernel_size=1)
@@ -35,7 +36,7 @@ class CAMHead(nn.Module):
 
     def _check(self, f: Tensor) -> None:
         if f.dim() != 4 or f.shape[1] != self.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"expected features of shape (B, {self.in_channels}, h, w), got {tuple(f.shape)}"
             )
 
@@ -86,7 +87,7 @@ class ReCAMHead(CAMHead):
         mask = self.normalize(cams)
         return maps.unsqueeze(1) * mask.unsqueeze(2)
 
-    def recam(self, f: Tensor, targets: Tensor, normalized: bool = True) -> "tuple[Tensor, Tensor]":
+    def recam(self, f: Tensor, targets: Tensor, normalized: bool = True) -> tuple[Tensor, Tensor]:
         """ReCAM maps and logits for ``targets`` (B, K).
 
         Returns ``(maps, logits)``: maps ``(B, K, h, w)``, in [0, 1] when
@@ -107,9 +108,9 @@ class ReCAMHead(CAMHead):
                 target = self.fc(self.pool(maps).flatten(1)).argmax(dim=1)
         target = torch.as_tensor(target, device=f.device).long().reshape(-1, 1)
         if target.shape[0] != f.shape[0]:
-            raise ValueError(f"expected target of shape ({f.shape[0]},), got {tuple(target.shape)}")
+            raise InputError(f"expected target of shape ({f.shape[0]},), got {tuple(target.shape)}")
         if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
-            raise ValueError(f"target classes must lie in [0, {self.num_classes - 1}]")
+            raise InputError(f"target classes must lie in [0, {self.num_classes - 1}]")
         m = self.masked(maps, target)[:, 0]
         return self.fc(self.pool(m).flatten(1))
 
@@ -133,7 +134,7 @@ class CAMModel(nn.Module):
                 p.requires_grad_(False)
             self.backbone.eval()
 
-    def train(self, mode: bool = True) -> "CAMModel":
+    def train(self, mode: bool = True) -> CAMModel:
         super().train(mode)
         if self.frozen:
             self.backbone.eval()
@@ -160,6 +161,6 @@ def load_head(path: Union[str, os.PathLike], map_location: Union[str, torch.devi
     elif meta["class"] == "CAMHead":
         head = CAMHead(meta["in_channels"], meta["num_classes"])
     else:
-        raise ValueError(f"{path}: unknown head class {meta['class']!r}")
+        raise InputError(f"{path}: unknown head class {meta['class']!r}")
     head.load_state_dict(blob["state_dict"])
     return head

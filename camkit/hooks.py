@@ -15,6 +15,8 @@ from typing import Dict, Iterator, List, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError, InputTypeError
+
 LayerSpec = Union[str, nn.Module]
 
 
@@ -33,27 +35,27 @@ def resolve_layers(model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec
         layers = [layers]
     layers = list(layers)
     if not layers:
-        raise ValueError("layers is empty: name at least one layer, e.g. layers=['features.29']")
+        raise InputError("layers is empty: name at least one layer, e.g. layers=['features.29']")
     modules = dict(model.named_modules())
     by_id = {id(m): n for n, m in model.named_modules()}
     out: List[Tuple[str, nn.Module]] = []
     for spec in layers:
         if isinstance(spec, nn.Module):
             if id(spec) not in by_id:
-                raise ValueError(f"the module {type(spec).__name__} passed in layers is not a submodule of the model")
+                raise InputError(f"the module {type(spec).__name__} passed in layers is not a submodule of the model")
             name = by_id[id(spec)]
             if name == "":
-                raise ValueError("layers must name submodules, not the model itself")
+                raise InputError("layers must name submodules, not the model itself")
         elif isinstance(spec, str):
             name = spec
             if name not in modules or name == "":
                 close = difflib.get_close_matches(name, layer_names(model), n=5, cutoff=0.5)
                 hint = f"; close matches: {', '.join(close)}" if close else ""
-                raise ValueError(f"unknown layer {name!r}{hint} (see model.named_modules() or `camkit layers`)")
+                raise InputError(f"unknown layer {name!r}{hint} (see model.named_modules() or `camkit layers`)")
         else:
-            raise TypeError(f"layers must be names (str) or modules, got {type(spec).__name__}")
+            raise InputTypeError(f"layers must be names (str) or modules, got {type(spec).__name__}")
         if any(name == n for n, _ in out):
-            raise ValueError(f"layer {name!r} is listed twice")
+            raise InputError(f"layer {name!r} is listed twice")
         out.append((name, modules[name]))
     return out
 
@@ -96,7 +98,7 @@ class ActivationRecorder:
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def attach(self) -> "ActivationRecorder":
+    def attach(self) -> ActivationRecorder:
         if not self._handles:
             self._handles = [m.register_forward_hook(self._hook_for(name)) for name, m in self.layers]
         return self
@@ -107,7 +109,7 @@ class ActivationRecorder:
         self._handles = []
         self.activations = {}
 
-    def __enter__(self) -> "ActivationRecorder":
+    def __enter__(self) -> ActivationRecorder:
         return self.attach()
 
     def __exit__(self, *exc: object) -> None:
@@ -118,7 +120,7 @@ class ActivationRecorder:
             if not self._recording:
                 return None
             if not isinstance(output, Tensor):
-                raise ValueError(
+                raise InputError(
                     f"layer {name!r} returned {type(output).__name__}, not a tensor; hook a layer that returns one"
                 )
             self._calls[name] = self._calls.get(name, 0) + 1
@@ -152,11 +154,11 @@ class ActivationRecorder:
         """After a forward: every layer ran exactly once."""
         missing = [n for n, _ in self.layers if n not in self.activations]
         if missing:
-            raise ValueError(f"layer(s) {missing} did not run during the forward pass; choose layers the model uses")
+            raise InputError(f"layer(s) {missing} did not run during the forward pass; choose layers the model uses")
         repeated = {n: c for n, c in self._calls.items() if c > 1}
         if repeated:
             n, c = next(iter(repeated.items()))
-            raise ValueError(
+            raise InputError(
                 f"layer {n!r} ran {c} times in one forward pass (a shared module); "
                 "hook a module that runs once, e.g. its parent block"
             )

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InputError, InputTypeError
 from .fusion import fuse
 from .heads import CAMHead, CAMModel, ReCAMHead
 from .hooks import ActivationRecorder, LayerSpec, resolve_layers
@@ -84,7 +85,7 @@ class CAMResult:
         make_maps: Optional[Callable[[], Tensor]] = None,
     ) -> None:
         if maps is None and make_maps is None:
-            raise ValueError("CAMResult needs maps or make_maps")
+            raise InputError("CAMResult needs maps or make_maps")
         self._maps, self._make_maps = maps, make_maps
         self.targets = targets
         self.logits = logits
@@ -119,15 +120,15 @@ class CAMResult:
 
 def _check_input(x: object, model: nn.Module) -> Tensor:
     if not isinstance(x, Tensor):
-        raise TypeError(f"expected an image batch tensor of shape (B, C, H, W), got {type(x).__name__}")
+        raise InputTypeError(f"expected an image batch tensor of shape (B, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
         hint = " (a single image? add a batch dimension with x[None])" if x.dim() == 3 else ""
-        raise ValueError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}{hint}")
+        raise InputError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}{hint}")
     if x.shape[0] == 0:
-        raise ValueError("the input batch is empty")
+        raise InputError("the input batch is empty")
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first_conv is not None and x.shape[1] != first_conv.in_channels:
-        raise ValueError(
+        raise InputError(
             f"expected input of shape (B, {first_conv.in_channels}, H, W) for this model, got {tuple(x.shape)}"
         )
     return x
@@ -136,7 +137,7 @@ def _check_input(x: object, model: nn.Module) -> Tensor:
 def _check_logits(out: object) -> Tensor:
     if not isinstance(out, Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"the model must return logits of shape (B, num_classes), got {shape}")
+        raise InputError(f"the model must return logits of shape (B, num_classes), got {shape}")
     return out
 
 
@@ -144,24 +145,24 @@ def _targets_before(targets: Targets, topk: Optional[int], batch: int) -> Option
     """Shape checks that need no forward pass; returns a (B, K) tensor or None."""
     if topk is not None:
         if targets is not None:
-            raise ValueError("give either targets or topk, not both")
+            raise InputError("give either targets or topk, not both")
         if not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive int, got {topk!r}")
+            raise InputError(f"topk must be a positive int, got {topk!r}")
         return None
     if targets is None or (isinstance(targets, str) and targets == "all"):
         return None
     if isinstance(targets, str):
-        raise ValueError(f"targets must be class indices, 'all' or None, got {targets!r}")
+        raise InputError(f"targets must be class indices, 'all' or None, got {targets!r}")
     if isinstance(targets, int):
         targets = [targets] * batch
     t = torch.as_tensor(targets)
     if t.is_floating_point() or t.dtype == torch.bool:
-        raise ValueError(f"targets must be integer class indices, got dtype {t.dtype}")
+        raise InputError(f"targets must be integer class indices, got dtype {t.dtype}")
     t = t.long()
     if t.dim() == 1:
         t = t[:, None]
     if t.dim() != 2 or t.shape[0] != batch or t.shape[1] == 0:
-        raise ValueError(
+        raise InputError(
             f"targets must have shape ({batch},) (one class per image) or ({batch}, K), got {tuple(torch.as_tensor(targets).shape)}"
         )
     return t
@@ -171,7 +172,7 @@ def _targets_after(t: Optional[Tensor], targets: Targets, topk: Optional[int], l
     num_classes = logits.shape[1]
     if topk is not None:
         if topk > num_classes:
-            raise ValueError(f"topk={topk} exceeds the number of classes ({num_classes})")
+            raise InputError(f"topk={topk} exceeds the number of classes ({num_classes})")
         return logits.detach().topk(topk, dim=1).indices
     if isinstance(targets, str):  # "all"
         return torch.arange(num_classes, device=logits.device).expand(logits.shape[0], -1)
@@ -179,7 +180,7 @@ def _targets_after(t: Optional[Tensor], targets: Targets, topk: Optional[int], l
         return logits.detach().argmax(dim=1, keepdim=True)
     if t.min() < 0 or t.max() >= num_classes:
         bad = t[(t < 0) | (t >= num_classes)][0].item()
-        raise ValueError(f"target class {bad} out of range: classes are 0..{num_classes - 1}")
+        raise InputError(f"target class {bad} out of range: classes are 0..{num_classes - 1}")
     return t.to(logits.device)
 
 
@@ -187,7 +188,7 @@ def _as_4d(name: str, a: Tensor, reshape: Optional[Reshape]) -> Tensor:
     if reshape is not None:
         a = reshape(a)
     if a.dim() != 4:
-        raise ValueError(
+        raise InputError(
             f"layer {name!r} outputs shape {tuple(a.shape)}; expected (B, C, h, w). For token outputs (B, N, C) "
             "pass reshape=... or use camkit.adapters"
         )
@@ -226,13 +227,13 @@ class _Method:
         channels_last: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.layers = resolve_layers(model, layers)
         if fusion not in ("max", "weighted"):
-            raise ValueError(f"unknown fusion {fusion!r}; choose 'max' or 'weighted'")
+            raise InputError(f"unknown fusion {fusion!r}; choose 'max' or 'weighted'")
         if fusion == "weighted" and (weights is None or len(weights) != len(self.layers)):
-            raise ValueError(
+            raise InputError(
                 f"fusion='weighted' needs one weight per layer: {len(self.layers)} layers, got weights={weights}"
             )
         self.fusion, self.weights = fusion, weights
@@ -248,7 +249,7 @@ class _Method:
         return [n for n, _ in self.layers]
 
     # context manager: hooks stay attached inside the block
-    def __enter__(self) -> "_Method":
+    def __enter__(self) -> _Method:
         self._recorder.attach()
         return self
 
@@ -377,12 +378,12 @@ class _GradientMethod(_Method):
         names = self.layer_names
         raw = [acts[n] for n in names]
         if not logits.requires_grad:
-            raise ValueError(f"the model's output does not depend on layers {names} through autograd")
+            raise InputError(f"the model's output does not depend on layers {names} through autograd")
         grads = target_gradients(logits, raw, targets, self.batched_backward)
         out: Dict[str, Tensor] = {}
         for name, a, g in zip(names, raw, grads):
             if g is None:
-                raise ValueError(f"the model's output does not depend on layer {name!r}")
+                raise InputError(f"the model's output does not depend on layer {name!r}")
             A = _as_4d(name, a.detach(), self.reshape)
             if self.reshape is not None:
                 G = self.reshape(g.flatten(0, 1)).unflatten(0, g.shape[:2])
@@ -444,7 +445,7 @@ def find_classifier(model: nn.Module) -> Tuple[str, nn.Linear]:
         lin = _head_linear(c)
         if lin is not None and id(lin) in names:
             return names[id(lin)], lin
-    raise ValueError(
+    raise InputError(
         f"{type(model).__name__} has no global-average-pool + linear head that CAM can use "
         "(VGG16's classifier, for one, is a stack of linear layers). Pass fc=... if the model has one, "
         "or train a camkit.CAMHead on the backbone (camkit.CAMModel) and use CAM on that."
@@ -481,11 +482,11 @@ class CAM(_Method):
             self.fc = dict(model.named_modules()).get(fc)  # type: ignore[assignment]
             if not isinstance(self.fc, nn.Linear):
                 close = difflib.get_close_matches(fc, [n for n, _ in model.named_modules()], n=5, cutoff=0.5)
-                raise ValueError(f"fc={fc!r} is not a linear layer of the model; close matches: {', '.join(close)}")
+                raise InputError(f"fc={fc!r} is not a linear layer of the model; close matches: {', '.join(close)}")
         elif isinstance(fc, nn.Linear):
             self.fc = fc
         else:
-            raise TypeError(f"fc must be a layer name or an nn.Linear, got {type(fc).__name__}")
+            raise InputTypeError(f"fc must be a layer name or an nn.Linear, got {type(fc).__name__}")
         if layer is None:
             layer = _find_gap_input(model, self.fc)
         super().__init__(model, [layer], normalize=normalize, reshape=reshape, channels_last=channels_last)
@@ -494,14 +495,14 @@ class CAM(_Method):
         (name,) = self.layer_names
         A = _as_4d(name, acts[name], self.reshape)
         if A.shape[1] != self.fc.in_features:
-            raise ValueError(
+            raise InputError(
                 f"layer {name!r} has {A.shape[1]} channels but the linear layer takes {self.fc.in_features} features"
             )
         if self._check_head:
             pooled = self.fc(A.mean(dim=(-2, -1)))
             tol = 1e-3 * (1.0 + logits.abs().max())
             if pooled.shape != logits.shape or (pooled - logits).abs().max() > tol:
-                raise ValueError(
+                raise InputError(
                     f"the model's logits are not fc(GAP({name})): its head is not global-average-pool + linear "
                     "on this layer (or dropout is active: call model.eval()). Use another layer, or a camkit.CAMHead."
                 )
@@ -538,7 +539,7 @@ def _find_gap_input(model: nn.Module, fc: nn.Linear) -> str:
         for name, m in reversed(means):
             if m.shape == target.shape and torch.allclose(m, target, rtol=1e-4, atol=1e-5):
                 return name
-    raise ValueError(
+    raise InputError(
         f"could not find a layer whose global average pool feeds the linear layer of {type(model).__name__}: "
         "its head is not GAP + linear (or pools after a functional op). Pass layer=... (and reshape=... for a "
         "functional op such as torch.relu), or train a camkit.CAMHead and use CAM on a camkit.CAMModel."
@@ -559,7 +560,7 @@ class ReCAM(_Method):
 
     def __init__(self, model: nn.Module, normalize: Optional[Union[str, Normalizer]] = None) -> None:
         if not isinstance(model, CAMModel) or not isinstance(model.head, ReCAMHead):
-            raise ValueError("ReCAM needs a camkit.CAMModel whose head is a camkit.ReCAMHead (trained)")
+            raise InputError("ReCAM needs a camkit.CAMModel whose head is a camkit.ReCAMHead (trained)")
         self.model = model
         self.layers = [("head", model.head)]
         self.fusion, self.weights, self.reshape, self.channels_last = "max", None, None, False

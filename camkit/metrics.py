@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InputError, InputTypeError
+
 Model = Callable[[Tensor], Tensor]
 Baseline = Union[str, Tensor, Callable[[Tensor], Tensor]]
 
@@ -70,39 +72,39 @@ def _inference(model: Model) -> Iterator[None]:
 
 def _check_images(images: object) -> Tensor:
     if not isinstance(images, Tensor):
-        raise TypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+        raise InputTypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
     if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"images must have shape (B, C, H, W) with B >= 1, got {tuple(images.shape)}")
+        raise InputError(f"images must have shape (B, C, H, W) with B >= 1, got {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise TypeError(f"images must be floating point, got dtype {images.dtype}")
+        raise InputTypeError(f"images must be floating point, got dtype {images.dtype}")
     return images
 
 
 def _check_maps(maps: object, batch: int, size: Tuple[int, int], name: str = "maps") -> Tensor:
     """(B, H, W) or (B, M, H, W) floating maps -> (B, M, H, W)."""
     if not isinstance(maps, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, W) or (B, M, H, W), got {type(maps).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor of shape (B, H, W) or (B, M, H, W), got {type(maps).__name__}")
     if maps.dim() == 3:
         maps = maps.unsqueeze(1)
     if maps.dim() != 4 or maps.shape[0] != batch or tuple(maps.shape[-2:]) != tuple(size):
-        raise ValueError(
+        raise InputError(
             f"{name} must have shape ({batch}, {size[0]}, {size[1]}) or ({batch}, M, {size[0]}, {size[1]}) "
             f"to match the images, got {tuple(maps.shape)} (upsample the maps to the images' size first)"
         )
     if not maps.is_floating_point():
         maps = maps.float()
     if not torch.isfinite(maps).all():
-        raise ValueError(f"{name} contain NaN or infinite values")
+        raise InputError(f"{name} contain NaN or infinite values")
     return maps
 
 
 def _check_targets(targets: object, batch: int) -> Tensor:
     t = torch.as_tensor(targets)
     if t.is_floating_point() or t.dtype == torch.bool:
-        raise ValueError(f"targets must be integer class indices, got dtype {t.dtype}")
+        raise InputError(f"targets must be integer class indices, got dtype {t.dtype}")
     t = t.long().reshape(-1) if t.dim() == 0 else t.long()
     if t.dim() != 1 or t.shape[0] != batch:
-        raise ValueError(f"targets must have shape ({batch},) (one class per image), got {tuple(t.shape)}")
+        raise InputError(f"targets must have shape ({batch},) (one class per image), got {tuple(t.shape)}")
     return t
 
 
@@ -110,9 +112,9 @@ def _scores(model: Model, x: Tensor, targets: Tensor, score: str) -> Tensor:
     logits = model(x)
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return logits of shape (N, num_classes), got {shape}")
+        raise InputError(f"the model must return logits of shape (N, num_classes), got {shape}")
     if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
-        raise ValueError(f"target classes must lie in [0, {logits.shape[1] - 1}]")
+        raise InputError(f"target classes must lie in [0, {logits.shape[1] - 1}]")
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     out = logits.softmax(dim=1) if score == "softmax" else logits
@@ -121,7 +123,7 @@ def _scores(model: Model, x: Tensor, targets: Tensor, score: str) -> Tensor:
 
 def _check_score(score: str) -> None:
     if score not in ("softmax", "logit"):
-        raise ValueError(f"score must be 'softmax' or 'logit', got {score!r}")
+        raise InputError(f"score must be 'softmax' or 'logit', got {score!r}")
 
 
 def make_baseline(images: Tensor, baseline: Baseline = "blur", blur_kernel: int = 11, blur_sigma: float = 5.0) -> Tensor:
@@ -140,22 +142,22 @@ def make_baseline(images: Tensor, baseline: Baseline = "blur", blur_kernel: int 
             from torchvision.transforms.functional import gaussian_blur
 
             if blur_kernel < 1 or blur_kernel % 2 == 0:
-                raise ValueError(f"blur_kernel must be a positive odd integer, got {blur_kernel}")
+                raise InputError(f"blur_kernel must be a positive odd integer, got {blur_kernel}")
             if blur_sigma <= 0:
-                raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
+                raise InputError(f"blur_sigma must be positive, got {blur_sigma}")
             return gaussian_blur(images, [blur_kernel, blur_kernel], [float(blur_sigma), float(blur_sigma)])
         if baseline == "mean":
             return images.mean(dim=(-2, -1), keepdim=True).expand_as(images).clone()
         if baseline == "zeros":
             return torch.zeros_like(images)
-        raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}, or pass a tensor or a callable")
+        raise InputError(f"unknown baseline {baseline!r}; choose one of {BASELINES}, or pass a tensor or a callable")
     out = baseline(images) if callable(baseline) else baseline
     if not isinstance(out, Tensor):
-        raise TypeError(f"the baseline must be a tensor (or a callable returning one), got {type(out).__name__}")
+        raise InputTypeError(f"the baseline must be a tensor (or a callable returning one), got {type(out).__name__}")
     try:
         return torch.broadcast_to(out.to(images.dtype).to(images.device), images.shape)
     except RuntimeError as e:
-        raise ValueError(f"baseline of shape {tuple(out.shape)} does not broadcast to the images' {tuple(images.shape)}") from e
+        raise InputError(f"baseline of shape {tuple(out.shape)} does not broadcast to the images' {tuple(images.shape)}") from e
 
 
 def pixel_ranks(maps: Tensor) -> Tensor:
@@ -174,7 +176,7 @@ def pixel_ranks(maps: Tensor) -> Tensor:
 def step_counts(num_pixels: int, steps: int) -> Tensor:
     """Pixels changed at each step: ``floor(k * num_pixels / steps)`` for k = 0..steps."""
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+        raise InputError(f"steps must be a positive int, got {steps!r}")
     return (torch.arange(steps + 1, dtype=torch.long) * num_pixels) // steps
 
 
@@ -216,9 +218,9 @@ def deletion_insertion(
     _check_score(score)
     modes = tuple(modes)
     if not modes or any(m not in ("deletion", "insertion") for m in modes):
-        raise ValueError(f"modes must be a non-empty subset of ('deletion', 'insertion'), got {modes}")
+        raise InputError(f"modes must be a non-empty subset of ('deletion', 'insertion'), got {modes}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     counts = step_counts(H * W, steps).to(images.device)
     M = maps4.shape[1]
     base = make_baseline(images, baseline, blur_kernel, blur_sigma)
@@ -290,7 +292,7 @@ def auc(curve: Tensor) -> Tensor:
     """Area under curves sampled at ``steps + 1`` equally spaced points of [0, 1]
     (trapezoid rule): ``(..., steps + 1) -> (...)``."""
     if not isinstance(curve, Tensor) or curve.dim() < 1 or curve.shape[-1] < 2:
-        raise ValueError(f"expected curves of shape (..., steps + 1) with steps >= 1, got {getattr(curve, 'shape', curve)}")
+        raise InputError(f"expected curves of shape (..., steps + 1) with steps >= 1, got {getattr(curve, 'shape', curve)}")
     n = curve.shape[-1] - 1
     return torch.trapezoid(curve.float(), dx=1.0 / n, dim=-1)
 
@@ -313,10 +315,10 @@ def average_drop_increase(
     The explanation image is ``images * map`` (with ``baseline``:
     ``baseline + map * (images - baseline)``); maps (B, H, W) or (B, M, H, W)
     with values in [0, 1]. With ``Y`` the target's softmax probability on the
-    image and ``O`` on the explanation image:
+    image and ``out`` on the explanation image:
 
-    - average drop = ``100 * mean(max(0, Y - O) / Y)`` (lower is better),
-    - increase in confidence = ``100 * mean(O > Y)`` (higher is better).
+    - average drop = ``100 * mean(max(0, Y - out) / Y)`` (lower is better),
+    - increase in confidence = ``100 * mean(out > Y)`` (higher is better).
 
     Returns ``{"drop": ..., "increase": ..., "Y": (B,), "O": (B,) or (B, M)}``
     where drop/increase are scalars, or ``(M,)`` for (B, M, H, W) maps; with
@@ -327,7 +329,7 @@ def average_drop_increase(
     B, _, H, W = images.shape
     maps4 = _check_maps(maps, B, (H, W))
     if (maps4 < 0).any() or (maps4 > 1).any():
-        raise ValueError("maps must lie in [0, 1] for the average drop (normalize them first)")
+        raise InputError("maps must lie in [0, 1] for the average drop (normalize them first)")
     t = _check_targets(targets, B)
     _check_score(score)
     M = maps4.shape[1]
@@ -336,20 +338,20 @@ def average_drop_increase(
         Y = torch.cat([_scores(model, images[i:i + batch_size], t[i:i + batch_size], score)
                        for i in range(0, B, batch_size)])
         jobs = torch.cartesian_prod(torch.arange(B), torch.arange(M))
-        O = torch.empty(B, M, dtype=Y.dtype, device=images.device)
+        out = torch.empty(B, M, dtype=Y.dtype, device=images.device)
         for s in range(0, jobs.shape[0], batch_size):
             jb, jm = jobs[s:s + batch_size].unbind(1)
             m = maps4[jb, jm].unsqueeze(1).to(images.dtype)
             x = images[jb] * m if base is None else base[jb] + m * (images[jb] - base[jb])
-            O[jb, jm] = _scores(model, x, t[jb], score)
+            out[jb, jm] = _scores(model, x, t[jb], score)
     Yc = Y[:, None]
-    drop = 100.0 * (Yc - O).clamp(min=0) / Yc.clamp(min=torch.finfo(Yc.dtype).tiny)
-    inc = 100.0 * (O > Yc).float()
+    drop = 100.0 * (Yc - out).clamp(min=0) / Yc.clamp(min=torch.finfo(Yc.dtype).tiny)
+    inc = 100.0 * (out > Yc).float()
     if reduce:
         drop, inc = drop.mean(0), inc.mean(0)
     if maps.dim() == 3:
-        drop, inc, O = drop[..., 0], inc[..., 0], O[:, 0]
-    return {"drop": drop, "increase": inc, "Y": Y, "O": O}
+        drop, inc, out = drop[..., 0], inc[..., 0], out[:, 0]
+    return {"drop": drop, "increase": inc, "Y": Y, "O": out}
 
 
 # --------------------------------------------------------------------------- masks
@@ -357,12 +359,12 @@ def average_drop_increase(
 
 def _check_masks(maps: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
     if not isinstance(maps, Tensor) or not isinstance(masks, Tensor):
-        raise TypeError("maps and masks must be torch.Tensors of shape (B, H, W)")
+        raise InputTypeError("maps and masks must be torch.Tensors of shape (B, H, W)")
     if maps.dim() < 2 or maps.shape != masks.shape:
-        raise ValueError(f"maps and masks must have the same shape (B, H, W), got {tuple(maps.shape)} and {tuple(masks.shape)}")
+        raise InputError(f"maps and masks must have the same shape (B, H, W), got {tuple(maps.shape)} and {tuple(masks.shape)}")
     if masks.dtype != torch.bool:
         if ((masks != 0) & (masks != 1)).any():
-            raise ValueError("masks must be boolean or hold only 0 and 1")
+            raise InputError("masks must be boolean or hold only 0 and 1")
         masks = masks != 0
     return maps, masks
 
@@ -385,7 +387,7 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
     idx = maps.flatten(-2).argmax(dim=-1)
     m = masks
     if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        raise InputError(f"tolerance must be >= 0, got {tolerance}")
     if tolerance > 0:
         lead = m.shape[:-2]
         k = _disk(int(tolerance), m.device)[None, None]
@@ -412,7 +414,7 @@ def iou_sweep(maps: Tensor, masks: Tensor, thresholds: Optional[Union[Sequence[f
         thresholds = torch.linspace(0.05, 0.95, 19)
     th = torch.as_tensor(thresholds, dtype=torch.float32).reshape(-1)
     if th.numel() == 0:
-        raise ValueError("thresholds must not be empty")
+        raise InputError("thresholds must not be empty")
     vals = torch.stack([iou(maps, masks, float(v)) for v in th], dim=-1)
     mean = vals.reshape(-1, th.numel()).mean(0)
     best = int(mean.argmax())
@@ -466,12 +468,12 @@ def make_grids(
     y = _check_targets(labels, N).cpu()
     ok = torch.ones(N, dtype=torch.bool) if eligible is None else torch.as_tensor(eligible, dtype=torch.bool).cpu()
     if ok.shape != (N,):
-        raise ValueError(f"eligible must have shape ({N},), got {tuple(ok.shape)}")
+        raise InputError(f"eligible must have shape ({N},), got {tuple(ok.shape)}")
     classes = torch.unique(y[ok])
     if classes.numel() < 4:
-        raise ValueError(f"grids need eligible images of at least 4 distinct classes, got {classes.numel()}")
+        raise InputError(f"grids need eligible images of at least 4 distinct classes, got {classes.numel()}")
     if not isinstance(n_grids, int) or n_grids < 1:
-        raise ValueError(f"n_grids must be a positive int, got {n_grids!r}")
+        raise InputError(f"n_grids must be a positive int, got {n_grids!r}")
     h, w = cell_size if cell_size is not None else (H // 2, W // 2)
     g = torch.Generator().manual_seed(seed)
     by_class = {int(c): torch.nonzero(ok & (y == c)).flatten() for c in classes}
@@ -508,14 +510,14 @@ def grid_pointing_game(maps: Tensor, cells: Union[int, Sequence[int], Tensor]) -
     uniform over the grid scores 0.25 (for even H and W).
     """
     if not isinstance(maps, Tensor) or maps.dim() < 2:
-        raise ValueError(f"maps must be a tensor of shape (..., H, W), got {getattr(maps, 'shape', maps)}")
+        raise InputError(f"maps must be a tensor of shape (..., H, W), got {getattr(maps, 'shape', maps)}")
     c = torch.as_tensor(cells, device=maps.device).long()
     if c.numel() and (c.min() < 0 or c.max() > 3):
-        raise ValueError("cells must be in 0..3 (cells 0 1 / 2 3 of the 2x2 grid)")
+        raise InputError("cells must be in 0..3 (cells 0 1 / 2 3 of the 2x2 grid)")
     try:
         c = torch.broadcast_to(c, maps.shape[:-2])
     except RuntimeError as e:
-        raise ValueError(f"cells of shape {tuple(c.shape)} do not match maps of shape {tuple(maps.shape)}") from e
+        raise InputError(f"cells of shape {tuple(c.shape)} do not match maps of shape {tuple(maps.shape)}") from e
     pos = maps.float().clamp(min=0)
     cm = cell_masks(tuple(maps.shape[-2:]), maps.device)  # (4, H, W)
     inside = (pos * cm[c]).flatten(-2).sum(-1)

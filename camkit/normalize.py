@@ -13,16 +13,18 @@ from typing import Callable, Dict
 import torch
 from torch import Tensor
 
+from .errors import InputError, InputTypeError
+
 Normalizer = Callable[[Tensor], Tensor]
 
 
 def _check(m: Tensor) -> None:
     if not isinstance(m, Tensor):
-        raise TypeError(f"expected a torch.Tensor of shape (..., h, w), got {type(m).__name__}")
+        raise InputTypeError(f"expected a torch.Tensor of shape (..., h, w), got {type(m).__name__}")
     if m.dim() < 2:
-        raise ValueError(f"expected a map of shape (..., h, w), got shape {tuple(m.shape)}")
+        raise InputError(f"expected a map of shape (..., h, w), got shape {tuple(m.shape)}")
     if not m.is_floating_point():
-        raise TypeError(f"expected a floating-point map, got dtype {m.dtype}")
+        raise InputTypeError(f"expected a floating-point map, got dtype {m.dtype}")
 
 
 def _amax(m: Tensor) -> Tensor:
@@ -94,7 +96,7 @@ NORMALIZERS: Dict[str, Normalizer] = {
 _ALIASES = {"relu": "relu_max", "relu_hybrid": "relu_max", "tanh": "tanh_max", "min_max": "minmax"}
 
 
-def get_normalizer(name_or_fn: "str | Normalizer") -> Normalizer:
+def get_normalizer(name_or_fn: str | Normalizer) -> Normalizer:
     """Look up a normalizer by name (``minmax``, ``sigmoid``, ``relu_max``/``relu``,
     ``tanh_max``/``tanh``) or pass a callable through."""
     if callable(name_or_fn):
@@ -102,5 +104,5 @@ def get_normalizer(name_or_fn: "str | Normalizer") -> Normalizer:
     key = _ALIASES.get(str(name_or_fn), str(name_or_fn))
     if key not in NORMALIZERS:
         known = sorted(set(NORMALIZERS) | set(_ALIASES))
-        raise ValueError(f"unknown normalizer {name_or_fn!r}; choose one of {known}")
+        raise InputError(f"unknown normalizer {name_or_fn!r}; choose one of {known}")
     return NORMALIZERS[key]

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from .errors import DependencyError, InputError
+
 ImageLike = Union[Image.Image, np.ndarray, Tensor]
 MapLike = Union[np.ndarray, Tensor]
 
@@ -40,14 +42,14 @@ def to_uint8(image: ImageLike) -> np.ndarray:
     if isinstance(image, Tensor):
         t = image.detach().float().cpu()
         if t.dim() != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"expected an image tensor of shape (3, H, W) in [0, 1], got {tuple(t.shape)}")
+            raise InputError(f"expected an image tensor of shape (3, H, W) in [0, 1], got {tuple(t.shape)}")
         t = t.expand(3, -1, -1).clamp(0, 1)
         return (t.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
     a = np.asarray(image)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"expected an image array of shape (H, W, 3), got {a.shape}")
+        raise InputError(f"expected an image array of shape (H, W, 3), got {a.shape}")
     a = a[..., :3]
     if a.dtype != np.uint8:
         a = (np.clip(a.astype(np.float64), 0, 1) * 255.0 + 0.5).astype(np.uint8)
@@ -59,7 +61,7 @@ def _map2d(cam: MapLike, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     while t.dim() > 2 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 2:
-        raise ValueError(f"expected a map of shape (H, W), got {tuple(t.shape)}")
+        raise InputError(f"expected a map of shape (H, W), got {tuple(t.shape)}")
     if size is not None and tuple(t.shape) != tuple(size):
         t = F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     return torch.nan_to_num(t, nan=0.0).clamp(0, 1).numpy()
@@ -90,7 +92,7 @@ def colorize(cam: MapLike, cmap: str = "jet") -> np.ndarray:
         rgb = matplotlib.colormaps[cmap](v)[..., :3]
     except ImportError:
         if cmap != "jet":
-            raise ImportError(f"colormap {cmap!r} needs matplotlib: pip install 'camkit[plot]'") from None
+            raise DependencyError(f"colormap {cmap!r} needs matplotlib: pip install 'camkit[plot]'") from None
         rgb = _jet(v)
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
@@ -104,7 +106,7 @@ def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet
     are multiplied by 1.5 and clipped to 1).
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        raise InputError(f"alpha must lie in [0, 1], got {alpha}")
     img = to_uint8(image)
     m = _map2d(cam, (img.shape[0], img.shape[1]))
     if postprocess:
@@ -120,7 +122,7 @@ def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet
 
 def _tiles_as_images(tiles: Sequence[ImageLike]) -> List[Image.Image]:
     if len(tiles) == 0:
-        raise ValueError("no tiles to lay out")
+        raise InputError("no tiles to lay out")
     return [t if isinstance(t, Image.Image) else Image.fromarray(to_uint8(t)) for t in tiles]
 
 
@@ -132,7 +134,7 @@ def grid(tiles: Sequence[ImageLike], cols: int, pad: int = 2, background: Tuple[
     """
     imgs = _tiles_as_images(tiles)
     if cols < 1:
-        raise ValueError(f"cols must be >= 1, got {cols}")
+        raise InputError(f"cols must be >= 1, got {cols}")
     w, h = tile_size or imgs[0].size
     cols = min(cols, len(imgs))
     rows = (len(imgs) + cols - 1) // cols
@@ -173,7 +175,7 @@ def strip(tiles: Sequence[ImageLike], labels: Optional[Sequence[str]] = None, pa
     """
     imgs = _tiles_as_images(tiles)
     if labels is not None and len(labels) != len(imgs):
-        raise ValueError(f"{len(labels)} labels for {len(imgs)} tiles")
+        raise InputError(f"{len(labels)} labels for {len(imgs)} tiles")
     w, h = tile_size or imgs[0].size
     band = 0
     font = None
@@ -217,10 +219,10 @@ def labelled_grid(tiles: Sequence[ImageLike], titles: Sequence[str], cols: int =
     try:
         from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
     except ImportError:
-        raise ImportError("the labelled grid needs matplotlib: pip install 'camkit[plot]'") from None
+        raise DependencyError("the labelled grid needs matplotlib: pip install 'camkit[plot]'") from None
     imgs = _tiles_as_images(tiles)
     if len(titles) != len(imgs):
-        raise ValueError(f"{len(titles)} titles for {len(imgs)} tiles")
+        raise InputError(f"{len(titles)} titles for {len(imgs)} tiles")
     cols = max(1, min(cols, len(imgs)))
     rows = (len(imgs) + cols - 1) // cols
     n_lines = max(t.count("\n") + 1 for t in titles) if titles else 0

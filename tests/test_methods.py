@@ -10,12 +10,12 @@ import torch.nn.functional as F
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import reference_maps, timm_effnet_forward, vgg_forward
 from torch import nn
 
 import camkit
 from camkit.fusion import fuse_max, fuse_weighted
 from camkit.normalize import minmax
-from reference import reference_maps, timm_effnet_forward, vgg_forward
 
 GRAD_METHODS = {"gradcam": camkit.GradCAM, "gradcampp": camkit.GradCAMpp, "layercam": camkit.LayerCAM}
 VGG_LAYERS = [15, 28, 29]  # a ReLU output, a conv overwritten by an in-place ReLU, that ReLU
@@ -233,7 +233,7 @@ def test_result_shapes_and_ranges(B, K, H, W, method, seed):
     assert res.targets.shape == (B, K) and torch.equal(res.targets, targets)
     assert res.logits.shape == (B, 6)
     assert torch.isfinite(res.maps).all() and res.maps.min() >= 0 and res.maps.max() <= 1
-    for name, m in res.layer_maps.items():
+    for m in res.layer_maps.values():
         assert m.shape[:2] == (B, K)
         if method != "cam":
             assert m.min() >= 0  # after the method's ReLU

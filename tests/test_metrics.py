@@ -243,9 +243,9 @@ def test_average_drop_increase_reference():
         sign = 1.0 if t[b] == 1 else -1.0
         Y = sigmoid(sign * (x[b].numpy() * w).sum())
         for j in range(3):
-            O = sigmoid(sign * (x[b].numpy() * maps[b, j].numpy()[None] * w).sum())
-            drops[b, j] = 100 * max(0.0, Y - O) / Y
-            incs[b, j] = 100.0 if O > Y else 0.0
+            o = sigmoid(sign * (x[b].numpy() * maps[b, j].numpy()[None] * w).sum())
+            drops[b, j] = 100 * max(0.0, Y - o) / Y
+            incs[b, j] = 100.0 if o > Y else 0.0
     np.testing.assert_allclose(r["drop"].numpy(), drops.mean(0), rtol=1e-10)
     np.testing.assert_allclose(r["increase"].numpy(), incs.mean(0))
     # class 0 images: masking lowers s, so p0 rises -> increases; class 1 images: drops

@@ -42,7 +42,7 @@ def reference_maps(model, x, layers, targets, method):
     for b in range(B):
         for k in range(K):
             acts = {}
-            hs = [mods[n].register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o)) for n in layers]
+            hs = [mods[n].register_forward_hook(lambda m, i, o, n=n, acts=acts: acts.__setitem__(n, o)) for n in layers]
             logits = model(x[b : b + 1])
             for h in hs:
                 h.remove()

@@ -45,7 +45,7 @@ def _whole(a: np.ndarray, height: int = 224) -> torch.Tensor:
     return ((x - 0.5) / 0.5)[None]
 
 
-def _mass_in_box(m: torch.Tensor, box, size) -> "tuple[float, float]":
+def _mass_in_box(m: torch.Tensor, box, size) -> tuple[float, float]:
     """(fraction of the map's mass inside the box, fraction of the area inside it)."""
     H, W = m.shape
     w0, h0 = size

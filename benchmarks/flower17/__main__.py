@@ -88,11 +88,11 @@ def cmd_prepare(args) -> dict:
 
 
 def cmd_train(args) -> dict:
+    import torch
+
     from . import cache, data
     from .models import MODEL_NAMES
     from .train import save_results, train_grid
-
-    import torch
 
     split = data.load_split(args.data_root)
     path = cache.cache_path(args.run_dir, split.name, args.seed, args.per_class)

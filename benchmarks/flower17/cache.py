@@ -45,7 +45,7 @@ def fast_extractor(net: nn.Module, batch_size: int, channels_in: int = 3, size: 
                 tail(fast(ex))
         return nn.Sequential(fast, tail)
     except Exception as e:  # pragma: no cover - depends on the torch build
-        warnings.warn(f"tracing the backbone failed ({e}); using the eager module")
+        warnings.warn(f"tracing the backbone failed ({e}); using the eager module", stacklevel=2)
         return net
 
 

@@ -5,13 +5,13 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 
 from .data import REPO_ROOT
 from .models import MODEL_LABELS, MODEL_NAMES, checkpoint_path, lr_label, lr_tag
-from .train import DEFAULT_LRS, StackedHeads, evaluate_stacked
+from .train import StackedHeads, evaluate_stacked
 
 #: The study's Table 2 (VGG16, validation top-1 %), for comparison.
 STUDY_TOP1 = {
@@ -84,7 +84,6 @@ def evaluate(args) -> dict:
     split = load_split(args.data_root)
     blob = cache_mod.load_cache(cache_mod.cache_path(args.run_dir, split.name, args.seed, args.per_class))
     runs = [r for r in res["runs"] if r["selected"]]
-    from .models import make_head
 
     heads = StackedHeads(_load_heads(Path(res.get("checkpoint_root", args.run_dir)), runs))
     allm = range(len(runs))

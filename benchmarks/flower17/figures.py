@@ -8,7 +8,8 @@ from typing import List
 import numpy as np
 import torch
 
-from .models import LAYERCAM_LAYERS, LAYERCAM_WEIGHTS, MODEL_LABELS, MODEL_NAMES, lr_label as lr_tag
+from .models import LAYERCAM_LAYERS, LAYERCAM_WEIGHTS, MODEL_LABELS, MODEL_NAMES
+from .models import lr_label as lr_tag
 
 FIG_SEED = 0
 N_IMAGES = 12

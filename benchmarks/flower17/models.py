@@ -21,7 +21,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
-import torch
 from torch import nn
 
 from .data import IMAGE_SIZE, NUM_CLASSES, REPO_ROOT

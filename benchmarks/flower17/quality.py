@@ -44,15 +44,24 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import CLASSES, REPO_ROOT, load_image, load_split, subset
-from .models import (LAYERCAM_LAYERS, LAYERCAM_WEIGHTS, MODEL_NAMES, NORMALIZER_OF, backbone_stats,
-                     default_run_dir, load_trained, lr_tag, normalize_transform)
+from .data import REPO_ROOT, load_image, load_split, subset
+from .models import (
+    LAYERCAM_LAYERS,
+    LAYERCAM_WEIGHTS,
+    MODEL_NAMES,
+    NORMALIZER_OF,
+    backbone_stats,
+    default_run_dir,
+    load_trained,
+    lr_tag,
+    normalize_transform,
+)
 
 #: (key, label) of the table rows, in order.
 METHOD_ROWS = [
