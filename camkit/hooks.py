@@ -9,8 +9,10 @@ overwrite what was captured. Outside a recording the hooks do nothing.
 from __future__ import annotations
 
 import difflib
+import threading
+import weakref
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +20,121 @@ from torch import Tensor, nn
 from .errors import InputError, InputTypeError
 
 LayerSpec = Union[str, nn.Module]
+
+# --------------------------------------------------------------------------- the model's state
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock camkit holds on ``model`` while it runs it.
+
+    Every camkit entry point that changes a model's state for a while (mode
+    flags, hooks that record) holds it, so two threads explaining one model
+    take turns instead of interleaving their save / restore.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode, every module's own ``training`` flag restored
+    exactly afterwards (also on error), under :func:`model_lock`.
+
+    The one save / restore of mode flags in camkit: methods, metrics, presets
+    and dry runs all use it. Flags are set directly, so a ``train()`` override
+    with side effects is not called.
+    """
+    with model_lock(model):
+        flags = [(m, m.training) for m in model.modules()]
+        try:
+            for m, _ in flags:
+                m.training = False
+            yield model
+        finally:
+            for m, flag in flags:
+                m.training = flag
+
+
+def _first_float(model: nn.Module) -> Optional[Tensor]:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t
+    for t in model.buffers():
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def input_channels(model: nn.Module) -> int:
+    """The channels the model's stem takes: timm's ``in_chans``, else the first
+    non-lazy ``Conv2d``'s ``in_channels``, else 3."""
+    in_chans = getattr(model, "in_chans", None)
+    if isinstance(in_chans, int) and in_chans > 0:
+        return in_chans
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and not isinstance(m, nn.modules.lazy.LazyModuleMixin):
+            return int(m.in_channels)
+    return 3
+
+
+def dry_run_input(model: nn.Module, size: Sequence[int] = (224, 224), batch: int = 1, seed: int = 0) -> Tensor:
+    """A random ``(batch, C, H, W)`` input on the model's device and in its dtype,
+    drawn from a private generator (the global RNG is not consumed)."""
+    if len(size) != 2 or any(int(s) < 1 for s in size):
+        raise InputError(f"the input size must be two positive integers (H, W), got {tuple(size)}")
+    ref = _first_float(model)
+    dtype = ref.dtype if ref is not None else torch.float32
+    device = ref.device if ref is not None else torch.device("cpu")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, input_channels(model), int(size[0]), int(size[1]), generator=g)
+    return x.to(device=device, dtype=dtype)
+
+
+def dry_run(
+    model: nn.Module,
+    x: Optional[Tensor] = None,
+    *,
+    size: Sequence[int] = (224, 224),
+    batch: int = 1,
+    names: Optional[Sequence[str]] = None,
+    keep: Callable[[str, Tensor], Any] = lambda name, out: out,
+    run: Optional[Callable[[Tensor], Any]] = None,
+) -> Tuple[Dict[str, Any], Any]:
+    """One forward pass to learn about a model, leaving it exactly as found.
+
+    Runs ``run(x)`` (default ``model(x)``) under ``no_grad`` and
+    :func:`eval_mode` on ``x`` (default: :func:`dry_run_input`). Returns
+    ``(kept, output)``: for each named module (``names``; default all) that
+    returned a tensor, ``keep(name, output)`` of its first call, in the order
+    the modules finished.
+    """
+    mods = dict(model.named_modules())
+    chosen = [n for n in mods if n] if names is None else list(names)
+    kept: Dict[str, Any] = {}
+
+    def hook_for(name: str):
+        def hook(m: nn.Module, i: object, o: object) -> None:
+            if isinstance(o, Tensor) and name not in kept:
+                kept[name] = keep(name, o.detach())
+        return hook
+
+    if x is None:
+        x = dry_run_input(model, size, batch)
+    handles = [mods[n].register_forward_hook(hook_for(n)) for n in chosen]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = (run or model)(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return kept, out
+
 
 
 def layer_names(model: nn.Module) -> List[str]:

@@ -415,6 +415,27 @@ class LayerCAM(_GradientMethod):
 # --------------------------------------------------------------------------- CAM
 
 
+# Relative tolerance of the GAP + linear check per dtype: a few hundred ulps of
+# the logits' scale (float16 / bfloat16 sums over thousands of channels drift).
+_GAP_RTOL = {torch.float16: 2e-2, torch.bfloat16: 1e-1, torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+def gap_linear_mismatch(features: Tensor, logits: Tensor, fc: nn.Module) -> Tensor:
+    """Does ``fc(GAP(features))`` differ from ``logits``? A 0-d bool tensor (no host sync).
+
+    features ``(B, C, h, w)``, logits ``(B, N)``. The one GAP + linear check in
+    camkit (presets, CAM's layer search and CAM's per-call check): the
+    tolerance is relative to ``1 + max |logits|`` and depends on the dtype.
+    Shapes that cannot match give True.
+    """
+    if (not isinstance(fc, nn.Linear) or features.dim() != 4 or features.shape[1] != fc.in_features
+            or logits.dim() != 2 or logits.shape != (features.shape[0], fc.out_features)):
+        return torch.tensor(True, device=logits.device)
+    ref = fc(features.mean(dim=(-2, -1)).to(fc.weight.dtype)).float()
+    tol = _GAP_RTOL.get(logits.dtype, 1e-4) * (1.0 + logits.detach().float().abs().amax())
+    return ((ref - logits.detach().float()).abs().amax() > tol) | ~torch.isfinite(ref).all()
+
+
 def _head_linear(module: nn.Module) -> Optional[nn.Linear]:
     """The Linear of a head that is a Linear, or a Sequential of Flatten/Dropout/Identity then a Linear."""
     if isinstance(module, nn.Linear):
