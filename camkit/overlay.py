@@ -6,8 +6,14 @@ only; colormaps come from matplotlib when it is installed (``pip install
 (one title per tile) needs matplotlib.
 
 Images are accepted as PIL images, ``(H, W, 3)`` uint8 arrays or ``(3, H, W)``
-float tensors in [0, 1]; maps as ``(H, W)`` tensors or arrays in [0, 1]. A map
-of another size is resized (bilinear) to the image.
+float tensors in [0, 1]; maps as ``(H, W)`` tensors or arrays in [0, 1].
+
+On the user's own photo, pass the preset's transform: ``overlay(photo, map,
+transform=preset.transform)`` puts the map back where the network saw it
+(:func:`to_original`, from :mod:`camkit.geometry`: resize and center crop
+undone), so the overlay is aligned; outside the crop the photo shows through.
+Without a transform, a map of another size than the image is stretched over
+it (bilinear): right for the network input itself, wrong for a cropped photo.
 """
 from __future__ import annotations
 
@@ -21,9 +27,13 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from .errors import DependencyError, InputError
+from .geometry import crop_box, to_original
 
 ImageLike = Union[Image.Image, np.ndarray, Tensor]
 MapLike = Union[np.ndarray, Tensor]
+
+__all__ = ["to_original", "crop_box", "overlay", "colorize", "denormalize", "to_uint8", "grid",
+           "compact_grid", "strip", "tile_title", "labelled_grid", "save_labelled_grid"]
 
 
 # --------------------------------------------------------------------------- conversion
@@ -98,23 +108,34 @@ def colorize(cam: MapLike, cmap: str = "jet") -> np.ndarray:
 
 
 def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet",
-            postprocess: bool = False) -> Image.Image:
+            postprocess: bool = False, transform: Any = None) -> Image.Image:
     """Blend the colourized map over the image: ``(1 - alpha) * image + alpha * colour``.
 
-    ``postprocess=True`` applies the seed study's display post-process first
-    (:func:`camkit.normalize.postprocess`: values below 0.3 become 0, the rest
-    are multiplied by 1.5 and clipped to 1).
+    ``transform``: the transform that made the network input from ``image``
+    (e.g. ``preset.transform``); the map is then put back on the image's own
+    pixel grid with :func:`to_original` (aligned; pixels outside the network's
+    field of view are left as they are). Without it, the map is stretched to
+    the image's size. ``postprocess=True`` applies the seed study's display
+    post-process first (:func:`camkit.normalize.postprocess`: values below 0.3
+    become 0, the rest are multiplied by 1.5 and clipped to 1).
+    Returns an RGB image of the image's size.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must lie in [0, 1], got {alpha}")
     img = to_uint8(image)
-    m = _map2d(cam, (img.shape[0], img.shape[1]))
+    hw = (img.shape[0], img.shape[1])
+    seen = None
+    if transform is not None:
+        cam = to_original(_map2d(cam), hw, transform)
+        seen = to_original(torch.ones(1, 1), hw, transform).numpy() > 0  # the network's field of view
+    m = _map2d(cam, hw)
     if postprocess:
         from .normalize import postprocess as _pp
 
         m = _pp(torch.from_numpy(m)).numpy()
     heat = colorize(m, cmap).astype(np.float32)
-    out = (1.0 - alpha) * img.astype(np.float32) + alpha * heat
+    a = np.float32(alpha) if seen is None else np.where(seen, np.float32(alpha), np.float32(0))[..., None]
+    out = (1.0 - a) * img.astype(np.float32) + a * heat
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
