@@ -1,18 +1,24 @@
 """Trainable CAM heads for a frozen backbone, and the module that joins them.
 
+``CAMHead`` (the Flower-17 study's head), ``ReCAMHead`` (the study's ReCAM),
+``PaperReCAMHead`` (ReCAM as Chen et al. 2022 define it), ``CAMModel`` (frozen
+backbone + head), ``save_head`` / ``load_head``.
+
 Shapes: features ``(B, C, h, w)`` from the backbone; the head's class maps
 ``(B, N, h, w)``; logits ``(B, N)``.
 """
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError
-from .normalize import Normalizer, get_normalizer
+from .errors import InputError, InputTypeError
+from .normalize import NORMALIZERS, Normalizer, get_normalizer, relu_max
 
 
 class CAMHead(nn.Module):
@@ -60,12 +66,14 @@ class ReCAMHead(CAMHead):
 
     For target class c: ``mask = normalize(CAM_c)`` at the maps' own resolution,
     ``masked = maps * mask``, ``logits = fc(GAP(masked))`` and the ReCAM map is
-    ``normalize(fc applied at each position of masked)[c]``. The study resized the
-    7x7 CAM to 256x256 and back to 7x7 before masking; that round trip is left
-    out here, so the mask is the exact 7x7 CAM.
+    ``normalize(fc applied at each position of masked)[c]``. The mask is not
+    detached: gradients reach the weights through it, as in the study's code. The
+    study resized the 7x7 CAM to 256x256 and back to 7x7 (bilinear) before masking;
+    that round trip is left out here, so the mask is the exact 7x7 CAM.
 
-    The target class is the label during training (pass ``target``) and the
-    plain CAM head's top-1 prediction otherwise.
+    ``forward(f)`` masks by the CAM of the plain CAM head's top-1 class, which is
+    what the study's code (``recam_features``) does in training and in evaluation;
+    ``forward(f, target=labels)`` masks by the given classes instead.
     """
 
     def __init__(self, in_channels: int, num_classes: int, normalize: Union[str, Normalizer] = "minmax") -> None:
@@ -144,23 +152,155 @@ class CAMModel(nn.Module):
         return self.head(self.backbone(x))
 
 
+class PaperReCAMHead(CAMHead):
+    """ReCAM as Chen et al. (CVPR 2022, "Class Re-Activation Maps for Weakly-Supervised
+    Semantic Segmentation") define it, on the study's CAM head.
+
+    The CAM head (1x1 conv, ReLU, global average pool, bias-free linear ``W = fc.weight``,
+    ``(N, N)``) is unchanged and classifies with its plain logits (``forward``). Its
+    class maps ``M = maps(f)`` ``(B, N, h, w)`` play the part of the paper's backbone
+    features, on which ``W`` computes the CAM of class c: ``CAM_c = sum_k W[c, k] M_k``.
+    ReCAM adds a predictor ``W' = predictor.weight`` ``(N, N)``, bias-free (the paper's
+    1x1 ``Class_Predictor``). Training loss (:meth:`loss`):
+
+    - single-label ``y`` ``(B,)``: ``CE(logits, y) + lam * CE(W' p_y, y)``;
+    - multi-hot ``y`` ``(B, N)``: ``multilabel_soft_margin(logits, y) + lam * sum_b
+      mean_{c in y_b} CE(W' p_{b,c}, c) / B``;
+
+    with ``p_c = mean_hw(M * relu_max(CAM_c))`` ``(N,)``: the maps masked by the
+    class's CAM after ReLU divided by its max (the mask is not detached), then
+    average-pooled. ReCAM map of class c (:meth:`recam_maps`, raw; normalize by the max
+    for display): ``ReLU(sum_k W'[c, k] W[c, k] M_k)``, the element-wise product of the
+    two weight matrices, as ``CAM.forward2`` in the authors' ``net/resnet50_cam.py``.
+    Chen et al. add 1e-5 to the max; :func:`camkit.normalize.relu_max` gives 0 for a map
+    with no positive value instead.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, lam: float = 1.0) -> None:
+        super().__init__(in_channels, num_classes)
+        try:
+            lam = float(lam)
+        except (TypeError, ValueError):
+            raise InputError(f"lam must be a finite number >= 0, got {lam!r}") from None
+        if not lam >= 0.0 or lam == float("inf"):
+            raise InputError(f"lam must be a finite number >= 0, got {lam}")
+        self.lam = lam
+        self.predictor = nn.Linear(num_classes, num_classes, bias=False)
+
+    def _targets(self, f: Tensor, targets: Tensor) -> Tensor:
+        t = torch.as_tensor(targets, device=f.device)
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise InputError(f"targets must be integer class indices, got dtype {t.dtype}")
+        t = t.long()
+        if t.dim() == 1:
+            t = t[:, None]
+        if t.dim() != 2 or t.shape[0] != f.shape[0]:
+            raise InputError(f"targets must have shape ({f.shape[0]},) or ({f.shape[0]}, K), got {tuple(t.shape)}")
+        if t.numel() and (t.min() < 0 or t.max() >= self.num_classes):
+            raise InputError(f"target classes must lie in [0, {self.num_classes - 1}]")
+        return t
+
+    def pooled(self, f: Tensor, targets: Tensor) -> Tensor:
+        """``p`` of each target: the maps masked by its normalized CAM, pooled: ``(B, K, N)``.
+
+        f ``(B, C, h, w)``, targets ``(B,)`` or ``(B, K)`` class indices.
+        """
+        t = self._targets(f, targets)
+        maps = self.maps(f)
+        cams = torch.einsum("bkn,bnhw->bkhw", self.fc.weight[t], maps)
+        mask = relu_max(cams)
+        return torch.einsum("bkhw,bnhw->bkn", mask, maps) / (maps.shape[-2] * maps.shape[-1])
+
+    def predictor_logits(self, f: Tensor, targets: Tensor) -> Tensor:
+        """``W' p`` of each target: ``(B, K, N)``."""
+        return self.predictor(self.pooled(f, targets))
+
+    def loss(self, f: Tensor, y: Tensor) -> Tensor:
+        """The paper's training loss (a 0-d tensor); ``y`` ``(B,)`` labels or ``(B, N)`` multi-hot."""
+        y = torch.as_tensor(y, device=f.device)
+        logits = self(f)
+        if y.dim() == 1:
+            t = self._targets(f, y)[:, 0]
+            return F.cross_entropy(logits, t) + self.lam * F.cross_entropy(self.predictor_logits(f, t)[:, 0], t)
+        if y.dim() != 2 or y.shape != logits.shape:
+            raise InputError(f"y must be labels ({f.shape[0]},) or multi-hot ({f.shape[0]}, {self.num_classes}), "
+                             f"got {tuple(y.shape)}")
+        y = y.to(logits.dtype)
+        cls = F.multilabel_soft_margin_loss(logits, y)
+        everyone = torch.arange(self.num_classes, device=f.device).expand(f.shape[0], -1)
+        pl = self.predictor_logits(f, everyone)  # (B, N, N): row c predicts from the maps masked by CAM_c
+        ce = F.cross_entropy(pl.flatten(0, 1), everyone.flatten(), reduction="none").view_as(y)
+        per_image = (ce * (y > 0)).sum(1) / (y > 0).sum(1).clamp(min=1)
+        return cls + self.lam * per_image.sum() / f.shape[0]
+
+    def recam_maps(self, f: Tensor, targets: Tensor) -> Tensor:
+        """Raw ReCAM maps ``ReLU(sum_k W'[c, k] W[c, k] M_k)`` of each target: ``(B, K, h, w)``, >= 0.
+
+        f ``(B, C, h, w)`` (the head's input), targets ``(B,)`` or ``(B, K)``; normalize
+        each map by its max (:func:`camkit.normalize.relu_max`) to get the paper's map.
+        """
+        t = self._targets(f, targets)
+        combined = self.predictor.weight * self.fc.weight  # (N, N), element-wise
+        return torch.einsum("bkn,bnhw->bkhw", combined[t], self.maps(f)).clamp(min=0)
+
+
+_HEADS = {"CAMHead": CAMHead, "ReCAMHead": ReCAMHead, "PaperReCAMHead": PaperReCAMHead}
+
+
 def save_head(head: nn.Module, path: Union[str, os.PathLike]) -> None:
-    """Save the head's weights alone (a few tens of KB for 512 -> 17)."""
+    """Save the head's weights alone (a few tens of KB for 512 -> 17).
+
+    A ReCAMHead's normalizer is stored by name, so it must be one of camkit's
+    (:data:`camkit.normalize.NORMALIZERS`); a custom callable is refused here
+    rather than written to a file that cannot be loaded.
+    """
+    if type(head) not in _HEADS.values():
+        raise InputTypeError(f"save_head saves camkit heads ({', '.join(_HEADS)}), got {type(head).__name__}")
     meta = {"class": type(head).__name__, "in_channels": head.in_channels, "num_classes": head.num_classes}
     if isinstance(head, ReCAMHead):
-        meta["normalize"] = head.normalize_name
+        name = next((n for n, fn in NORMALIZERS.items() if fn is head.normalize), None)
+        if name is None:
+            raise InputError(
+                f"cannot save a ReCAMHead whose normalizer is a custom callable ({head.normalize_name!r}): "
+                f"save_head stores the normalizer by name, one of {sorted(NORMALIZERS)}. Save "
+                "head.state_dict() yourself and rebuild the head with your callable, or use a named normalizer."
+            )
+        meta["normalize"] = name
+    if isinstance(head, PaperReCAMHead):
+        meta["lam"] = head.lam
     torch.save({"meta": meta, "state_dict": head.state_dict()}, path)
 
 
 def load_head(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> CAMHead:
-    """Rebuild a head saved by :func:`save_head`."""
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    meta = blob["meta"]
-    if meta["class"] == "ReCAMHead":
-        head: CAMHead = ReCAMHead(meta["in_channels"], meta["num_classes"], normalize=meta["normalize"])
-    elif meta["class"] == "CAMHead":
-        head = CAMHead(meta["in_channels"], meta["num_classes"])
+    """Rebuild a head saved by :func:`save_head` (InputError for any other file)."""
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"no such head file: {path}") from None
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        raise InputError(f"{path}: not a head file written by camkit.save_head ({type(e).__name__}: {e})") from None
+    meta = blob.get("meta") if isinstance(blob, dict) else None
+    need = {"class": str, "in_channels": int, "num_classes": int}
+    missing = [k for k, tp in need.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), tp)]
+    if missing or not isinstance(blob.get("state_dict"), dict):
+        what = "no metadata" if not isinstance(meta, dict) else f"metadata without {', '.join(repr(k) for k in missing)}"
+        raise InputError(
+            f"{path}: a head file written by camkit.save_head holds 'meta' (class, in_channels, num_classes) "
+            f"and 'state_dict'; this one has {what if missing else 'no state_dict'}. A bare state_dict loads "
+            "with head.load_state_dict(torch.load(path)) into a head you build yourself."
+        )
+    cls = _HEADS.get(meta["class"])
+    if cls is None:
+        raise InputError(f"{path}: unknown head class {meta['class']!r}; known: {', '.join(_HEADS)}")
+    if cls is ReCAMHead:
+        head: CAMHead = ReCAMHead(meta["in_channels"], meta["num_classes"], normalize=str(meta.get("normalize", "")))
+    elif cls is PaperReCAMHead:
+        head = PaperReCAMHead(meta["in_channels"], meta["num_classes"], lam=meta.get("lam", 1.0))
     else:
-        raise InputError(f"{path}: unknown head class {meta['class']!r}")
-    head.load_state_dict(blob["state_dict"])
+        head = CAMHead(meta["in_channels"], meta["num_classes"])
+    try:
+        head.load_state_dict(blob["state_dict"])
+    except RuntimeError as e:
+        raise InputError(f"{path}: the weights do not fit a {meta['class']}({meta['in_channels']}, "
+                         f"{meta['num_classes']}): {e}") from None
     return head
