@@ -1,97 +1,162 @@
-"""camkit against pytorch-grad-cam, torchcam and captum: time, peak memory, agreement.
+"""camkit against two floors and against pytorch-grad-cam, torchcam and captum: time, peak memory, agreement.
 
-Run (the peers come with the ``bench`` extra: ``pip install -e .[bench]``)::
+Two baselines, written here with plain torch (no camkit code):
 
-    python -m benchmarks.peers            # full: B=8 at 224, 1 warm-up round + 5 timed rounds
-    python -m benchmarks.peers --quick    # smoke check: B=2, 1 + 2 rounds, no memory probes
+* **naive** -- what an autograd user writes first: forward hooks keep the
+  layers' outputs, one forward with grad enabled (the whole graph is built),
+  ``torch.autograd.grad`` of the target logits with respect to the kept
+  outputs (K retained-graph calls for K targets), the method's formula, each
+  layer's maps upsampled bilinearly to the input size. No normalization, no
+  fusion.
+* **minimal** -- the least work that gives camkit's result: the forward runs
+  without autograd until the shallowest hooked layer, whose output becomes a
+  leaf that requires grad (no graph below it); outputs are kept without
+  copies (right for the layers benchmarked: nothing downstream changes them
+  in place); ``torch.autograd.grad`` w.r.t. the kept outputs, either K
+  retained-graph calls (``loop``) or one ``is_grads_batched`` call
+  (``batched``), and the faster of the two is the floor; then the same map
+  work as camkit: the formula in float32, each map min-max normalized, one
+  bilinear upsample per layer for all K maps, pixelwise max over layers,
+  clamped to [0, 1].
 
-Every library gets the same model (torchvision VGG16 / ResNet50, random
-weights, eval mode), the same input batch, the same layers and the same
-targets. The runners of a scenario are timed interleaved (A B C A B C ...)
-in one process after a warm-up round; the table gives medians over the
-rounds and, for each runner, the median over rounds of its time divided by
-the bare forward's time *in the same round* and by the floor's.
+Each scenario (model, method, layers, K) times, interleaved in one process
+(``benchmarks.harness``): a bare no-grad forward, both floors, camkit (also
+with ``channels_last=True``, under bf16 ``torch.autocast``, and for K > 1
+with ``batched_backward=False``) and each peer in its documented usage (and,
+for K > 1, its best hand-written usage). Speed is the median over rounds of
+same-round ratios (camkit / minimal, camkit / naive, peer / camkit). Peak
+memory: ``torch.cuda.max_memory_allocated`` above what was allocated before
+the call on a GPU; on CPU the peak resident size above the size before the
+call, each runner in a fresh process after one bare forward. Agreement:
+camkit's raw per-layer maps against each peer's and each floor's, and
+camkit's fused maps against the minimal floor's.
 
-The floor is the least work any hook-based library can do: one forward with
-hooks that keep the layers' outputs, ``torch.autograd.grad`` of the target
-logits with respect to those outputs only, the method's formula, and the maps
-upsampled to the input size (one ``F.interpolate`` per layer for all K maps).
-For K classes it is the faster of K retained-graph ``autograd.grad`` calls and
-one batched call (``is_grads_batched``); both are measured.
+Run (peers: ``pip install -e .[bench]``)::
 
-Peak memory: each runner once more in a fresh subprocess, after one bare
-forward; the peak resident set size (VmHWM, reset through
-/proc/self/clear_refs) minus the resident size just before the call.
+    python -m benchmarks.peers --arch resnet50              # CPU: B=8 at 224, 1 warm-up + 5 timed rounds
+    python -m benchmarks.peers --device cuda                # GPU: VGG16 B=32, ResNet50 B=64, 3 + 10 rounds
+    python -m benchmarks.peers --arch tiny --no-peers --quick   # seconds: the whole pipeline on a small CNN
 
-The helpers at the top (``Floor``, ``interleave``, ``ratio_medians``,
-``max_diff``, ``markdown_table``) have no peer dependency and are tested in
-tests/test_peers.py.
+Results go to ``benchmarks/results/peers/<device>_<arch>.md`` and the JSON
+beside it, with the command, commit, date, torch, device, cores and load.
+A new scenario is a function ``Setup -> (title, [Runner, ...])`` appended
+to ``SCENARIOS`` (see ``benchmarks/harness.py`` for the runner API).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
-import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.harness import (
+    Runner,
+    Times,
+    configure,
+    fastest,
+    interleave,
+    markdown_table,
+    max_diff,
+    peak_memory,
+    run_provenance,
+    same_round_ratio,
+    tf32_off,
+    timer_for,
+    write_results,
+)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "peers"
+GPU_BATCH = {"vgg16": 32, "resnet50": 64, "tiny": 8}
 
 
-# --------------------------------------------------------------------------- pure helpers
+# --------------------------------------------------------------------------- formulas and map work (plain torch)
+
+
+def _f32(t: Tensor) -> Tensor:
+    """float16 / bfloat16 to float32; float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def layercam_map(A: Tensor, G: Tensor) -> Tensor:
-    """LayerCAM of one layer: A (B,C,h,w), G (B,K,C,h,w) -> (B,K,h,w)."""
-    return torch.einsum("bkchw,bchw->bkhw", G.clamp(min=0), A).clamp_(min=0)
+    """LayerCAM of one layer: A (B,C,h,w), G (B,K,C,h,w) -> (B,K,h,w), ReLU(sum_c ReLU(G) A)."""
+    return torch.einsum("bkchw,bchw->bkhw", _f32(G).clamp(min=0), _f32(A)).clamp_(min=0)
 
 
 def gradcam_map(A: Tensor, G: Tensor) -> Tensor:
-    """Grad-CAM of one layer: A (B,C,h,w), G (B,K,C,h,w) -> (B,K,h,w)."""
-    return torch.einsum("bkc,bchw->bkhw", G.mean(dim=(-2, -1)), A).clamp_(min=0)
+    """Grad-CAM of one layer: A (B,C,h,w), G (B,K,C,h,w) -> (B,K,h,w), ReLU(sum_c mean_ij(G) A)."""
+    return torch.einsum("bkc,bchw->bkhw", _f32(G).mean(dim=(-2, -1)), _f32(A)).clamp_(min=0)
 
 
 FORMULAS = {"layercam": layercam_map, "gradcam": gradcam_map}
 
 
-class Floor:
-    """The minimal computation a hook-based CAM library has to do.
+def minmax_maps(m: Tensor) -> Tensor:
+    """(..., h, w) -> each map (m - min) / (max - min); 0 for a constant map."""
+    lo = m.amin(dim=(-2, -1), keepdim=True)
+    rng = m.amax(dim=(-2, -1), keepdim=True) - lo
+    return torch.where(rng > 0, (m - lo) / rng, torch.zeros_like(m))
 
-    Forward hooks keep each layer's output (no copy); one forward under grad
-    mode; ``torch.autograd.grad`` of the target logits with respect to the
-    kept outputs only (no parameter gradients, nothing below the first hooked
-    layer); the formula; one bilinear ``F.interpolate`` per layer for all K
-    maps. ``mode="loop"``: K calls with ``retain_graph``; ``mode="batched"``:
-    one call with ``is_grads_batched``. No normalization, no fusion.
 
-    Keeping outputs without a copy is only right when nothing downstream
-    modifies them in place; true for the layers benchmarked here (outputs
-    of ReLU layers and of ResNet stages, followed by pooling or convolution).
+def fused_maps(raw: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
+    """Per-layer (B,K,h_l,w_l) raw maps -> (B,K,H,W): normalize, upsample (one call per layer), max, clamp."""
+    ups = [F.interpolate(minmax_maps(r), size=size, mode="bilinear", align_corners=False) for r in raw]
+    fused = ups[0] if len(ups) == 1 else torch.stack(ups).amax(dim=0)
+    return fused.clamp_(0.0, 1.0)
+
+
+def target_grads(logits: Tensor, acts: Sequence[Tensor], targets: Tensor, mode: str = "loop") -> List[Tensor]:
+    """d logits[b, targets[b, k]] / d act for each act: list of (B, K, *act.shape[1:]).
+
+    ``loop``: K ``autograd.grad`` calls on the retained graph; ``batched``: one
+    ``is_grads_batched`` call with K one-hot seeds.
     """
+    B, K = targets.shape
+    if mode == "batched" and K > 1:
+        onehot = torch.zeros(K, *logits.shape, dtype=logits.dtype, device=logits.device)
+        onehot.scatter_(2, targets.t().unsqueeze(-1), 1.0)
+        gs = torch.autograd.grad(logits, list(acts), grad_outputs=onehot, is_grads_batched=True)
+        return [g.transpose(0, 1) for g in gs]
+    per_k: List[Tuple[Tensor, ...]] = []
+    for k in range(K):
+        score = logits.gather(1, targets[:, k : k + 1]).sum()
+        per_k.append(torch.autograd.grad(score, list(acts), retain_graph=k < K - 1))
+    return [torch.stack([gk[i] for gk in per_k], dim=1) for i in range(len(acts))]
 
+
+def _pick_targets(logits: Tensor, targets: Optional[Tensor], topk: Optional[int]) -> Tensor:
+    if targets is None:
+        return logits.detach().topk(topk or 1, dim=1).indices
+    return targets[:, None] if targets.dim() == 1 else targets
+
+
+class _Floor:
     def __init__(self, model: nn.Module, layers: Sequence[str], method: str = "layercam", mode: str = "loop") -> None:
         if mode not in ("loop", "batched"):
             raise ValueError(f"mode must be 'loop' or 'batched', got {mode!r}")
-        self.model = model
         modules = dict(model.named_modules())
-        self.modules = [modules[n] for n in layers]
-        self.formula = FORMULAS[method]
-        self.mode = mode
+        self.model, self.modules = model, [modules[n] for n in layers]
+        self.formula, self.mode = FORMULAS[method], mode
 
-    def __call__(self, x: Tensor, targets: Optional[Tensor] = None, topk: Optional[int] = None) -> Tuple[List[Tensor], List[Tensor], Tensor]:
-        """Returns (maps at input size per layer (B,K,H,W), raw maps per layer (B,K,h,w), targets (B,K))."""
+
+class NaiveFloor(_Floor):
+    """The naive baseline (module docstring): grad-enabled forward, K retained-graph grad calls.
+
+    ``__call__(x, targets=None, topk=None)`` returns (per-layer maps at input
+    size (B,K,H,W), per-layer raw maps (B,K,h,w), targets (B,K)).
+    """
+
+    def __call__(self, x: Tensor, targets: Optional[Tensor] = None, topk: Optional[int] = None):
         acts: List[Optional[Tensor]] = [None] * len(self.modules)
 
         def keeper(i: int):
@@ -106,182 +171,165 @@ class Floor:
         finally:
             for h in handles:
                 h.remove()
-        if targets is None:
-            targets = logits.detach().topk(topk or 1, dim=1).indices
-        elif targets.dim() == 1:
-            targets = targets[:, None]
-        grads = target_grads(logits, acts, targets, self.mode)  # type: ignore[arg-type]
+        targets = _pick_targets(logits, targets, topk)
+        with torch.enable_grad():  # the seeds' gather joins the graph whatever the caller's mode
+            grads = target_grads(logits, acts, targets, self.mode)  # type: ignore[arg-type]
         raw = [self.formula(a.detach(), g) for a, g in zip(acts, grads)]  # type: ignore[union-attr]
         size = tuple(x.shape[-2:])
         ups = [F.interpolate(r, size=size, mode="bilinear", align_corners=False) for r in raw]
         return ups, raw, targets
 
 
-def target_grads(logits: Tensor, acts: Sequence[Tensor], targets: Tensor, mode: str = "loop") -> List[Tensor]:
-    """d logits[b, targets[b, k]] / d act for each act: list of (B, K, *act.shape[1:])."""
-    B, K = targets.shape
-    if mode == "batched" and K > 1:
-        onehot = torch.zeros(K, *logits.shape, dtype=logits.dtype, device=logits.device)
-        onehot.scatter_(2, targets.t().unsqueeze(-1), 1.0)
-        gs = torch.autograd.grad(logits, list(acts), grad_outputs=onehot, is_grads_batched=True)
-        return [g.transpose(0, 1) for g in gs]
-    per_k: List[Tuple[Tensor, ...]] = []
-    for k in range(K):
-        score = logits.gather(1, targets[:, k : k + 1]).sum()
-        per_k.append(torch.autograd.grad(score, list(acts), retain_graph=k < K - 1))
-    return [torch.stack([gk[i] for gk in per_k], dim=1) for i in range(len(acts))]
+class MinimalFloor(_Floor):
+    """The minimal baseline (module docstring): no graph below the shallowest hooked layer, camkit's map work.
 
-
-class Runner:
-    """A timed call with untimed setup (hooks attached) and teardown (hooks removed)."""
-
-    def __init__(self, name: str, call: Callable[[], object], setup: Callable[[], None] = lambda: None,
-                 teardown: Callable[[], None] = lambda: None, note: str = "") -> None:
-        self.name, self.call, self.setup, self.teardown, self.note = name, call, setup, teardown, note
-
-
-def interleave(
-    runners: Sequence[Runner],
-    reps: int,
-    warmup: int = 1,
-    clock: Callable[[], float] = time.perf_counter,
-    between: Optional[Callable[[], None]] = None,
-) -> Dict[str, List[float]]:
-    """Rounds of A B C ...: ``warmup`` untimed rounds, then ``reps`` timed ones.
-
-    Only ``runner.call()`` is timed; its setup and teardown run just before
-    and after, untimed, and so does ``between`` (e.g. gc.collect).
-    Returns {name: [seconds per timed round]}.
+    ``__call__(x, targets=None, topk=None)`` returns (fused maps (B,K,H,W) in
+    [0, 1], float32 for a low-precision model; per-layer raw maps (B,K,h,w);
+    targets (B,K)). Under ``torch.autocast`` the forward and backward run in
+    the autocast dtype and the map work in float32.
     """
-    times: Dict[str, List[float]] = {r.name: [] for r in runners}
-    for rnd in range(warmup + reps):
-        for r in runners:
-            r.setup()
-            try:
-                t0 = clock()
-                out = r.call()
-                t1 = clock()
-            finally:
-                r.teardown()
-            del out
-            if rnd >= warmup:
-                times[r.name].append(t1 - t0)
-            if between is not None:
-                between()
-    return times
+
+    def __call__(self, x: Tensor, targets: Optional[Tensor] = None, topk: Optional[int] = None):
+        acts: List[Optional[Tensor]] = [None] * len(self.modules)
+
+        def keeper(i: int):
+            def hook(m: nn.Module, inp: object, out: Tensor) -> Optional[Tensor]:
+                if not torch.is_grad_enabled():  # the shallowest hooked layer: the graph starts here
+                    torch.set_grad_enabled(True)
+                    out = out.detach().requires_grad_(True)
+                    acts[i] = out
+                    return out
+                acts[i] = out
+                return None
+            return hook
+
+        handles = [m.register_forward_hook(keeper(i)) for i, m in enumerate(self.modules)]
+        try:
+            with torch.no_grad():  # its exit turns grad mode back to the caller's
+                logits = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        targets = _pick_targets(logits, targets, topk)
+        with torch.enable_grad():  # the seeds' gather joins the graph whatever the caller's mode
+            grads = target_grads(logits, acts, targets, self.mode)  # type: ignore[arg-type]
+        with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+            raw = [self.formula(a.detach(), g) for a, g in zip(acts, grads)]  # type: ignore[union-attr]
+            return fused_maps(raw, tuple(x.shape[-2:])), raw, targets
 
 
-def ratio_medians(times: Dict[str, List[float]], base: str) -> Dict[str, float]:
-    """Median over rounds of ``times[name][r] / times[base][r]`` (same-round ratios)."""
-    b = times[base]
-    return {name: statistics.median(t / bb for t, bb in zip(ts, b)) for name, ts in times.items()}
-
-
-def max_diff(ref: Tensor, other: Tensor) -> Tuple[float, float]:
-    """(max |ref - other|, that divided by max |ref|) after matching shapes by reshape."""
-    ref = ref.detach().double()
-    other = other.detach().double().reshape(ref.shape)
-    d = (ref - other).abs().max().item()
-    scale = ref.abs().max().item()
-    return d, (d / scale if scale > 0 else (0.0 if d == 0 else float("inf")))
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def cell(v: object) -> str:
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
-    return int(m.group(1)) if m else -1
-
-
-def peak_rss_increase(fn: Callable[[], object]) -> float:
-    """MiB: peak resident size during ``fn()`` minus the resident size before it (Linux)."""
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current VmRSS
-    before = _status_kb("VmRSS")
-    out = fn()
-    peak = _status_kb("VmHWM")
-    del out
-    return (peak - before) / 1024.0
-
-
-# --------------------------------------------------------------------------- scenarios
+# --------------------------------------------------------------------------- models and inputs
 
 
 @dataclass
 class Setup:
+    """One model and input batch with the layers of its scenarios and precomputed top-1 / top-5."""
+
     name: str
     model: nn.Module
     x: Tensor
-    layers3: List[str]
-    layer1: str
-    top1: Tensor = field(default=None)  # (B,) precomputed top-1
-    top5: Tensor = field(default=None)  # (B,5)
+    layers3: List[str]  # LayerCAM's three layers
+    layer1: str  # Grad-CAM's layer
+    top1: Tensor  # (B,)
+    top5: Tensor  # (B, 5)
+    cam_layer: Optional[str] = None  # GAP + linear head: the pooled layer and the linear layer
+    fc: Optional[str] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
 
 
-def make_setup(arch: str, batch: int, size: int, seed: int = 0) -> Setup:
-    import torchvision
+def tiny_net(num_classes: int = 10) -> nn.Module:
+    """A small CNN with a GAP + linear head, for checking the pipeline in seconds."""
+    def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU())
 
+    return nn.Sequential(OrderedDict(
+        stem=block(3, 8, 2), layer1=block(8, 16, 2), layer2=block(16, 32, 2), layer3=block(32, 32, 1),
+        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(32, num_classes)))
+
+
+def make_setup(arch: str, batch: int, size: int, device: str | torch.device = "cpu", seed: int = 0) -> Setup:
+    """Random weights (seed), eval mode, a standard-normal input (seed + 1), on ``device``."""
     torch.manual_seed(seed)
+    cam_layer = fc = None
+    if arch in ("vgg16", "resnet50"):
+        import torchvision
     if arch == "vgg16":
-        model = torchvision.models.vgg16(weights=None).eval()
+        model = torchvision.models.vgg16(weights=None)
         layers3, layer1 = ["features.15", "features.22", "features.29"], "features.29"
     elif arch == "resnet50":
-        model = torchvision.models.resnet50(weights=None).eval()
-        layers3, layer1 = ["layer2", "layer3", "layer4"], "layer4"
+        model = torchvision.models.resnet50(weights=None)
+        layers3, layer1, cam_layer, fc = ["layer2", "layer3", "layer4"], "layer4", "layer4", "fc"
+    elif arch == "tiny":
+        model = tiny_net()
+        layers3, layer1, cam_layer, fc = ["layer1", "layer2", "layer3"], "layer3", "layer3", "fc"
     else:
-        raise ValueError(arch)
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
+        raise ValueError(f"unknown arch {arch!r}")
+    model = model.eval().to(device)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     with torch.no_grad():
         logits = model(x)
-    return Setup(arch, model, x, layers3, layer1, logits.argmax(1), logits.topk(5, dim=1).indices)
+    return Setup(arch, model, x, layers3, layer1, logits.argmax(1), logits.topk(5, dim=1).indices, cam_layer, fc)
 
 
 def _layer(model: nn.Module, name: str) -> nn.Module:
     return dict(model.named_modules())[name]
 
 
+# --------------------------------------------------------------------------- runners: floors and camkit
+
+
 def bare_runner(s: Setup) -> Runner:
     def call():
         with torch.no_grad():
             return s.model(s.x)
-    return Runner("bare forward (no grad)", call, note="the model alone")
+    return Runner("bare forward (no grad)", call, note="the model alone, under no_grad")
 
 
-def floor_runner(s: Setup, layers: List[str], method: str, k: int, mode: str = "loop") -> Runner:
-    fl = Floor(s.model, layers, method, mode)
-    label = "floor" if k == 1 else f"floor K={k} ({'K grad calls' if mode == 'loop' else 'one batched grad call'})"
-    return Runner(label, lambda: fl(s.x, topk=k)[0], note="forward + autograd.grad w.r.t. the hooked outputs + formula + upsample")
+def naive_runner(s: Setup, layers: List[str], method: str, k: int) -> Runner:
+    fl = NaiveFloor(s.model, layers, method, "loop")
+    return Runner("naive", lambda: fl(s.x, topk=k)[0],
+                  note="grad-enabled forward + autograd.grad w.r.t. the hooked outputs (K calls) + formula + upsample")
+
+
+def minimal_runner(s: Setup, layers: List[str], method: str, k: int, mode: str = "loop") -> Runner:
+    fl = MinimalFloor(s.model, layers, method, mode)
+    name = "minimal" if k == 1 else f"minimal ({mode})"
+    how = "one batched grad call" if mode == "batched" else "K retained-graph grad calls"
+    return Runner(name, lambda: fl(s.x, topk=k)[0],
+                  note=f"no graph below the first hooked layer, {how}, formula, normalize, upsample, fuse")
+
+
+def _autocast(device: torch.device, dtype: torch.dtype, fn: Callable[[], Any]) -> Callable[[], Any]:
+    def call():
+        with torch.autocast(device.type, dtype=dtype):
+            return fn()
+    return call
 
 
 def camkit_runner(s: Setup, method: str, layers: List[str], k: int, channels_last: bool = False,
-                  batched_backward: bool = True) -> Runner:
-    """camkit's call, maps at input size included (res.maps is read inside the timed call)."""
+                  batched_backward: bool = True, autocast: Optional[torch.dtype] = None) -> Runner:
+    """camkit's call with ``res.maps`` read inside the timed call."""
     import camkit
 
     cls = {"layercam": camkit.LayerCAM, "gradcam": camkit.GradCAM}[method]
     cam = cls(s.model, layers=layers, channels_last=channels_last, batched_backward=batched_backward)
-    name = "camkit" + (" channels_last=True" if channels_last else "") + ("" if batched_backward else " batched_backward=False")
-    extra = " (input passed channels-last; model untouched)" if channels_last else ""
+    call: Callable[[], Any] = (lambda: cam(s.x).maps) if k == 1 else (lambda: cam(s.x, topk=k).maps)
+    name, note = "camkit", "cam(x).maps" if k == 1 else f"cam(x, topk={k}).maps"
+    if channels_last:
+        name, note = name + " channels_last", note + " with channels_last=True (input channels-last; model untouched)"
     if not batched_backward:
-        extra += " (K retained-graph grad calls instead of one vmapped call)"
-    if k == 1:
-        return Runner(name, lambda: cam(s.x).maps, teardown=cam.remove,
-                      note="cam(x).maps: top-1 from its own forward" + extra)
-    return Runner(name, lambda: cam(s.x, topk=k).maps, teardown=cam.remove, note=f"cam(x, topk={k}).maps" + extra)
+        name, note = name + " batched_backward=False", note + " with batched_backward=False (K retained-graph calls)"
+    if autocast is not None:
+        tag = str(autocast).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16")
+        name, note = f"{name} {tag} autocast", note + f" under torch.autocast({s.device.type!r}, dtype={autocast})"
+        call = _autocast(s.device, autocast, call)
+    return Runner(name, call, teardown=cam.remove, note=note)
 
 
-# ---- pytorch-grad-cam (PyPI grad-cam)
+# --------------------------------------------------------------------------- runners: peers
 
 
 def _pgc_targets(t: Tensor):
@@ -295,13 +343,13 @@ def pgc_runners(s: Setup, method: str, layers: List[str], k: int) -> List[Runner
 
     cls = {"layercam": pgc.LayerCAM, "gradcam": pgc.GradCAM}[method]
     mods = [_layer(s.model, n) for n in layers]
-    state: Dict[str, object] = {}
+    state: Dict[str, Any] = {}
 
     def setup():
         state["cam"] = cls(model=s.model, target_layers=mods)
 
     def teardown():
-        state.pop("cam").activations_and_grads.release()  # type: ignore[union-attr]
+        state.pop("cam").activations_and_grads.release()
         s.model.zero_grad(set_to_none=True)  # it leaves parameter .grad behind
 
     if k == 1:
@@ -334,20 +382,17 @@ def pgc_runners(s: Setup, method: str, layers: List[str], k: int) -> List[Runner
     ]
 
 
-# ---- torchcam
-
-
 def torchcam_runners(s: Setup, method: str, layers: List[str], k: int) -> List[Runner]:
     import torchcam.methods as tcm
 
     cls = {"layercam": tcm.LayerCAM, "gradcam": tcm.GradCAM}[method]
-    state: Dict[str, object] = {}
+    state: Dict[str, Any] = {}
 
     def setup():
         state["cam"] = cls(s.model, target_layer=list(layers) if len(layers) > 1 else layers[0])
 
     def teardown():
-        state.pop("cam").remove_hooks()  # type: ignore[union-attr]
+        state.pop("cam").remove_hooks()
 
     def finish(cam, cams):
         return cam.fuse_cams(cams) if len(cams) > 1 else cams[0]
@@ -385,9 +430,6 @@ def torchcam_runners(s: Setup, method: str, layers: List[str], k: int) -> List[R
     ]
 
 
-# ---- captum
-
-
 def captum_runners(s: Setup, method: str, layers: List[str], k: int) -> List[Runner]:
     from captum.attr import LayerAttribution, LayerGradCam, LayerGradientXActivation
 
@@ -413,38 +455,45 @@ def captum_runners(s: Setup, method: str, layers: List[str], k: int) -> List[Run
                    for a in attrs]
             return torch.stack(ups).amax(0)
 
-        note = "LayerGradientXActivation(model, [layers]).attribute(x, target) -> ReLU, channel sum, interpolate, max over layers"
+        note = "LayerGradientXActivation(model, [layers]).attribute(x, target) -> ReLU, channel sum, interpolate, max"
     if k == 1:
         return [Runner("captum", lambda: one(s.top1), note=note)]
     return [Runner(f"captum documented ({k} calls)", lambda: [one(s.top5[:, j]) for j in range(k)],
                    note="one attribute call per class rank (its API runs the forward inside; no graph reuse)")]
 
 
-# ---- CAM for all classes (ResNet50)
+# --------------------------------------------------------------------------- scenarios
 
 
-def cam_all_runners(s: Setup) -> List[Runner]:
-    import torchcam.methods as tcm
+def gradient_scenario(s: Setup, method: str, layers: List[str], k: int, peers: bool = True) -> Tuple[str, List[Runner]]:
+    """bare, naive, minimal (loop and batched for K > 1), camkit rows, then the peers."""
+    title = f"{s.name} {'LayerCAM' if method == 'layercam' else 'Grad-CAM'} {'/'.join(layers)} top-{k}"
+    runners = [bare_runner(s), naive_runner(s, layers, method, k), minimal_runner(s, layers, method, k, "loop")]
+    if k > 1:
+        runners.append(minimal_runner(s, layers, method, k, "batched"))
+    runners += [camkit_runner(s, method, layers, k), camkit_runner(s, method, layers, k, channels_last=True),
+                camkit_runner(s, method, layers, k, autocast=torch.bfloat16)]
+    if k > 1:
+        runners.append(camkit_runner(s, method, layers, k, batched_backward=False))
+    if peers:
+        runners += [*pgc_runners(s, method, layers, k), *torchcam_runners(s, method, layers, k),
+                    *captum_runners(s, method, layers, k)]
+    return title, runners
 
+
+def cam_all_scenario(s: Setup, peers: bool = True) -> Optional[Tuple[str, List[Runner]]]:
+    """CAM for every class from one no-grad forward (models with a GAP + linear head only)."""
+    if s.cam_layer is None or s.fc is None:
+        return None
     import camkit
 
-    ck = camkit.CAM(s.model, layer="layer4", fc="fc")
-    fc = s.model.fc
+    ck = camkit.CAM(s.model, layer=s.cam_layer, fc=s.fc)
+    fc, hooked = _layer(s.model, s.fc), _layer(s.model, s.cam_layer)
     acts: Dict[str, Tensor] = {}
     size = tuple(s.x.shape[-2:])
 
-    def floor_up():
-        h = s.model.layer4.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
-        try:
-            with torch.no_grad():
-                s.model(s.x)
-                raw = torch.einsum("nc,bchw->bnhw", fc.weight, acts.pop("a"))
-                return F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
-        finally:
-            h.remove()
-
-    def floor_raw():
-        h = s.model.layer4.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+    def raw_maps() -> Tensor:
+        h = hooked.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
         try:
             with torch.no_grad():
                 s.model(s.x)
@@ -452,56 +501,136 @@ def cam_all_runners(s: Setup) -> List[Runner]:
         finally:
             h.remove()
 
-    state: Dict[str, object] = {}
-
-    def tc_setup():
-        state["cam"] = tcm.CAM(s.model, target_layer="layer4", fc_layer="fc")
-
-    def tc_teardown():
-        state.pop("cam").remove_hooks()  # type: ignore[union-attr]
+    def upsampled() -> Tensor:
+        raw = raw_maps()
+        with torch.no_grad():
+            return F.interpolate(minmax_maps(raw), size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
 
     n = fc.out_features
-
-    def tc_doc():
-        cam = state["cam"]
-        with torch.no_grad():
-            s.model(s.x)
-        return [cam(class_idx=c)[0] for c in range(n)]
-
-    return [
-        Runner("floor CAM all (raw 7x7 maps)", floor_raw, note="no-grad forward + one einsum with the fc weights"),
-        Runner("floor CAM all (upsampled to 224)", floor_up, note="... + one F.interpolate of (B,1000,7,7)"),
+    runners = [
+        bare_runner(s),
+        Runner("minimal raw", raw_maps, note="no-grad forward + one einsum with the fc weights"),
+        Runner("minimal + maps", upsampled, note="... + min-max normalize + one F.interpolate of (B, N, h, w)"),
         Runner("camkit (maps not read)", lambda: ck(s.x, targets="all"), teardown=ck.remove,
-               note="CAM(model)(x, targets='all'): logits and raw (B,1000,7,7) layer_maps; .maps upsampled on first access"),
+               note="CAM(model)(x, targets='all'): logits and raw layer_maps; .maps computed on first access"),
         Runner("camkit + .maps", lambda: ck(s.x, targets="all").maps, teardown=ck.remove,
-               note="... and reading res.maps: (B,1000,224,224) normalized, upsampled"),
-        Runner(f"torchcam documented ({n} calls)", tc_doc, tc_setup, tc_teardown,
-               note="with no_grad: model(x); then cam(class_idx=c) for every class"),
+               note="... and reading res.maps: (B, N, H, W) normalized, upsampled"),
     ]
+    if peers:
+        import torchcam.methods as tcm
+
+        state: Dict[str, Any] = {}
+
+        def tc_setup():
+            state["cam"] = tcm.CAM(s.model, target_layer=s.cam_layer, fc_layer=s.fc)
+
+        def tc_doc():
+            cam = state["cam"]
+            with torch.no_grad():
+                s.model(s.x)
+            return [cam(class_idx=c)[0] for c in range(n)]
+
+        runners.append(Runner(f"torchcam documented ({n} calls)", tc_doc, tc_setup,
+                              lambda: state.pop("cam").remove_hooks(),
+                              note="with no_grad: model(x); then cam(class_idx=c) for every class"))
+    return f"{s.name} CAM {s.cam_layer} all {n} classes", runners
 
 
-def scenarios(s: Setup, quick: bool) -> List[Tuple[str, List[Runner]]]:
-    out = []
-    lay3, lay1 = s.layers3, [s.layer1]
-    out.append((f"{s.name} LayerCAM {'/'.join(lay3)} top-1", [
-        bare_runner(s), floor_runner(s, lay3, "layercam", 1), camkit_runner(s, "layercam", lay3, 1),
-        camkit_runner(s, "layercam", lay3, 1, channels_last=True),
-        *pgc_runners(s, "layercam", lay3, 1), *torchcam_runners(s, "layercam", lay3, 1),
-        *captum_runners(s, "layercam", lay3, 1)]))
-    out.append((f"{s.name} Grad-CAM {lay1[0]} top-1", [
-        bare_runner(s), floor_runner(s, lay1, "gradcam", 1), camkit_runner(s, "gradcam", lay1, 1),
-        camkit_runner(s, "gradcam", lay1, 1, channels_last=True),
-        *pgc_runners(s, "gradcam", lay1, 1), *torchcam_runners(s, "gradcam", lay1, 1),
-        *captum_runners(s, "gradcam", lay1, 1)]))
-    out.append((f"{s.name} LayerCAM {'/'.join(lay3)} top-5", [
-        bare_runner(s), floor_runner(s, lay3, "layercam", 5, "loop"), floor_runner(s, lay3, "layercam", 5, "batched"),
-        camkit_runner(s, "layercam", lay3, 5), camkit_runner(s, "layercam", lay3, 5, channels_last=True),
-        camkit_runner(s, "layercam", lay3, 5, batched_backward=False),
-        *pgc_runners(s, "layercam", lay3, 5), *torchcam_runners(s, "layercam", lay3, 5),
-        *captum_runners(s, "layercam", lay3, 5)]))
-    if s.name == "resnet50":
-        out.append((f"{s.name} CAM layer4 all 1000 classes", [bare_runner(s), *cam_all_runners(s)]))
-    return out
+ScenarioFn = Callable[[Setup, bool], Optional[Tuple[str, List[Runner]]]]
+SCENARIOS: List[ScenarioFn] = [
+    lambda s, p: gradient_scenario(s, "layercam", s.layers3, 1, p),
+    lambda s, p: gradient_scenario(s, "gradcam", [s.layer1], 1, p),
+    lambda s, p: gradient_scenario(s, "layercam", s.layers3, 5, p),
+    lambda s, p: gradient_scenario(s, "gradcam", [s.layer1], 5, p),
+    cam_all_scenario,
+]
+
+
+def scenarios(s: Setup, peers: bool = True) -> List[Tuple[str, List[Runner]]]:
+    """Every scenario that applies to ``s`` (in ``SCENARIOS`` order)."""
+    return [sc for sc in (fn(s, peers) for fn in SCENARIOS) if sc is not None]
+
+
+# --------------------------------------------------------------------------- ratios per scenario
+
+
+def baselines(names: Sequence[str], times: Times) -> Dict[str, str]:
+    """The runner names that ratios are taken against: bare, naive, minimal (the fastest minimal), camkit."""
+    mins = [n for n in names if n == "minimal" or n.startswith("minimal (")]
+    return {"bare": names[0], "naive": "naive" if "naive" in names else names[0],
+            "minimal": fastest(times, mins) if mins else names[0], "camkit": "camkit" if "camkit" in names else names[0]}
+
+
+def _peer_groups(names: Sequence[str]) -> Dict[str, List[str]]:
+    groups: Dict[str, List[str]] = {}
+    for n in names:
+        for peer in ("pytorch-grad-cam", "torchcam", "captum"):
+            if n.startswith(peer):
+                groups.setdefault(peer, []).append(n)
+    return groups
+
+
+def targets_report(raw: Dict[str, Times], device: str) -> List[List[object]]:
+    """The issue's goals per scenario: [scenario, ratio, measured, goal, met]."""
+    rows: List[List[object]] = []
+
+    def check(title: str, what: str, v: float, goal: str, ok: Optional[bool]) -> None:
+        rows.append([title, what, v, goal, "-" if ok is None else ("yes" if ok else "no")])
+
+    for title, t in raw.items():
+        names = list(t)
+        if " all " in title:
+            for n, base in (("camkit (maps not read)", "minimal raw"), ("camkit + .maps", "minimal + maps")):
+                v = same_round_ratio(t, n, base)
+                check(title, f"{n} / {base}", v, "<= 1.02", v <= 1.02)
+            continue
+        b = baselines(names, t)
+        v = same_round_ratio(t, "camkit", b["minimal"])
+        check(title, f"camkit / {b['minimal']}", v, "<= 1.02", v <= 1.02)
+        v = same_round_ratio(t, "camkit", "naive")
+        check(title, "camkit / naive", v, "<= 1.0" + (" (a GPU goal)" if device != "cuda" else ""), v <= 1.0)
+        for n in names:
+            if n.startswith("camkit "):
+                check(title, f"{n} / {b['minimal']}", same_round_ratio(t, n, b["minimal"]), "(reference)", None)
+        for peer, members in _peer_groups(names).items():
+            best = fastest(t, members)
+            v = same_round_ratio(t, best, "camkit")
+            goal = peer in ("torchcam", "captum")
+            check(title, f"{best} / camkit", v, ">= 1.0" if goal else "(reference)", v >= 1.0 if goal else None)
+    return rows
+
+
+def _ratio_or_dash(t: Times, a: Optional[str], base: str) -> object:
+    return same_round_ratio(t, a, base) if a in t else "-"
+
+
+def summary_rows(raw: Dict[str, Times], memory: Dict[str, Dict[str, object]]) -> List[List[object]]:
+    """One row per gradient scenario: the headline ratios and peak memory."""
+    rows: List[List[object]] = []
+    for title, t in raw.items():
+        if " all " in title:
+            continue
+        names = list(t)
+        b = baselines(names, t)
+        option = {p: next((n for n in names if n.startswith(p)), None)
+                  for p in ("camkit channels_last", "camkit bf16", "camkit batched_backward=False")}
+        peers = _peer_groups(names)
+        peer_ratio = {p: _ratio_or_dash(t, fastest(t, peers[p]) if p in peers else None, "camkit")
+                      for p in ("torchcam", "captum", "pytorch-grad-cam")}
+        mem = memory.get(title, {})
+        peer_mem = {n: v for n, v in mem.items() if isinstance(v, float) and any(n.startswith(p) for p in peers)}
+        low = min(peer_mem, key=peer_mem.__getitem__) if peer_mem else None
+        rows.append([title, _ratio_or_dash(t, "camkit", b["minimal"]), _ratio_or_dash(t, "camkit", "naive"),
+                     *(_ratio_or_dash(t, n, b["minimal"]) for n in option.values()),
+                     peer_ratio["torchcam"], peer_ratio["captum"], peer_ratio["pytorch-grad-cam"],
+                     mem.get("camkit", "-"), mem.get(b["minimal"], "-"), mem.get("naive", "-"),
+                     f"{peer_mem[low]:.0f} ({low})" if low else "-"])
+    return rows
+
+
+SUMMARY_HEADER = ["scenario", "camkit / minimal", "camkit / naive", "channels_last / minimal", "bf16 autocast / minimal",
+                  "batched_backward=False / minimal", "torchcam / camkit", "captum / camkit",
+                  "pytorch-grad-cam / camkit", "camkit MiB", "minimal MiB", "naive MiB", "lowest peer MiB"]
 
 
 # --------------------------------------------------------------------------- agreement
@@ -521,7 +650,7 @@ def _pgc_raw(s: Setup, method: str, layers: List[str], t: Tensor) -> List[Tensor
         ag = cam.activations_and_grads
         out = []
         for m, a, g in zip(mods, ag.activations, ag.gradients):
-            raw = cam.get_cam_image(s.x, m, tg, a.numpy(), g.numpy(), False)
+            raw = cam.get_cam_image(s.x, m, tg, a.cpu().numpy(), g.cpu().numpy(), False)
             out.append(torch.from_numpy(np.maximum(raw, 0)))
         return out
     finally:
@@ -555,41 +684,47 @@ def _captum_raw(s: Setup, method: str, layers: List[str], t: Tensor) -> List[Ten
     return [a.clamp(min=0).sum(1).clamp(min=0) for a in attrs]
 
 
-def agreement(s: Setup) -> List[List[object]]:
-    """Rows: scenario, peer, layer, max |diff|, max |diff| / max |camkit| against camkit's layer_maps."""
-    import torchcam.methods as tcm
+def _stack_k(per_k: List[List[Tensor]]) -> List[Tensor]:
+    """K lists of per-layer (B, h, w) maps -> per-layer (B, K, h, w)."""
+    return [torch.stack([p[i] for p in per_k], 1) for i in range(len(per_k[0]))]
 
+
+def agreement(s: Setup, peers: bool = True) -> List[List[object]]:
+    """Rows [scenario, compared with, layer, max |diff|, that / max |camkit|] against camkit's results."""
     import camkit
 
     rows: List[List[object]] = []
-    for method, layers, k in (("layercam", s.layers3, 1), ("gradcam", [s.layer1], 1), ("layercam", s.layers3, 5)):
+    for method, layers, k in (("layercam", s.layers3, 1), ("gradcam", [s.layer1], 1),
+                              ("layercam", s.layers3, 5), ("gradcam", [s.layer1], 5)):
         cls = {"layercam": camkit.LayerCAM, "gradcam": camkit.GradCAM}[method]
         res = cls(s.model, layers=layers)(s.x, topk=k)
         t = res.targets
         label = f"{s.name} {'LayerCAM' if method == 'layercam' else 'Grad-CAM'} top-{k}"
-        _, floor_raw, _ = Floor(s.model, layers, method, "loop")(s.x, targets=t)
-        peers: Dict[str, List[Tensor]] = {"floor (this file)": floor_raw}
-        pg = [_pgc_raw(s, method, layers, t[:, j]) for j in range(k)]
-        peers["pytorch-grad-cam"] = [torch.stack([p[i] for p in pg], 1) for i in range(len(layers))]
-        peers["torchcam"] = _torchcam_raw(s, method, layers, t)
-        cp = [_captum_raw(s, method, layers, t[:, j]) for j in range(k)]
-        peers["captum" + (" (GradientXActivation composition)" if method == "layercam" else "")] = [
-            torch.stack([p[i] for p in cp], 1) for i in range(len(layers))]
-        for peer, maps in peers.items():
-            for name, m in zip(layers, maps):
-                d, rel = max_diff(res.layer_maps[name], m)
-                rows.append([label, peer, name, d, rel])
-    if s.name == "resnet50":
-        res = camkit.CAM(s.model, layer="layer4", fc="fc")(s.x, targets="all")
-        cam = tcm.CAM(s.model, target_layer="layer4", fc_layer="fc")
+        fused, minimal_raw, _ = MinimalFloor(s.model, layers, method)(s.x, targets=t)
+        others: Dict[str, List[Tensor]] = {"naive floor": NaiveFloor(s.model, layers, method)(s.x, targets=t)[1],
+                                           "minimal floor": minimal_raw}
+        if peers:
+            others["pytorch-grad-cam"] = _stack_k([_pgc_raw(s, method, layers, t[:, j]) for j in range(k)])
+            others["torchcam"] = _torchcam_raw(s, method, layers, t)
+            name = "captum" + (" (GradientXActivation composition)" if method == "layercam" else "")
+            others[name] = _stack_k([_captum_raw(s, method, layers, t[:, j]) for j in range(k)])
+        for other, maps in others.items():
+            for layer, m in zip(layers, maps):
+                rows.append([label, other, layer, *max_diff(res.layer_maps[layer], m)])
+        rows.append([label, "minimal floor, fused maps", "(fused .maps)", *max_diff(res.maps, fused)])
+    if s.cam_layer is not None and peers:
+        import torchcam.methods as tcm
+
+        res = camkit.CAM(s.model, layer=s.cam_layer, fc=s.fc)(s.x, targets="all")
+        cam = tcm.CAM(s.model, target_layer=s.cam_layer, fc_layer=s.fc)
         try:
             with torch.no_grad():
                 s.model(s.x)
-            tc = torch.stack([cam(class_idx=c, normalized=False)[0] for c in range(s.model.fc.out_features)], 1)
+            n = _layer(s.model, s.fc).out_features
+            tc = torch.stack([cam(class_idx=c, normalized=False)[0] for c in range(n)], 1)
         finally:
             cam.remove_hooks()
-        d, rel = max_diff(res.layer_maps["layer4"], tc)
-        rows.append([f"{s.name} CAM all classes", "torchcam", "layer4", d, rel])
+        rows.append([f"{s.name} CAM all classes", "torchcam", s.cam_layer, *max_diff(res.layer_maps[s.cam_layer], tc)])
     return rows
 
 
@@ -601,248 +736,208 @@ DEFINITIONS = [
     "pytorch-grad-cam takes the mean; torchcam's fuse_cams applies tanh(2x) per layer (LayerCAM) and takes the max, "
     "at the largest layer's resolution, not the input's; captum has no fusion (the composition here takes the max).",
     "Upsampling: camkit bilinear (align_corners=False) to the input size in torch; pytorch-grad-cam cv2.resize "
-    "(bilinear, on float32 numpy) after normalization; torchcam none in the extractor; captum LayerAttribution.interpolate.",
+    "(bilinear, on float32 numpy) after normalization; torchcam none in the extractor; captum "
+    "LayerAttribution.interpolate.",
     "In-place ReLU: camkit hands downstream layers a copy of each hooked output, so a later in-place op cannot change "
-    "the captured activation; torchcam and pytorch-grad-cam keep the tensor itself (hooking a conv that an "
-    "in-place ReLU follows, e.g. VGG16 features.28, they see post-ReLU activations); captum clones too. "
-    "The layers benchmarked are ReLU outputs, where all agree.",
+    "the captured activation; torchcam, pytorch-grad-cam and the two floors keep the tensor itself. "
+    "The layers benchmarked are ReLU or block outputs that nothing changes in place, where all agree.",
     "Targets: camkit takes top-1/top-k from the same forward; pytorch-grad-cam computes top-1 itself but needs "
     "ClassifierOutputTarget lists for other classes, captum needs targets before its forward; both were given the "
     "top-k computed once outside the timing (a user who does not know them pays one more forward).",
-    "Gradients: camkit and torchcam take torch.autograd.grad w.r.t. the hooked outputs only; pytorch-grad-cam "
-    "calls loss.backward(), which also computes every parameter gradient down to the input (and leaves .grad on the model); "
-    "captum uses autograd.grad w.r.t. the layer outputs.",
+    "Gradients: camkit, torchcam and both floors take torch.autograd.grad w.r.t. the hooked outputs only; "
+    "pytorch-grad-cam calls loss.backward(), which also computes every parameter gradient down to the input (and "
+    "leaves .grad on the model); captum uses autograd.grad w.r.t. the layer outputs.",
     "LayerCAM in captum: not provided; on layers whose outputs are >= 0 (ReLU outputs, as here) ReLU(G)*A = ReLU(G*A), "
     "so ReLU(sum_c ReLU(GradientXActivation)) is exactly LayerCAM.",
-    "Data type of results: camkit and torchcam return torch tensors; pytorch-grad-cam numpy float32; captum tensors.",
 ]
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def memory_probe(arch: str, scen: int, run: int, batch: int, size: int) -> float:
-    """In this (fresh) process: set up, one bare forward, then the peak RSS increase of one call."""
-    torch.set_num_threads(2)
-    s = make_setup(arch, batch, size)
-    r = scenarios(s, False)[scen][1][run]
+def _setup_for(args: argparse.Namespace, arch: str) -> Setup:
+    return make_setup(arch, args.batch or (GPU_BATCH[arch] if args.device.startswith("cuda") else 8), args.size,
+                      args.device)
+
+
+def memory_probe(args: argparse.Namespace, arch: str, scen: int, run: int) -> float:
+    """In this (fresh) process: set up, one bare forward, then one call's peak (see ``harness.peak_memory``)."""
+    s = _setup_for(args, arch)
+    r = scenarios(s, args.peers)[scen][1][run]
     with torch.no_grad():
         s.model(s.x)
     r.setup()
     try:
-        return peak_rss_increase(r.call)
+        return peak_memory(r.call, s.device)
     finally:
         r.teardown()
 
 
-def probe_in_subprocess(arch: str, scen: int, run: int, batch: int, size: int) -> float:
+def probe_in_subprocess(args: argparse.Namespace, arch: str, scen: int, run: int) -> float:
     cmd = [sys.executable, "-m", "benchmarks.peers", "--probe-memory", arch, str(scen), str(run),
-           "--batch", str(batch), "--size", str(size)]
+           "--size", str(args.size), "--threads", str(args.threads), "--device", args.device]
+    cmd += ["--batch", str(args.batch)] if args.batch else []
+    cmd += [] if args.peers else ["--no-peers"]
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["mib"])
 
 
-def floor_name(names: Sequence[str], times: Dict[str, List[float]]) -> str:
-    floors = [n for n in names if n.startswith("floor") and "CAM all" not in n]
-    if not floors:
-        return "bare forward (no grad)"
-    return min(floors, key=lambda n: statistics.median(times[n]))
+def measure_memory(args: argparse.Namespace, s: Setup, si: int, runners: List[Runner]) -> Dict[str, object]:
+    """Peak MiB per runner: in this process on a GPU (exact allocator counts), a fresh process each on CPU."""
+    mem: Dict[str, object] = {}
+    for ri, r in enumerate(runners):
+        try:
+            if s.device.type == "cuda":
+                r.setup()
+                try:
+                    mem[r.name] = peak_memory(r.call, s.device)
+                finally:
+                    r.teardown()
+            else:
+                mem[r.name] = probe_in_subprocess(args, s.name, si, ri)
+        except (subprocess.CalledProcessError, RuntimeError) as e:
+            mem[r.name] = "failed"
+            print(getattr(e, "stderr", str(e))[-2000:], file=sys.stderr)
+    return mem
 
 
-def same_round_ratio(times: Dict[str, List[float]], a: str, b: str) -> float:
-    """Median over rounds of times[a] / times[b]."""
-    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+def scenario_section(title: str, runners: List[Runner], times: Times, mem: Dict[str, object]) -> str:
+    names = [r.name for r in runners]
+    b = baselines(names, times)
+    rows = [[n, statistics.median(times[n]) * 1000, min(times[n]) * 1000,
+             *(same_round_ratio(times, n, b[k]) for k in ("bare", "naive", "minimal", "camkit")), mem.get(n, "-")]
+            for n in names]
+    return (f"### {title}\n\n'x minimal' is against {b['minimal']} (the faster minimal floor)\n\n"
+            + markdown_table(["runner", "median ms", "min ms", "x bare", "x naive", "x minimal", "x camkit", "peak MiB"],
+                             rows)
+            + "\n\nHow each runner is called:\n\n" + "\n".join(f"- {r.name}: {r.note}" for r in runners if r.note) + "\n")
 
 
-def targets_report(raw: Dict[str, Dict[str, List[float]]]) -> List[List[object]]:
-    """The issue's targets, each as (scenario, check, measured, goal, met)."""
-    rows: List[List[object]] = []
+def versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
 
-    def check(title, what, value, goal, ok):
-        rows.append([title, what, value, goal, "yes" if ok else "no"])
-
-    for title, t in raw.items():
-        names = list(t)
-        ck = "camkit"
-        if "all 1000 classes" in title:
-            for n in ("camkit (maps not read)", "camkit + .maps"):
-                v = same_round_ratio(t, n, names[0])
-                check(title, f"{n} / bare forward", v, "<= 1.05", v <= 1.05)
-            continue
-        fl = floor_name(names, t)
-        v = same_round_ratio(t, ck, fl)
-        check(title, f"camkit / {fl}", v, "<= 1.05", v <= 1.05)
-        for n in ("camkit channels_last=True", "camkit batched_backward=False"):
-            if n in names:
-                v = same_round_ratio(t, n, fl)
-                check(title, f"{n} / {fl}", v, "<= 1.05", v <= 1.05)
-        peers = [n for n in names if not n.startswith(("camkit", "floor", "bare"))]
-        if "top-1" in title:
-            for n in peers:
-                v = same_round_ratio(t, n, ck)
-                goal = 2.5 if n.startswith(("pytorch-grad-cam", "captum")) else 1.0
-                check(title, f"{n} / camkit", v, f">= {goal}", v >= goal)
-        else:
-            for n in peers:
-                v = same_round_ratio(t, n, ck)
-                if "documented" in n:
-                    goal = 5.0 if n.startswith("pytorch-grad-cam") else 2.0
-                elif n.startswith("torchcam"):
-                    goal = 1.0
-                else:
-                    goal = None
-                check(title, f"{n} / camkit", v, f">= {goal}" if goal else "(reference)", goal is None or v >= goal)
-            loop = "camkit batched_backward=False"
-            if loop in names:
-                for n in peers:
-                    if "best" in n and n.startswith("torchcam"):
-                        v = same_round_ratio(t, n, loop)
-                        check(title, f"{n} / {loop}", v, ">= 1.0", v >= 1.0)
-    return rows
+    out = {}
+    for dist in ("torch", "torchvision", "camkit", "grad-cam", "torchcam", "captum"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "-"
+    return out
 
 
 def run(args: argparse.Namespace) -> str:
-    torch.set_num_threads(args.threads)
-    t_start = time.time()
-    load_before = os.getloadavg()
+    policy = configure(args.device, args.threads, args.tf32, args.cudnn_benchmark)
+    prov = run_provenance(args.argv, "benchmarks.peers", args.device)
     sections: List[str] = []
-    summary: List[List[object]] = []
+    raw: Dict[str, Times] = {}
+    memory: Dict[str, Dict[str, object]] = {}
     agree_rows: List[List[object]] = []
-    raw: Dict[str, Dict[str, List[float]]] = {}
+    batches: Dict[str, int] = {}
     for arch in args.arch:
-        s = make_setup(arch, args.batch, args.size)
-        for si, (title, runners) in enumerate(scenarios(s, args.quick)):
+        s = _setup_for(args, arch)
+        batches[arch] = s.x.shape[0]
+        for si, (title, runners) in enumerate(scenarios(s, args.peers)):
             if args.only and not any(o in title for o in args.only):
                 continue
-            print(f"[{time.strftime('%H:%M:%S')}] {title}: {len(runners)} runners x {args.warmup}+{args.reps}", flush=True)
-            if args.memory_only:
-                rows = [[r.name, probe_in_subprocess(arch, si, ri, args.batch, args.size)] for ri, r in enumerate(runners)]
-                sections.append(f"### {title}\n\n" + markdown_table(["runner", "peak MiB"], rows) + "\n")
-                print(sections[-1], flush=True)
-                continue
-            times = interleave(runners, args.reps, args.warmup, between=gc.collect)
+            print(f"{title}: {len(runners)} runners x {args.warmup}+{args.reps} rounds", flush=True)
+            times = interleave(runners, args.reps, args.warmup, timer=timer_for(s.device),
+                               between=gc.collect if args.gc else None)
             raw[title] = times
-            base = runners[0].name
-            fl = floor_name([r.name for r in runners], times)
-            if "all 1000 classes" in title:
-                fl = base
-            rb, rf = ratio_medians(times, base), ratio_medians(times, fl)
-            mem: Dict[str, object] = {}
-            if args.memory:
-                for ri, r in enumerate(runners):
-                    try:
-                        mem[r.name] = probe_in_subprocess(arch, si, ri, args.batch, args.size)
-                    except subprocess.CalledProcessError as e:
-                        mem[r.name] = "failed"
-                        print(e.stderr[-2000:], file=sys.stderr)
-            rows = []
-            for r in runners:
-                med = statistics.median(times[r.name]) * 1000
-                rows.append([r.name, med, min(times[r.name]) * 1000, rb[r.name], rf[r.name], mem.get(r.name, "-")])
-                summary.append([title, r.name, med, rb[r.name], rf[r.name], mem.get(r.name, "-")])
-            sections.append(f"### {title}\n\nfloor used for 'x floor': {fl}\n\n"
-                            + markdown_table(["runner", "median ms", "min ms", "x bare", "x floor", "peak MiB"], rows)
-                            + "\n\nHow each runner is called:\n\n"
-                            + "\n".join(f"- {r.name}: {r.note}" for r in runners if r.note) + "\n")
+            memory[title] = measure_memory(args, s, si, runners) if args.memory else {}
+            sections.append(scenario_section(title, runners, times, memory[title]))
             print(sections[-1], flush=True)
         if args.agreement:
             del s
             gc.collect()
-            s = make_setup(arch, args.agreement_batch, args.size)
-            agree_rows += agreement(s)
+            s = make_setup(arch, args.agreement_batch, args.size, args.device)
+            with tf32_off() if s.device.type == "cuda" else contextlib.nullcontext():
+                agree_rows += agreement(s, args.peers)
         del s
         gc.collect()
-    load_after = os.getloadavg()
-    elapsed = time.time() - t_start
-    cmd = "python -m benchmarks.peers " + " ".join(args.argv)
-    import camkit
-    versions = {"torch": torch.__version__, "camkit": camkit.__version__}
-    for _mod, dist in (("pytorch_grad_cam", "grad-cam"), ("torchcam", "torchcam"), ("captum", "captum")):
-        try:
-            from importlib.metadata import version
-            versions[dist] = version(dist)
-        except Exception:
-            versions[dist] = "?"
-    head = [
-        "# camkit vs pytorch-grad-cam, torchcam, captum",
-        "",
-        f"Command: `{cmd.strip()}` (from the repo root, torch threads = {args.threads})",
-        "",
-        f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t_start))}, {elapsed / 60:.1f} min; "
-        f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
-        f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} on {os.cpu_count()} cores "
-        "(other jobs shared the machine; ratios are within-round, which is what keeps them comparable).",
-        "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; Python {platform.python_version()}.",
-        "",
-        f"Setup: torchvision models with random weights (seed 0), eval mode, input B={args.batch}, 3x{args.size}x{args.size} "
-        f"(seed 1); {args.warmup} warm-up round(s), then {args.reps} timed rounds, runners interleaved in each round; "
-        "'median ms' is the median over rounds; 'x bare' / 'x floor' are medians over rounds of the ratio to the bare "
-        "forward / the floor timed in the same round. 'peak MiB': peak RSS increase over the resident size just "
-        "before one call, in a fresh process after one bare forward (glibc may reuse freed memory, so this is a lower bound "
-        "on what the call allocates).",
-        "",
-    ]
-    body = "\n".join(sections)
-    agree = ""
+    tg = targets_report(raw, torch.device(args.device).type)
+    summary = summary_rows(raw, memory)
+    vers = versions()
+    setup_text = (
+        f"Models: torchvision {', '.join(f'{a} (B={b})' for a, b in batches.items())}, random weights (seed 0), eval "
+        f"mode, input 3x{args.size}x{args.size} (seed 1). {args.warmup} warm-up round(s), then {args.reps} timed rounds, "
+        "runners interleaved in each round. Ratios are medians over rounds of same-round ratios. "
+        f"Device policy: {json.dumps(policy)}"
+        + ("; agreement with TF32 off" if args.device.startswith("cuda") else "") + ". "
+        + ("Timing: CUDA events after a synchronize; peak MiB: torch.cuda.max_memory_allocated during the call above "
+           "what was allocated before it." if args.device.startswith("cuda") else
+           "Timing: host clock; peak MiB: peak resident size during one call above the resident size before it, "
+           "each runner in a fresh process after one bare forward (a lower bound: freed memory can be reused).")
+        + "\n\nVersions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".\n\n"
+        "Baselines: *naive* = grad-enabled forward + autograd.grad w.r.t. the hooked outputs (K retained calls) + "
+        "formula + upsample per layer, no normalization or fusion; *minimal* = no graph below the shallowest hooked "
+        "layer, outputs kept without copies, the faster of K retained grad calls and one batched call, the formula in "
+        "float32, then camkit's map work (min-max normalize, upsample, max fusion). See benchmarks/peers.py.\n")
+    body = [setup_text, "## Summary (same-round ratios; peak MiB)\n", markdown_table(SUMMARY_HEADER, summary), "",
+            "## The issue's goals\n", markdown_table(["scenario", "ratio", "measured", "goal", "met"], tg), "",
+            "## Timings\n", *sections]
     if agree_rows:
-        agree = ("## Agreement of raw per-layer maps with camkit's `res.layer_maps`\n\n"
-                 "Same input and targets (camkit's top-k); max |difference| and that divided by max |camkit map|.\n\n"
-                 + markdown_table(["scenario", "peer", "layer", "max abs diff", "max rel diff"], agree_rows)
-                 + "\n\n## Where definitions differ\n\n" + "\n".join(f"- {d}" for d in DEFINITIONS) + "\n")
-    if args.memory_only:
-        raw = {}
-    tg = ("## The issue's targets (same-round ratios, medians over rounds)\n\n"
-          + markdown_table(["scenario", "ratio", "measured", "goal", "met"], targets_report(raw)) + "\n\n")
-    print(tg, flush=True)
-    if agree:
-        print(agree, flush=True)
-    text = "\n".join(head) + "\n" + tg + "## Timings\n\n" + body + "\n" + agree
+        body += ["## Agreement with camkit's maps\n",
+                 "Same input and targets (camkit's top-k), raw per-layer maps (camkit's `res.layer_maps`) unless noted; "
+                 "max |difference| and that divided by max |camkit map|.\n",
+                 markdown_table(["scenario", "compared with", "layer", "max abs diff", "max rel diff"], agree_rows), "",
+                 "## Where definitions differ\n", "\n".join(f"- {d}" for d in DEFINITIONS), ""]
+    text = "\n".join(body)
+    print(markdown_table(SUMMARY_HEADER, summary), flush=True)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps({"command": cmd, "times_s": raw, "summary": summary,
-                                                          "agreement": agree_rows}, indent=1))
-        print(f"wrote {out}")
+        data = {"settings": {"archs": batches, "size": args.size, "reps": args.reps, "warmup": args.warmup,
+                             "policy": policy, "peers": args.peers},
+                "versions": vers, "times_s": raw, "memory_mib": memory, "summary": [SUMMARY_HEADER, *summary],
+                "goals": tg, "agreement": agree_rows}
+        md, js = write_results(args.out, prov, "camkit vs the floors, pytorch-grad-cam, torchcam, captum", text, data)
+        print(f"wrote {md} and {js}")
     return text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smoke check: B=2, 2 timed rounds, no memory probes")
-    p.add_argument("--arch", nargs="+", default=["vgg16", "resnet50"], choices=["vgg16", "resnet50"])
-    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: CUDA events, cudnn.benchmark, GPU batch sizes)")
+    p.add_argument("--arch", nargs="+", default=None, choices=["vgg16", "resnet50", "tiny"],
+                   help="default: resnet50 vgg16")
+    p.add_argument("--batch", type=int, default=None, help="default: 8 on CPU; VGG16 32, ResNet50 64 on CUDA")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--reps", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=None, help="timed rounds (default: 5 on CPU, 10 on CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds (default: 1 on CPU, 3 on CUDA)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
+    p.add_argument("--tf32", default="on", choices=["on", "off", "default"], help="TF32 while timing on CUDA")
+    p.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false")
     p.add_argument("--only", nargs="*", default=None, help="run scenarios whose title contains one of these")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--no-agreement", dest="agreement", action="store_false")
-    p.add_argument("--memory-only", action="store_true", help="only the peak-memory probes (one fresh process per runner)")
-    p.add_argument("--agreement-batch", type=int, default=2, help="batch size of the agreement check")
-    p.add_argument("--out", default=None, help="Markdown file to write (default: results/peers/peers.md for a full run)")
+    p.add_argument("--no-peers", dest="peers", action="store_false", help="floors and camkit only")
+    p.add_argument("--agreement-batch", type=int, default=2)
+    p.add_argument("--no-gc", dest="gc", action="store_false", help="no gc.collect() between runners")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke check: B=2, 1 + 2 rounds, no memory probes, no gc between runners, no file unless --out")
+    p.add_argument("--out", default=None, help="Markdown file (default: results/peers/<device>_<archs>.md)")
     p.add_argument("--probe-memory", nargs=3, metavar=("ARCH", "SCENARIO", "RUNNER"), default=None,
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.argv = argv
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here")
     if args.probe_memory:
         arch, scen, r = args.probe_memory
-        print(json.dumps({"mib": memory_probe(arch, int(scen), int(r), args.batch or 8, args.size)}))
+        torch.set_num_threads(args.threads)
+        print(json.dumps({"mib": memory_probe(args, arch, int(scen), int(r))}))
         return
+    args.arch = args.arch or ["resnet50", "vgg16"]
     if args.quick:
-        args.batch = args.batch or 2
-        args.reps = args.reps or 2
-        args.memory = False
-    args.batch = args.batch or 8
-    args.reps = args.reps or 5
+        args.batch, args.reps, args.warmup = args.batch or 2, args.reps or 2, 1 if args.warmup is None else args.warmup
+        args.memory = args.gc = False
+    args.reps = args.reps or (10 if cuda else 5)
+    args.warmup = (3 if cuda else 1) if args.warmup is None else args.warmup
     if args.reps < 1:
         p.error("--reps must be >= 1")
     if args.out is None and not args.quick:
-        args.out = str(RESULTS_DIR / "peers.md")
+        args.out = str(RESULTS_DIR / f"{torch.device(args.device).type}_{'_'.join(args.arch)}.md")
     run(args)
 
 

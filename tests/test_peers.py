@@ -1,9 +1,10 @@
-"""The peer benchmark's own machinery (no peer library needed): the floor
-computes the reference maps, the interleaving times only the calls in A B C
-order after the warm-up, ratios are same-round, differences and memory are
-measured as stated."""
+"""The benchmarks' own machinery, without any peer library: the two floors
+against hand computations with plain autograd (and camkit against the floors),
+the harness's interleaving, same-round ratios, memory and results files, and
+the peers driver end to end on a small CNN."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,14 +15,29 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.peers import (  # noqa: E402
-    Floor,
+from benchmarks.harness import (  # noqa: E402
     Runner,
+    WallTimer,
+    configure,
+    fastest,
     interleave,
     markdown_table,
     max_diff,
     peak_rss_increase,
     ratio_medians,
+    run_provenance,
+    same_round_ratio,
+    tf32_off,
+    write_results,
+)
+from benchmarks.peers import (  # noqa: E402
+    MinimalFloor,
+    NaiveFloor,
+    baselines,
+    main,
+    minmax_maps,
+    summary_rows,
+    targets_report,
 )
 
 
@@ -57,30 +73,131 @@ def reference_maps(model, x, layers, targets, method):
     return {n: torch.stack([torch.stack(row) for row in per[n]]) for n in layers}
 
 
+def reference_fused(ref, layers, size):
+    """Each map on its own: (m - min) / (max - min), bilinear upsample, max over layers."""
+    ups = []
+    for n in layers:
+        m = ref[n]
+        norm = torch.zeros_like(m)
+        for b in range(m.shape[0]):
+            for k in range(m.shape[1]):
+                lo, hi = m[b, k].min(), m[b, k].max()
+                if hi > lo:
+                    norm[b, k] = (m[b, k] - lo) / (hi - lo)
+        ups.append(F.interpolate(norm, size=size, mode="bilinear", align_corners=False))
+    return torch.stack(ups).amax(0)
+
+
+X = torch.randn(3, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+TARGETS = torch.tensor([[4, 0], [1, 2], [3, 3]])
+
+
+# --------------------------------------------------------------------------- floors
+
+
 @pytest.mark.parametrize("method", ["layercam", "gradcam"])
 @pytest.mark.parametrize("mode", ["loop", "batched"])
-def test_floor_matches_per_image_per_class_reference(method, mode):
+def test_naive_floor_matches_per_image_per_class_reference(method, mode):
     model = tiny_model()
-    x = torch.randn(3, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    targets = torch.tensor([[4, 0], [1, 2], [3, 3]])
-    ups, raw, t = Floor(model, ["1", "3"], method, mode)(x, targets=targets)
-    ref = reference_maps(model, x, ["1", "3"], targets, method)
-    assert torch.equal(t, targets)
+    ups, raw, t = NaiveFloor(model, ["1", "3"], method, mode)(X, targets=TARGETS)
+    ref = reference_maps(model, X, ["1", "3"], TARGETS, method)
+    assert torch.equal(t, TARGETS)
     for r, u, n in zip(raw, ups, ["1", "3"]):
         torch.testing.assert_close(r, ref[n])
         torch.testing.assert_close(u, F.interpolate(ref[n], size=(12, 12), mode="bilinear", align_corners=False))
-    assert ups[1].shape == (3, 2, 12, 12) and raw[1].shape == (3, 2, 6, 6)
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_floor_topk_takes_the_k_best_logits():
+@pytest.mark.parametrize("method", ["layercam", "gradcam"])
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_minimal_floor_matches_the_reference_raw_and_fused(method, mode):
     model = tiny_model()
-    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
-    _, _, t = Floor(model, ["3"], "gradcam")(x, topk=3)
+    fused, raw, t = MinimalFloor(model, ["1", "3"], method, mode)(X, targets=TARGETS)
+    ref = reference_maps(model, X, ["1", "3"], TARGETS, method)
+    assert torch.equal(t, TARGETS)
+    for r, n in zip(raw, ["1", "3"]):
+        torch.testing.assert_close(r, ref[n])
+    torch.testing.assert_close(fused, reference_fused(ref, ["1", "3"], (12, 12)))
+    assert fused.shape == (3, 2, 12, 12) and float(fused.min()) >= 0 and float(fused.max()) <= 1
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_floors_take_the_k_best_logits_and_check_their_mode():
+    model = tiny_model()
     with torch.no_grad():
-        assert torch.equal(t, model(x).topk(3, dim=1).indices)
+        top = model(X).topk(3, dim=1).indices
+    assert torch.equal(MinimalFloor(model, ["3"], "gradcam")(X, topk=3)[2], top)
+    assert torch.equal(NaiveFloor(model, ["3"], "gradcam")(X, topk=3)[2], top)
     with pytest.raises(ValueError, match="mode must be"):
-        Floor(model, ["3"], "gradcam", mode="vmap")
+        MinimalFloor(model, ["3"], "gradcam", mode="vmap")
+
+
+class GradModeSpy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(torch.is_grad_enabled())
+        return x
+
+
+def spied_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), GradModeSpy(), nn.ReLU(),  # 0, 1, 2
+        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),  # 3, 4
+        GradModeSpy(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),  # 5 ...
+    ).double().eval()
+
+
+@pytest.mark.parametrize("caller_grad", [True, False])
+def test_minimal_floor_builds_no_graph_below_the_first_hooked_layer(caller_grad):
+    model = spied_model()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.set_grad_enabled(caller_grad):
+        _, raw, t = MinimalFloor(model, ["2", "4"], "layercam")(x, topk=2)
+        assert torch.is_grad_enabled() == caller_grad
+    assert model[1].seen == [False] and model[5].seen == [True]
+    ref = reference_maps(model, x, ["2", "4"], t, "layercam")
+    torch.testing.assert_close(raw[1], ref["4"])
+    NaiveFloor(model, ["2", "4"], "layercam")(x, topk=2)
+    assert model[1].seen[-1] is True  # the naive floor builds the whole graph
+
+
+@pytest.mark.parametrize("method", ["layercam", "gradcam"])
+def test_camkit_equals_the_minimal_floor_and_the_naive_floor(method):
+    import camkit
+
+    model = tiny_model()
+    cls = {"layercam": camkit.LayerCAM, "gradcam": camkit.GradCAM}[method]
+    res = cls(model, layers=["1", "3"])(X, topk=2)
+    fused, minimal_raw, t = MinimalFloor(model, ["1", "3"], method)(X, targets=res.targets)
+    _, naive_raw, _ = NaiveFloor(model, ["1", "3"], method)(X, targets=res.targets)
+    for n, mr, nr in zip(["1", "3"], minimal_raw, naive_raw):
+        torch.testing.assert_close(res.layer_maps[n], mr)
+        torch.testing.assert_close(res.layer_maps[n], nr)
+    torch.testing.assert_close(res.maps, fused)
+
+
+def test_minimal_floor_does_the_map_work_in_float32_under_autocast():
+    model = tiny_model().float()
+    x = X.float()
+    ref_fused, ref_raw, t = MinimalFloor(model, ["1", "3"], "layercam")(x, topk=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, raw, _ = MinimalFloor(model, ["1", "3"], "layercam")(x, targets=t)
+    assert fused.dtype == torch.float32 and all(r.dtype == torch.float32 for r in raw)
+    assert (fused - ref_fused).abs().max() < 0.25  # bf16 activations and gradients, float32 maps
+
+
+def test_minmax_maps():
+    m = torch.tensor([[[[1.0, 3.0], [2.0, 5.0]], [[7.0, 7.0], [7.0, 7.0]]]])  # (1, 2, 2, 2): a map and a constant
+    out = minmax_maps(m)
+    torch.testing.assert_close(out[0, 0], torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+    assert torch.equal(out[0, 1], torch.zeros(2, 2))
+
+
+# --------------------------------------------------------------------------- harness
 
 
 class FakeClock:
@@ -105,7 +222,8 @@ def test_interleave_order_warmup_and_untimed_setup():
 
         return Runner(name, call, setup=setup, teardown=lambda: log.append(name + ".teardown"))
 
-    times = interleave([runner("A", 1.0, 50), runner("B", 2.0, 50), runner("C", 3.0, 50)], reps=3, warmup=2, clock=clock)
+    runners = [runner("A", 1.0, 50), runner("B", 2.0, 50), runner("C", 3.0, 50)]
+    times = interleave(runners, reps=3, warmup=2, timer=WallTimer(clock=clock))
     calls = [e for e in log if "." not in e]
     assert calls == ["A", "B", "C"] * 5
     assert log[:3] == ["A.setup", "A", "A.teardown"]
@@ -123,14 +241,14 @@ def test_interleave_runs_teardown_when_a_call_fails():
     assert torn == [1]
 
 
-def test_ratio_medians_are_same_round_ratios():
+def test_ratios_are_same_round_ratios():
     # round 2 is slow for everyone (load): same-round ratios ignore it, ratios of medians do not
     times = {"bare": [1.0, 4.0, 1.0, 1.2, 0.9], "x": [2.0, 8.0, 2.0, 2.4, 1.8]}
     r = ratio_medians(times, "bare")
-    assert r["bare"] == 1.0
-    assert r["x"] == pytest.approx(2.0)
+    assert r["bare"] == 1.0 and r["x"] == pytest.approx(2.0)
     times = {"bare": [1.0, 1.0, 3.0], "x": [3.0, 1.0, 3.0]}  # per-round 3, 1, 1 -> median 1
-    assert ratio_medians(times, "bare")["x"] == pytest.approx(1.0)
+    assert same_round_ratio(times, "x", "bare") == pytest.approx(1.0)
+    assert fastest({"a": [3.0, 1.0, 3.0], "b": [2.0, 2.0, 2.0]}, ["a", "b"]) == "b"
 
 
 def test_max_diff():
@@ -155,26 +273,71 @@ def test_peak_rss_increase_sees_a_temporary_allocation():
     assert peak_rss_increase(lambda: None) < 50
 
 
+def test_configure_and_tf32_off_state_the_policy_and_restore_it():
+    threads = torch.get_num_threads()
+    try:
+        assert configure("cpu", threads=1) == {"device": "cpu", "torch_threads": 1}
+    finally:
+        torch.set_num_threads(threads)
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with tf32_off():
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == old
+    with pytest.raises(ValueError, match="tf32 must be"):
+        configure("cpu", tf32="maybe")
+
+
+def test_write_results_records_the_provenance(tmp_path):
+    prov = run_provenance(["--arch", "tiny"], "benchmarks.peers")
+    md, js = write_results(tmp_path / "r.md", prov, "Title", "body text", {"times_s": {"a": [1.0]}})
+    data = json.loads(js.read_text())
+    p = data["provenance"]
+    assert p["command"] == "python -m benchmarks.peers --arch tiny"
+    assert p["torch"] == torch.__version__ and p["cpu_cores"] and p["date"] and p["git_commit"]
+    assert data["times_s"] == {"a": [1.0]} and "_t0" not in p
+    text = md.read_text()
+    assert text.startswith("# Title\n") and "Command: `python -m benchmarks.peers --arch tiny`" in text
+    assert "body text" in text and "load average" in text
+
+
+def test_goals_and_summary_use_the_fastest_minimal_and_each_peer_at_its_best():
+    t = {
+        "bare forward (no grad)": [1.0, 1.0], "naive": [3.0, 3.0], "minimal (loop)": [2.0, 2.0],
+        "minimal (batched)": [2.5, 2.5], "camkit": [2.02, 2.06], "camkit channels_last": [1.8, 1.8],
+        "torchcam documented (5 forwards)": [6.0, 6.0], "torchcam best (1 forward, K retain_graph calls)": [2.0, 2.2],
+    }
+    assert baselines(list(t), t)["minimal"] == "minimal (loop)"
+    rows = {r[1]: r for r in targets_report({"s top-5": t}, "cpu")}
+    assert rows["camkit / minimal (loop)"][2] == pytest.approx(1.02) and rows["camkit / minimal (loop)"][4] == "yes"
+    assert rows["camkit / naive"][4] == "yes" and "GPU" in rows["camkit / naive"][3]
+    best = rows["torchcam best (1 forward, K retain_graph calls) / camkit"]
+    assert best[2] == pytest.approx(((2.0 / 2.02) + (2.2 / 2.06)) / 2) and best[4] == "yes"
+    (row,) = summary_rows({"s top-5": t}, {"s top-5": {"camkit": 10.0, "torchcam documented (5 forwards)": 30.0,
+                                                       "torchcam best (1 forward, K retain_graph calls)": 20.0}})
+    assert row[1] == pytest.approx(1.02) and row[3] == pytest.approx(0.9) and row[9] == 10.0
+    assert row[12].startswith("20 (torchcam best")
+
+
+def test_peers_driver_end_to_end_on_a_small_cnn(tmp_path):
+    out = tmp_path / "cpu_tiny.md"
+    main(["--arch", "tiny", "--no-peers", "--quick", "--reps", "1", "--warmup", "0", "--size", "32", "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["provenance"]["command"].startswith("python -m benchmarks.peers --arch tiny --no-peers --quick")
+    assert data["settings"]["archs"] == {"tiny": 2}
+    titles = list(data["times_s"])
+    assert titles == ["tiny LayerCAM layer1/layer2/layer3 top-1", "tiny Grad-CAM layer3 top-1",
+                      "tiny LayerCAM layer1/layer2/layer3 top-5", "tiny Grad-CAM layer3 top-5",
+                      "tiny CAM layer3 all 10 classes"]
+    assert {"naive", "minimal", "camkit", "camkit channels_last", "camkit bf16 autocast"} <= set(data["times_s"][titles[0]])
+    assert {"minimal (loop)", "minimal (batched)", "camkit batched_backward=False"} <= set(data["times_s"][titles[2]])
+    assert all(len(v) == 1 for t in data["times_s"].values() for v in t.values())
+    assert len(data["summary"]) == 1 + 4  # header + the gradient scenarios
+    rel = [r[4] for r in data["agreement"]]
+    assert len(rel) == 2 * ((2 * 3 + 1) + (2 * 1 + 1)) and max(rel) < 1e-5  # float32 floors and camkit's maps agree
+    assert "## Agreement with camkit's maps" in out.read_text()
+
+
 # --------------------------------------------------------------------------- core speed options (camkit/methods.py, hooks.py)
-
-
-class GradModeSpy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append(torch.is_grad_enabled())
-        return x
-
-
-def spied_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), GradModeSpy(), nn.ReLU(),  # 0, 1, 2
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),  # 3, 4
-        GradModeSpy(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),  # 5 ...
-    ).double().eval()
 
 
 @pytest.mark.parametrize("caller_grad", [True, False])
@@ -225,3 +388,13 @@ def test_maps_are_computed_on_first_access_and_kept():
     assert m is res.maps
     torch.testing.assert_close(m, expected)
     assert "computed" in repr(res)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_event_timer_and_peak_memory():
+    from benchmarks.harness import CudaEventTimer, cuda_peak_increase
+
+    out, seconds = CudaEventTimer("cuda")(lambda: torch.ones(2**20, device="cuda").sum())
+    assert seconds > 0 and float(out) == 2**20
+    grew = cuda_peak_increase(lambda: float(torch.ones(64 * 2**20, device="cuda").sum()))
+    assert 255 < grew < 300
