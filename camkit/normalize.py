@@ -1,10 +1,19 @@
 """Normalizers: pure functions mapping raw maps to [0, 1].
 
-Every function takes a tensor of any shape ``(..., h, w)`` and normalizes each
-``(h, w)`` map on its own (so maps in a batch never influence each other).
-Outputs are finite for every finite input, including constant, all-negative,
-single-pixel and huge or tiny maps; a map with nothing to show (constant for
-``minmax``, no positive value for ``relu_max``/``tanh_max``) becomes all zeros.
+Every function takes a tensor of any shape ``(..., h, w)`` (h, w >= 1) and
+normalizes each ``(h, w)`` map on its own (so maps in a batch never influence
+each other). Outputs are finite for every finite input, including constant,
+all-negative, single-pixel and huge or tiny maps; a map with nothing to show
+(constant for ``minmax``, no positive value for ``relu_max``/``tanh_max``)
+becomes all zeros.
+
+Non-finite maps (one policy for every normalizer): a map that holds a NaN or
+an Inf anywhere comes out entirely NaN, never as a plausible-looking partial
+map. The normalizers never read values on the host, so they add no
+device-to-host synchronization to the methods' hot path; where a clear error
+is wanted, call :func:`check_finite` (one synchronization), which raises
+:class:`camkit.errors.InputError` naming the bad maps. Wrong types, non-float
+dtypes and empty maps raise at once (checked from the shape alone).
 """
 from __future__ import annotations
 
@@ -21,10 +30,37 @@ Normalizer = Callable[[Tensor], Tensor]
 def _check(m: Tensor) -> None:
     if not isinstance(m, Tensor):
         raise InputTypeError(f"expected a torch.Tensor of shape (..., h, w), got {type(m).__name__}")
-    if m.dim() < 2:
-        raise InputError(f"expected a map of shape (..., h, w), got shape {tuple(m.shape)}")
+    if m.dim() < 2 or m.shape[-2] == 0 or m.shape[-1] == 0:
+        raise InputError(f"expected maps of shape (..., h, w), got shape {tuple(m.shape)} (h and w must be >= 1)")
     if not m.is_floating_point():
         raise InputTypeError(f"expected a floating-point map, got dtype {m.dtype}")
+
+
+def _finite_maps(m: Tensor) -> Tensor:
+    """(..., 1, 1) bool: the map holds no NaN or Inf."""
+    return torch.isfinite(m).all(dim=-1, keepdim=True).all(dim=-2, keepdim=True)
+
+
+def _nan_where_not_finite(out: Tensor, m: Tensor) -> Tensor:
+    """``out`` with every map whose input ``m`` holds a NaN or Inf set to NaN (no host sync)."""
+    return torch.where(_finite_maps(m), out, torch.full_like(out, float("nan")))
+
+
+def check_finite(m: Tensor, what: str = "maps") -> Tensor:
+    """Raise :class:`~camkit.errors.InputError` if a map of ``m`` ``(..., h, w)`` holds
+    a NaN or an Inf, naming the maps' indices over the leading dims; else return ``m``.
+
+    One device-to-host synchronization (reads one bool per map).
+    """
+    _check(m)
+    bad = ~_finite_maps(m)[..., 0, 0]
+    if not bad.any():
+        return m
+    if bad.dim() == 0:
+        raise InputError(f"{what}: the map holds NaN or infinite values")
+    idx = [tuple(i) if len(i) > 1 else i[0] for i in torch.nonzero(bad).tolist()]
+    shown = ", ".join(map(str, idx[:8])) + (f", ... {len(idx) - 8} more" if len(idx) > 8 else "")
+    raise InputError(f"{what} hold NaN or infinite values: map index {shown} (of leading shape {tuple(bad.shape)})")
 
 
 def _amax(m: Tensor) -> Tensor:
@@ -55,13 +91,13 @@ def minmax(m: Tensor) -> Tensor:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     shifted = m / scale - lo / scale
     rng = hi / scale - lo / scale
-    return _safe_ratio(shifted, rng).clamp_(0.0, 1.0)
+    return _nan_where_not_finite(_safe_ratio(shifted, rng).clamp_(0.0, 1.0), m)
 
 
 def sigmoid(m: Tensor) -> Tensor:
     """Element-wise logistic sigmoid (the study's 'sigmoid' normalizer). Output in [0, 1]."""
     _check(m)
-    return torch.sigmoid(m)
+    return _nan_where_not_finite(torch.sigmoid(m), m)
 
 
 def relu_max(m: Tensor) -> Tensor:
@@ -71,7 +107,7 @@ def relu_max(m: Tensor) -> Tensor:
     """
     _check(m)
     r = m.clamp(min=0)
-    return _safe_ratio(r, _amax(r)).clamp_(0.0, 1.0)
+    return _nan_where_not_finite(_safe_ratio(r, _amax(r)).clamp_(0.0, 1.0), m)
 
 
 def tanh_max(m: Tensor) -> Tensor:
@@ -83,7 +119,7 @@ def postprocess(m: Tensor, threshold: float = 0.3, gain: float = 1.5) -> Tensor:
     """The study's display post-process on a [0, 1] map: values below ``threshold``
     set to 0, the rest multiplied by ``gain`` and clamped to 1."""
     _check(m)
-    return torch.where(m < threshold, torch.zeros_like(m), m * gain).clamp_(0.0, 1.0)
+    return _nan_where_not_finite(torch.where(m < threshold, torch.zeros_like(m), m * gain).clamp_(0.0, 1.0), m)
 
 
 NORMALIZERS: Dict[str, Normalizer] = {
