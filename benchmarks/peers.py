@@ -83,19 +83,21 @@ GPU_BATCH = {"vgg16": 32, "resnet50": 64, "tiny": 8}
 # --------------------------------------------------------------------------- formulas and map work (plain torch)
 
 
-def _f32(t: Tensor) -> Tensor:
-    """float16 / bfloat16 to float32; float32 and float64 unchanged."""
+def _cast(t: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """To ``dtype``; by default float16 / bfloat16 to float32, float32 and float64 unchanged."""
+    if dtype is not None:
+        return t.to(dtype)
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def layercam_map(A: Tensor, G: Tensor) -> Tensor:
-    """LayerCAM of one layer: A (B,C,h,w), G (B,K,C,h,w) -> (B,K,h,w), ReLU(sum_c ReLU(G) A)."""
-    return torch.einsum("bkchw,bchw->bkhw", _f32(G).clamp(min=0), _f32(A)).clamp_(min=0)
+def layercam_map(A: Tensor, G: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """LayerCAM of one layer: A (B,C,h,w), G (B,K,C,h,w) -> (B,K,h,w), ReLU(sum_c ReLU(G) A), in ``dtype``."""
+    return torch.einsum("bkchw,bchw->bkhw", _cast(G, dtype).clamp(min=0), _cast(A, dtype)).clamp_(min=0)
 
 
-def gradcam_map(A: Tensor, G: Tensor) -> Tensor:
-    """Grad-CAM of one layer: A (B,C,h,w), G (B,K,C,h,w) -> (B,K,h,w), ReLU(sum_c mean_ij(G) A)."""
-    return torch.einsum("bkc,bchw->bkhw", _f32(G).mean(dim=(-2, -1)), _f32(A)).clamp_(min=0)
+def gradcam_map(A: Tensor, G: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Grad-CAM of one layer: A (B,C,h,w), G (B,K,C,h,w) -> (B,K,h,w), ReLU(sum_c mean_ij(G) A), in ``dtype``."""
+    return torch.einsum("bkc,bchw->bkhw", _cast(G, dtype).mean(dim=(-2, -1)), _cast(A, dtype)).clamp_(min=0)
 
 
 FORMULAS = {"layercam": layercam_map, "gradcam": gradcam_map}
@@ -141,12 +143,16 @@ def _pick_targets(logits: Tensor, targets: Optional[Tensor], topk: Optional[int]
 
 
 class _Floor:
-    def __init__(self, model: nn.Module, layers: Sequence[str], method: str = "layercam", mode: str = "loop") -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], method: str = "layercam", mode: str = "loop",
+                 map_dtype: Optional[torch.dtype] = None) -> None:
         if mode not in ("loop", "batched"):
             raise ValueError(f"mode must be 'loop' or 'batched', got {mode!r}")
         modules = dict(model.named_modules())
         self.model, self.modules = model, [modules[n] for n in layers]
-        self.formula, self.mode = FORMULAS[method], mode
+        self.method, self.mode, self.map_dtype = method, mode, map_dtype
+
+    def formula(self, A: Tensor, G: Tensor) -> Tensor:
+        return FORMULAS[self.method](A, G, self.map_dtype)
 
 
 class NaiveFloor(_Floor):
@@ -186,7 +192,8 @@ class MinimalFloor(_Floor):
     ``__call__(x, targets=None, topk=None)`` returns (fused maps (B,K,H,W) in
     [0, 1], float32 for a low-precision model; per-layer raw maps (B,K,h,w);
     targets (B,K)). Under ``torch.autocast`` the forward and backward run in
-    the autocast dtype and the map work in float32.
+    the autocast dtype and the map work in float32 (``map_dtype=None``) or in
+    ``map_dtype`` (``benchmarks/precision.py`` measures both).
     """
 
     def __call__(self, x: Tensor, targets: Optional[Tensor] = None, topk: Optional[int] = None):

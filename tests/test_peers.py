@@ -88,6 +88,15 @@ def reference_fused(ref, layers, size):
     return torch.stack(ups).amax(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread (a loaded 2-core machine slows two spinning threads far more), restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 X = torch.randn(3, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 TARGETS = torch.tensor([[4, 0], [1, 2], [3, 3]])
 
@@ -318,9 +327,10 @@ def test_goals_and_summary_use_the_fastest_minimal_and_each_peer_at_its_best():
     assert row[12].startswith("20 (torchcam best")
 
 
-def test_peers_driver_end_to_end_on_a_small_cnn(tmp_path):
+def test_peers_driver_end_to_end_on_a_small_cnn(tmp_path, one_thread):
     out = tmp_path / "cpu_tiny.md"
-    main(["--arch", "tiny", "--no-peers", "--quick", "--reps", "1", "--warmup", "0", "--size", "32", "--out", str(out)])
+    main(["--arch", "tiny", "--no-peers", "--quick", "--reps", "1", "--warmup", "0", "--size", "32", "--threads", "1",
+          "--out", str(out)])
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["provenance"]["command"].startswith("python -m benchmarks.peers --arch tiny --no-peers --quick")
     assert data["settings"]["archs"] == {"tiny": 2}
@@ -398,3 +408,30 @@ def test_cuda_event_timer_and_peak_memory():
     assert seconds > 0 and float(out) == 2**20
     grew = cuda_peak_increase(lambda: float(torch.ones(64 * 2**20, device="cuda").sum()))
     assert 255 < grew < 300
+
+
+# --------------------------------------------------------------------------- benchmarks/precision.py
+
+
+def test_diff_stats_and_layer_rel():
+    from benchmarks.precision import diff_stats, layer_rel
+
+    ref = torch.zeros(200)
+    other = torch.zeros(200)
+    other[:3] = torch.tensor([0.5, 0.25, 0.25])
+    st = diff_stats(ref, other)
+    assert st["max"] == 0.5 and st["mean"] == pytest.approx(1.0 / 200) and 0.25 <= st["p99"] <= 0.5
+    assert layer_rel([torch.tensor([2.0, 4.0]), torch.ones(2)], [torch.tensor([2.0, 3.0]), torch.ones(2)]) == 0.25
+
+
+def test_precision_rows_on_a_small_cnn(one_thread):
+    from benchmarks.precision import device_equality_rows, mixed_precision_rows
+
+    rows = mixed_precision_rows("tiny", 2, 32, "cpu", ["bf16"])
+    assert [r[4] for r in rows[:3]] == ["camkit", "minimal floor, float32 map work", "minimal floor, map work in bf16"]
+    assert [r[5] for r in rows[:3]] == ["float32", "float32", "bfloat16"]
+    assert all(0 <= r[6] <= 1 and r[8] <= r[7] <= r[6] for r in rows)
+    # the CPU-vs-CUDA code path, run CPU against CPU: every difference is zero
+    eq = device_equality_rows("tiny", 2, 32, "cpu")
+    assert {r[3] for r in eq} == {"float64", "float32"} and {r[1] for r in eq} >= {"LayerCAM", "Grad-CAM", "CAM"}
+    assert all(r[5] == 0 and r[6] == 0 for r in eq)
