@@ -7,6 +7,7 @@ import urllib.error
 import pytest
 import torch
 import torchvision.models as tvm
+from model_state import assert_as_found, mixed, snapshot
 from torch import nn
 
 import camkit
@@ -194,10 +195,13 @@ def test_vit_prefix_tokens_dropped(factory, prefix):
     ref_lc = torch.relu((G.clamp(min=0) * A).sum(1))
     res_lc = camkit.LayerCAM(model, layers=[layer], reshape=p.reshape)(x)
     torch.testing.assert_close(res_lc.layer_maps[layer][:, 0], ref_lc, rtol=1e-4, atol=1e-5)
-    # keeping a prefix token (wrong count) would give a different layout
-    wrong = TokenReshape(prefix - 1, (gh, gw + 1)) if prefix > 1 else None
-    if wrong is not None and (gh * (gw + 1)) == t.shape[1] - prefix + 1:
-        assert not torch.equal(wrong(t)[..., :gw], manual(t))
+    # the reference can tell: keeping one prefix token (and dropping the last patch) is another layout,
+    # and one prefix token too few leaves a token count that fits no grid
+    kept_one = t[:, prefix - 1:-1, :]
+    kept_one = kept_one.reshape(kept_one.shape[0], gh, gw, kept_one.shape[2]).permute(0, 3, 1, 2)
+    assert not torch.equal(p.reshape(t), kept_one)
+    with pytest.raises(ValueError, match="fit neither"):
+        TokenReshape(prefix - 1, (gh, gw))(t)
 
 
 def test_token_reshape_errors_and_square_fallback():
@@ -350,3 +354,151 @@ def test_resolve_leaves_a_training_model_untouched(factory):
     assert m.training and all(mod.training for mod in m.modules())
     for k, v in m.state_dict().items():
         assert torch.equal(before[k], v), k  # no batch-norm statistics updated by the dry runs
+
+
+# --------------------------------------------------------------------------- the model as found (issue 10)
+
+MIXED = {  # model, the submodule left in eval mode while the rest trains
+    "resnet18": (lambda: tvm.resnet18(num_classes=NUM_CLASSES), "layer1"),
+    "mobilenet_v3_small": (lambda: tvm.mobilenet_v3_small(num_classes=NUM_CLASSES), "features.2"),
+    "timm_resnet10t": (lambda: timm.create_model("resnet10t", num_classes=NUM_CLASSES), "layer1"),
+    "vgg11": (lambda: tvm.vgg11(num_classes=NUM_CLASSES, init_weights=False), "features.3"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MIXED))
+def test_resolve_and_list_layers_leave_a_mixed_mode_model_as_found(name):
+    """Per-module train/eval flags, batch-norm statistics, requires_grad, .grad, hooks and the global RNG."""
+    factory, eval_child = MIXED[name]
+    model = mixed(factory(), eval_child)
+    before = snapshot(model)
+    preset = resolve(model)
+    assert_as_found(model, before)
+    infos = list_layers(model, (SIZE, SIZE))
+    assert_as_found(model, before)
+    assert {li.name for li in infos if li.shape is not None} >= set(preset.layers)
+
+
+def test_build_leaves_the_global_rng_and_the_new_model_as_built():
+    """build = the constructor alone: its preset's dry runs draw nothing from the global RNG
+    and change no batch-norm statistics."""
+    torch.manual_seed(3)
+    ref = tvm.resnet18()
+    rng_after_constructor = torch.get_rng_state()
+    torch.manual_seed(3)
+    model, preset = build("tv:resnet18", "none")
+    assert torch.equal(torch.get_rng_state(), rng_after_constructor)
+    for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not model.training and not any(m.training for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_resolve_and_list_layers_in_the_models_dtype(dtype):
+    """Dry runs use the model's dtype; CAM's GAP + linear check holds in half precision too."""
+    model = tvm.resnet18(num_classes=NUM_CLASSES).to(dtype).eval()
+    rng = torch.get_rng_state()
+    p = resolve(model)
+    assert (p.cam_layer, p.fc) == ("layer4", "fc")
+    infos = {li.name: li.shape for li in list_layers(model, (SIZE, SIZE))}
+    assert infos["layer4"] == (1, 512, 2, 2) and infos["fc"] == (1, NUM_CLASSES)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def _one_channel_resnet(stem_last: bool = False) -> nn.Module:
+    m = tvm.resnet18(num_classes=NUM_CLASSES)
+    m.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    if stem_last:  # registered after everything: the first registered Conv2d is layer1.0.conv1 (64 channels)
+        m._modules["conv1"] = m._modules.pop("conv1")
+    return m.eval()
+
+
+@pytest.mark.parametrize("factory", [_one_channel_resnet, lambda: _one_channel_resnet(stem_last=True),
+                                     lambda: timm.create_model("resnet10t", in_chans=1, num_classes=NUM_CLASSES)])
+def test_one_channel_models_and_a_stem_registered_last(factory):
+    model = factory()
+    before = snapshot(model)
+    p = resolve(model)
+    assert p.cam_layer is not None and p.gradcam_layer in dict(model.named_modules())
+    infos = {li.name: li.shape for li in list_layers(model, (SIZE, SIZE))}
+    assert infos["layer4"][:2] == (1, 512) and infos["conv1"][1] in (24, 64)  # resnet10t's deep stem: 24
+    assert_as_found(model, before)
+
+
+def test_list_layers_finds_the_stem_by_what_runs_first():
+    class HeadFirst(nn.Module):  # registers its 16-channel head before its 1-channel stem
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(16, 4, 1)
+            self.stem = nn.Conv2d(1, 16, 3, padding=1)
+
+        def forward(self, x):
+            return self.head(self.stem(x)).mean((2, 3))
+
+    infos = {li.name: li.shape for li in list_layers(HeadFirst(), (8, 8))}
+    assert infos == {"head": (1, 4, 8, 8), "stem": (1, 16, 8, 8)}
+
+
+def test_lazy_model_is_dry_run_as_a_copy():
+    """Uninitialized lazy modules stay uninitialized (no parameters created, no RNG drawn)."""
+    model = tvm.resnet18(num_classes=NUM_CLASSES)
+    model.conv1 = nn.LazyConv2d(64, 7, 2, 3, bias=False)
+    model.eval()
+    before = snapshot(model)
+    p = resolve(model)
+    assert (p.cam_layer, p.fc) == ("layer4", "fc")
+    infos = {li.name: li for li in list_layers(model, (SIZE, SIZE))}
+    assert infos["conv1"].type == "LazyConv2d" and infos["conv1"].shape == (1, 64, 32, 32)
+    assert_as_found(model, before)
+    assert model.conv1.has_uninitialized_params()
+
+
+def test_weights_key_mismatch_is_summarized(tmp_path):
+    path = tmp_path / "r50.pt"
+    torch.save(tvm.resnet50(num_classes=3).state_dict(), path)
+    with pytest.raises(ModelError) as e:
+        build("tv:resnet18", str(path))
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 500, msg
+    assert msg.startswith(f"{path} does not fit this model: ")
+    assert "unexpected keys (layer1.0.conv3.weight, layer1.0.bn3.weight, layer1.0.bn3.bias, ... " in msg
+    assert "with another shape (layer1.0.conv1.weight (64, 64, 1, 1) vs (64, 64, 3, 3), " in msg
+    dp = tmp_path / "dp.pt"
+    torch.save({f"module.{k}": v for k, v in tvm.resnet18().state_dict().items()}, dp)
+    with pytest.raises(ModelError, match=r"122 of the model's 122 keys missing \(conv1.weight, bn1.weight, bn1.bias, "
+                                         r"\.\.\. 119 more\); 122 unexpected keys .*saved from DataParallel"):
+        build("tv:resnet18", str(dp))
+
+
+# --------------------------------------------------------------------------- segmentation (issue 11)
+
+
+@pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"])
+def test_segmentation_presets(name):
+    model = tvm.get_model(name, weights=None, weights_backbone=None, num_classes=5).eval()
+    p = resolve(model)
+    assert (p.task, p.output, p.cam_layer) == ("segmentation", "out", None)
+    assert p.methods == ("gradcam", "gradcampp", "layercam")
+    assert p.categories == tuple(f"class {k}" for k in range(5))
+    assert p.method_kwargs("gradcam") == {"layers": [p.gradcam_layer], "output": "out"}
+    assert p.method_kwargs("layercam") == {"layers": list(p.layers), "output": "out"}
+    if name == "fcn_resnet50":
+        assert p.layers == ("backbone.layer2", "backbone.layer3", "backbone.layer4")
+    else:  # the end of the MobileNetV3 stages at strides 4, 8 and 16 (dilated after)
+        assert p.layers == ("backbone.3", "backbone.6", "backbone.16")
+    shapes = {li.name: li.shape for li in list_layers(model, (SIZE, SIZE))}
+    assert all(len(shapes[n]) == 4 for n in p.layers)
+    assert p.gradcam_layer == p.layers[-1]
+    voc = tvm.get_model_weights(name).DEFAULT
+    pw = p.with_weights(voc)
+    assert pw.categories[:3] == ("__background__", "aeroplane", "bicycle") and len(pw.categories) == 21
+    assert pw.transform.resize_size == [520] and pw.input_size == (520, 520)
+
+
+def test_build_segmentation_model_offline():
+    model, p = build("tv:fcn_resnet50", "none")  # no backbone download either
+    assert isinstance(model, tvm.segmentation.FCN) and not model.training
+    assert (p.task, p.output, p.family) == ("segmentation", "out", "tv-segmentation")
+    assert len(p.categories) == 21 and p.categories[0] == "class 0"
+    assert "fcn_resnet50" in camkit.adapters.known_models()["torchvision-segmentation"]
