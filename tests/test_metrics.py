@@ -1,15 +1,19 @@
 """camkit.metrics on constructed cases with known answers, against reference
 computations written here independently (numpy loops, explicit slicing)."""
 import math
+import threading
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_state import assert_as_found, mixed, snapshot
 from torch import nn
 
 from camkit import metrics as M
+from camkit.errors import InputError
+from camkit.hooks import model_lock
 
 H = W = 8
 
@@ -407,3 +411,130 @@ def test_confident_mask():
     assert r["mask"].tolist() == expect
     assert torch.allclose(r["prob"], torch.where(labels == 1, p1, 1 - p1))
     assert math.isclose(float(r["prob"][1]), float(p1[1]), rel_tol=1e-6)
+
+
+# --------------------------------------------------------------------------- the model as found, clear errors (issue 10)
+
+
+class ConvBN(nn.Module):
+    """Conv / batch norm / dropout classifier: in train mode its statistics move and dropout draws."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5))
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+CALLS = {
+    "deletion_insertion": lambda m, x, maps, t: M.deletion_insertion(m, x, maps, t, steps=2),
+    "deletion_curve": lambda m, x, maps, t: M.deletion_curve(m, x, maps, t, steps=2),
+    "insertion_curve": lambda m, x, maps, t: M.insertion_curve(m, x, maps, t, steps=2, baseline="mean"),
+    "average_drop_increase": lambda m, x, maps, t: M.average_drop_increase(m, x, maps, t),
+    "confident_mask": lambda m, x, maps, t: M.confident_mask(m, x, t),
+}
+
+
+def _convbn_case():
+    g = torch.Generator().manual_seed(1)
+    return ConvBN(), torch.randn(2, 3, H, W, generator=g), torch.rand(2, H, W, generator=g), torch.tensor([0, 2])
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_metrics_leave_a_mixed_mode_model_as_found(name):
+    """Per-module flags (one batch norm in eval, the rest training), statistics, requires_grad, .grad,
+    hooks and the global RNG; the metric itself sees the model in eval mode (same result twice)."""
+    model, x, maps, t = _convbn_case()
+    mixed(model, "body.1")
+    before = snapshot(model)
+    first = CALLS[name](model, x, maps, t)
+    assert_as_found(model, before)
+    again = CALLS[name](model, x, maps, t)
+    if isinstance(first, torch.Tensor):
+        first, again = {"curve": first}, {"curve": again}
+    for key in first:
+        assert torch.equal(first[key], again[key]), key
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_metrics_wait_while_another_camkit_call_holds_the_model(name):
+    """The metrics use camkit.hooks.eval_mode, so they take turns with every other camkit entry point."""
+    model, x, maps, t = _convbn_case()
+    ran, errors = threading.Event(), []
+    model.register_forward_pre_hook(lambda m, i: ran.set())
+
+    def call():
+        try:
+            CALLS[name](model, x, maps, t)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    with model_lock(model):
+        thread = threading.Thread(target=call)
+        thread.start()
+        assert not ran.wait(0.3), "the metric ran the model while another camkit call held it"
+    thread.join(60)
+    assert ran.is_set() and not thread.is_alive() and not errors
+
+
+def test_blur_baseline_on_tiny_images_is_a_clear_error():
+    with pytest.raises(InputError, match=r"kernel 11 is too large for 5x5 images \(its reflect padding of 5 .*"
+                                         r"pass blur_kernel <= 9 or baseline='mean'"):
+        M.make_baseline(torch.rand(1, 3, 5, 5))
+    model, x, maps, t = _convbn_case()
+    with pytest.raises(InputError, match="too large for 4x8 images"):
+        M.deletion_curve(model, x[..., :4, :], maps[..., :4, :], t)
+    assert M.make_baseline(torch.rand(1, 3, 5, 5), blur_kernel=9).shape == (1, 3, 5, 5)
+    assert M.make_baseline(torch.rand(1, 3, 6, 6)).shape == (1, 3, 6, 6)
+    one = torch.rand(1, 3, 1, 1)
+    assert torch.equal(M.make_baseline(one, blur_kernel=1), one)
+
+
+def test_confident_mask_label_out_of_range():
+    model, x = toy(12, B=4)
+    with pytest.raises(InputError, match=r"labels must lie in \[0, 1\] \(the model's classes\), got 5 for image 2"):
+        M.confident_mask(model, x, [1, 0, 5, 1])
+    with pytest.raises(InputError, match="got -1 for image 0"):
+        M.confident_mask(model, x, [-1, 0, 1, 1])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_maps_are_refused(bad):
+    maps = torch.rand(3, H, W)
+    maps[1, 2, 2] = bad
+    masks = torch.rand(3, H, W) > 0.5
+    msg = r"maps contain NaN or infinite values \(index \[1\] along the first dimension\)"
+    with pytest.raises(InputError, match=msg):
+        M.grid_pointing_game(maps, [0, 1, 2])
+    with pytest.raises(InputError, match=msg):
+        M.pointing_game(maps, masks)
+    with pytest.raises(InputError, match=msg):
+        M.iou(maps, masks)
+
+
+def test_non_finite_logits_and_images_name_the_images():
+    model, x = toy(13)
+    x[1] += 10.0  # the model below returns NaN logits for image 1 only
+
+    def nan_for_image_1(z):
+        logits = model(z)
+        return torch.where((z.amax(dim=(1, 2, 3)) > 5)[:, None], torch.full_like(logits, float("nan")), logits)
+
+    maps = torch.rand(3, H, W, dtype=torch.float64)
+    msg = r"the model returned NaN or infinite logits for image\(s\) \[1\]"
+    with pytest.raises(InputError, match=msg):
+        M.average_drop_increase(nan_for_image_1, x, maps, [1, 1, 1])
+    with pytest.raises(InputError, match=msg):
+        M.deletion_curve(nan_for_image_1, x, maps, [1, 1, 1], baseline="zeros")
+    with pytest.raises(InputError, match=msg):
+        M.confident_mask(nan_for_image_1, x, [1, 1, 1])
+    x[2, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match=r"images contain NaN or infinite values \(index \[2\]"):
+        M.average_drop_increase(model, x, maps, [1, 1, 1])
