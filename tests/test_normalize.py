@@ -10,7 +10,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from camkit.normalize import NORMALIZERS, get_normalizer, minmax, postprocess, relu_max, sigmoid, tanh_max
+from camkit.errors import InputError
+from camkit.normalize import (
+    NORMALIZERS,
+    check_finite,
+    get_normalizer,
+    minmax,
+    postprocess,
+    relu_max,
+    sigmoid,
+    tanh_max,
+)
 
 settings.register_profile("camkit", deadline=None, max_examples=150)
 settings.load_profile("camkit")
@@ -125,3 +135,63 @@ def test_lookup_and_errors():
         minmax(torch.zeros(5))
     with pytest.raises(TypeError, match="floating-point"):
         minmax(torch.zeros(2, 2, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- non-finite and empty maps (issue 10)
+
+WITH_POSTPROCESS = {**NORMALIZERS, "postprocess": postprocess}
+NON_FINITE = st.sampled_from([float("nan"), float("inf"), -float("inf")])
+
+
+@st.composite
+def poisoned(draw):
+    """Finite maps (B, h, w) with NaN / +Inf / -Inf written at a few drawn positions."""
+    m = draw(arrays(np.float32, array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=5), elements=FINITE))
+    m = torch.from_numpy(m)
+    pos = draw(st.lists(st.integers(0, m.numel() - 1), max_size=4, unique=True))
+    for p in pos:
+        m.view(-1)[p] = draw(NON_FINITE)
+    return m
+
+
+@given(m=poisoned(), name=st.sampled_from(sorted(WITH_POSTPROCESS)))
+def test_a_map_with_a_non_finite_value_comes_out_all_nan(m, name):
+    """The one policy: a poisoned map is NaN as a whole; every other map as if alone, finite."""
+    f = WITH_POSTPROCESS[name]
+    out = f(m)
+    for i in range(m.shape[0]):
+        if torch.isfinite(m[i]).all():
+            assert torch.isfinite(out[i]).all()
+            torch.testing.assert_close(out[i], f(m[i]))
+        else:
+            assert torch.isnan(out[i]).all()
+
+
+@given(m=poisoned())
+def test_check_finite_names_the_bad_maps(m):
+    bad = [i for i in range(m.shape[0]) if not torch.isfinite(m[i]).all()]
+    if not bad:
+        assert check_finite(m) is m
+        return
+    with pytest.raises(InputError) as e:
+        check_finite(m, "layer maps")
+    shown = ", ".join(map(str, bad))
+    assert str(e.value) == f"layer maps hold NaN or infinite values: map index {shown} (of leading shape ({m.shape[0]},))"
+
+
+def test_check_finite_with_several_leading_dims():
+    m = torch.zeros(2, 3, 4, 4)
+    m[1, 2, 0, 3] = float("inf")
+    m[0, 1, 1, 1] = float("nan")
+    with pytest.raises(InputError, match=r"map index \(0, 1\), \(1, 2\) \(of leading shape \(2, 3\)\)"):
+        check_finite(m)
+    with pytest.raises(InputError, match="the map holds NaN"):
+        check_finite(m[1, 2])
+
+
+@given(shape=st.sampled_from([(0, 3), (3, 0), (2, 0, 0), (1, 4, 0)]),
+       name=st.sampled_from(sorted(WITH_POSTPROCESS) + ["check_finite"]))
+def test_empty_maps_are_refused(shape, name):
+    f = check_finite if name == "check_finite" else WITH_POSTPROCESS[name]
+    with pytest.raises(InputError, match=r"h and w must be >= 1"):
+        f(torch.zeros(shape))
