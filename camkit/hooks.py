@@ -148,9 +148,15 @@ def resolve_layers(model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec
     Raises ValueError for an empty list, an unknown name (listing close
     matches), a module that is not part of ``model``, or a repeated layer.
     """
+    if layers is None:
+        raise InputError("layers is required: name at least one layer, e.g. layers=['features.29'] "
+                         "(camkit.adapters.resolve(model) gives defaults; `camkit layers` lists them)")
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
-    layers = list(layers)
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise InputTypeError(f"layers must be a name, a module or a list of them, got {type(layers).__name__}") from None
     if not layers:
         raise InputError("layers is empty: name at least one layer, e.g. layers=['features.29']")
     modules = dict(model.named_modules())
@@ -210,6 +216,7 @@ class ActivationRecorder:
         self._calls: Dict[str, int] = {}
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
         self._recording = False
+        self._thread: Optional[int] = None  # only the recording thread's forward is captured
 
     @property
     def attached(self) -> bool:
@@ -234,7 +241,7 @@ class ActivationRecorder:
 
     def _hook_for(self, name: str):
         def hook(module: nn.Module, inputs: object, output: object):
-            if not self._recording:
+            if not self._recording or threading.get_ident() != self._thread:
                 return None
             if not isinstance(output, Tensor):
                 raise InputError(
@@ -259,10 +266,11 @@ class ActivationRecorder:
         if attach_for_block:
             self.attach()
         self.activations, self._calls, self._recording = {}, {}, True
+        self._thread = threading.get_ident()
         try:
             yield self.activations
         finally:
-            self._recording = False
+            self._recording, self._thread = False, None
             self.activations, self._calls = {}, {}
             if attach_for_block:
                 self.detach()

@@ -1,27 +1,30 @@
 """CAM methods: the formulas as pure functions, and the classes that apply them.
 
 Notation: ``A`` is a layer's output ``(B, C, h, w)``; ``G`` the gradients of the
-target logits with respect to it, ``(B, K, C, h, w)`` for K targets per image;
-every formula returns raw maps ``(B, K, h, w)``.
+targets with respect to it, ``(B, K, C, h, w)`` for K targets per image;
+every formula returns raw maps ``(B, K, h, w)``. Formulas run in float32 (or
+float64 for a float64 model) whatever the model's dtype or autocast, so
+half-precision activations cannot overflow a channel sum.
 """
 from __future__ import annotations
 
 import difflib
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError, InputTypeError
-from .fusion import fuse
+from .fusion import FUSIONS, check_weights, fuse_max, fuse_weighted
 from .heads import CAMHead, CAMModel, ReCAMHead
-from .hooks import ActivationRecorder, LayerSpec, resolve_layers
+from .hooks import ActivationRecorder, LayerSpec, dry_run, eval_mode, resolve_layers
 from .normalize import Normalizer, get_normalizer
+from .targets import Target, TargetSpec, as_target, check_values
 
-Targets = Union[None, int, str, Sequence[int], Tensor]
 Reshape = Callable[[Tensor], Tensor]
+Output = Union[None, str, int, Callable[[Any], Tensor]]
 
 
 # --------------------------------------------------------------------------- formulas
@@ -59,15 +62,48 @@ def layercam_formula(A: Tensor, G: Tensor) -> Tensor:
     return torch.einsum("bkchw,bchw->bkhw", G.clamp(min=0), A).clamp_(min=0)
 
 
+# --------------------------------------------------------------------------- precision
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+@contextmanager
+def float32_math(device_type: str) -> Iterator[None]:
+    """Autocast off: the map formulas, normalization and fusion run in the dtype of
+    their (float32 or float64) inputs, never in bfloat16 / float16."""
+    try:
+        ctx = torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know
+        ctx = nullcontext()
+    with ctx:
+        yield
+
+
+def work_dtype(t: Tensor) -> Tensor:
+    """float16 / bfloat16 -> float32; float32 and float64 unchanged."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 # --------------------------------------------------------------------------- result
 
 
 class CAMResult:
     """What every method returns.
 
-    maps: (B, K, H, W) in [0, 1] at the input's resolution (normalized, fused).
-    targets: (B, K) long. logits: (B, num_classes). layer_maps: raw per-layer maps
-    (B, K, h, w) after the method's own ReLU, before normalization and upsampling.
+    maps: (B, K, H, W) at the input's resolution (normalized, fused; in [0, 1]
+    for the built-in normalizers; raw with ``normalize=None``), float32
+    (float64 for a float64 model). targets: (B, K) long, the class of each
+    map (-1 where a target is not one class, e.g. a padded MultiLabel column
+    or a custom function). scores: (B, K) the target values the maps explain.
+    valid: (B, K) bool, False for padding (those maps are all zeros).
+    logits: what ``output=`` selected from the model's output, e.g. (B, C).
+    layer_maps: raw per-layer maps (B, K, h, w) after the method's own ReLU,
+    before normalization and upsampling.
 
     ``maps`` is computed from ``layer_maps`` on first access and kept: a call
     for many classes (``targets="all"``) costs no upsampling until the maps at
@@ -82,6 +118,8 @@ class CAMResult:
         logits: Optional[Tensor] = None,
         layer_maps: Optional[Dict[str, Tensor]] = None,
         *,
+        scores: Optional[Tensor] = None,
+        valid: Optional[Tensor] = None,
         make_maps: Optional[Callable[[], Tensor]] = None,
     ) -> None:
         if maps is None and make_maps is None:
@@ -89,11 +127,13 @@ class CAMResult:
         self._maps, self._make_maps = maps, make_maps
         self.targets = targets
         self.logits = logits
+        self.scores = scores
+        self.valid = valid
         self.layer_maps = layer_maps if layer_maps is not None else {}
 
     @property
     def maps(self) -> Tensor:
-        """(B, K, H, W) in [0, 1] at the input's resolution (computed on first access)."""
+        """(B, K, H, W) at the input's resolution (computed on first access)."""
         if self._maps is None:
             self._maps = self._make_maps()  # type: ignore[misc]
             self._make_maps = None
@@ -106,16 +146,67 @@ class CAMResult:
 
     @property
     def probs(self) -> Tensor:
-        """Softmax of the logits, (B, num_classes)."""
+        """Softmax of (B, C) logits over the classes."""
+        if self.logits is None or self.logits.dim() != 2:
+            shape = None if self.logits is None else tuple(self.logits.shape)
+            raise InputError(f"probs needs logits of shape (B, C), got {shape}")
         return self.logits.softmax(dim=-1)
 
-    @property
-    def scores(self) -> Tensor:
-        """The target logits, (B, K)."""
-        return self.logits.gather(1, self.targets)
+
+# --------------------------------------------------------------------------- the model's output
+
+
+def describe_output(raw: object) -> str:
+    """A one-line description of a model output, naming its keys / items / tensor attributes."""
+    if isinstance(raw, Tensor):
+        return f"a tensor of shape {tuple(raw.shape)}"
+    if isinstance(raw, dict) or hasattr(raw, "keys") and hasattr(raw, "__getitem__"):
+        return f"a {type(raw).__name__} with keys {list(raw.keys())}"  # type: ignore[union-attr]
+    if isinstance(raw, (tuple, list)):
+        items = ", ".join(f"[{i}] " + (f"tensor {tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__)
+                          for i, v in enumerate(raw))
+        return f"a {type(raw).__name__} of {len(raw)} ({items})"
+    attrs = [a for a in dir(raw) if not a.startswith("_") and isinstance(getattr(raw, a, None), Tensor)]
+    return f"a {type(raw).__name__} with tensor attributes {attrs}"
+
+
+def select_output(raw: object, output: Output) -> Tensor:
+    """The scores in a model's raw output: the output itself (``output=None``), a
+    dict key or attribute name (str), a tuple / list index (int), or ``output(raw)``."""
+    if output is None:
+        got: object = raw
+    elif callable(output):
+        got = output(raw)
+    elif isinstance(output, str):
+        if hasattr(raw, "keys") and hasattr(raw, "__getitem__") and output in raw.keys():  # type: ignore[union-attr]
+            got = raw[output]  # type: ignore[index]
+        elif not isinstance(raw, (dict, tuple, list, Tensor)) and hasattr(raw, output):
+            got = getattr(raw, output)
+        else:
+            raise InputError(f"output={output!r} is neither a key nor an attribute of the model's output, "
+                             f"{describe_output(raw)}")
+    elif isinstance(output, int) and not isinstance(output, bool):
+        if not isinstance(raw, (tuple, list)) or not -len(raw) <= output < len(raw):
+            raise InputError(f"output={output} does not index the model's output, {describe_output(raw)}")
+        got = raw[output]
+    else:
+        raise InputTypeError(f"output must be a key / attribute name, an index or a callable, got {output!r}")
+    if not isinstance(got, Tensor):
+        if output is None:
+            raise InputError(f"the model returned {describe_output(raw)}; pass output=... to choose the scores "
+                             "(a key or attribute name, a tuple index, or a function of the output)")
+        raise InputError(f"output={output!r} selected {describe_output(got)}, not a tensor")
+    return got
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def _model_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
 
 
 def _check_input(x: object, model: nn.Module) -> Tensor:
@@ -126,62 +217,42 @@ def _check_input(x: object, model: nn.Module) -> Tensor:
         raise InputError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}{hint}")
     if x.shape[0] == 0:
         raise InputError("the input batch is empty")
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first_conv is not None and x.shape[1] != first_conv.in_channels:
-        raise InputError(
-            f"expected input of shape (B, {first_conv.in_channels}, H, W) for this model, got {tuple(x.shape)}"
-        )
+    if not x.is_floating_point():
+        raise InputError(f"the input must be a floating-point image batch, normalized as the model expects; "
+                         f"got dtype {x.dtype} (convert it, e.g. with the preset's transform)")
+    dtype = _model_dtype(model)
+    if dtype is not None and x.dtype != dtype and not _autocast_on(x.device.type):
+        raise InputError(f"the input's dtype {x.dtype} differs from the model's {dtype}: "
+                         f"convert one of them (e.g. x.to({dtype}))")
     return x
 
 
-def _check_logits(out: object) -> Tensor:
-    if not isinstance(out, Tensor) or out.dim() != 2:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise InputError(f"the model must return logits of shape (B, num_classes), got {shape}")
-    return out
+def _raise_problems(x: Tensor, scores: Tensor, problems: List[Tuple[str, Optional[Tensor]]]) -> None:
+    """All checks of a call's values in ONE host read: non-finite input or scores
+    per image, and the on-device flags in ``problems`` (name, 0-d bool)."""
+    b = x.shape[0]
+    flags = [(~torch.isfinite(x).reshape(b, -1).all(dim=1)).to(scores.device),
+             ~torch.isfinite(scores.detach()).reshape(b, -1).all(dim=1)]
+    named = [(name, f) for name, f in problems if f is not None]
+    flags += [f.reshape(1) for _, f in named]
+    host = torch.cat(flags).tolist()  # the one host-device synchronization of a call
+    bad_x = [i for i in range(b) if host[i]]
+    bad_s = [i for i in range(b) if host[b + i]]
+    if bad_x:
+        raise InputError(f"the input has NaN or Inf values in image(s) {bad_x}")
+    if bad_s:
+        raise InputError(f"the model's output is NaN or Inf for image(s) {bad_s} "
+                         "(check the weights and the input's range)")
+    for (name, _), flag in zip(named, host[2 * b:]):
+        if flag:
+            raise InputError(PROBLEMS[name])
 
 
-def _targets_before(targets: Targets, topk: Optional[int], batch: int) -> Optional[Tensor]:
-    """Shape checks that need no forward pass; returns a (B, K) tensor or None."""
-    if topk is not None:
-        if targets is not None:
-            raise InputError("give either targets or topk, not both")
-        if not isinstance(topk, int) or topk < 1:
-            raise InputError(f"topk must be a positive int, got {topk!r}")
-        return None
-    if targets is None or (isinstance(targets, str) and targets == "all"):
-        return None
-    if isinstance(targets, str):
-        raise InputError(f"targets must be class indices, 'all' or None, got {targets!r}")
-    if isinstance(targets, int):
-        targets = [targets] * batch
-    t = torch.as_tensor(targets)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise InputError(f"targets must be integer class indices, got dtype {t.dtype}")
-    t = t.long()
-    if t.dim() == 1:
-        t = t[:, None]
-    if t.dim() != 2 or t.shape[0] != batch or t.shape[1] == 0:
-        raise InputError(
-            f"targets must have shape ({batch},) (one class per image) or ({batch}, K), got {tuple(torch.as_tensor(targets).shape)}"
-        )
-    return t
-
-
-def _targets_after(t: Optional[Tensor], targets: Targets, topk: Optional[int], logits: Tensor) -> Tensor:
-    num_classes = logits.shape[1]
-    if topk is not None:
-        if topk > num_classes:
-            raise InputError(f"topk={topk} exceeds the number of classes ({num_classes})")
-        return logits.detach().topk(topk, dim=1).indices
-    if isinstance(targets, str):  # "all"
-        return torch.arange(num_classes, device=logits.device).expand(logits.shape[0], -1)
-    if t is None:
-        return logits.detach().argmax(dim=1, keepdim=True)
-    if t.min() < 0 or t.max() >= num_classes:
-        bad = t[(t < 0) | (t >= num_classes)][0].item()
-        raise InputError(f"target class {bad} out of range: classes are 0..{num_classes - 1}")
-    return t.to(logits.device)
+PROBLEMS = {
+    "index": "a target class index lies outside the model's classes",
+    "head": ("the model's logits are not fc(GAP(layer)): its head is not global-average-pool + linear on this "
+             "layer. Use another layer, or a camkit.CAMHead"),
+}
 
 
 def _as_4d(name: str, a: Tensor, reshape: Optional[Reshape]) -> Tensor:
@@ -195,24 +266,23 @@ def _as_4d(name: str, a: Tensor, reshape: Optional[Reshape]) -> Tensor:
     return a
 
 
+def _check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InputError("TorchScript modules (torch.jit.script / torch.jit.trace) do not run Python forward hooks "
+                         "on their submodules; pass the original nn.Module")
+    return model
+
+
 # --------------------------------------------------------------------------- base
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Explain the inference model: eval mode during the call (no dropout, no
-    batch-norm statistics updated), every module's own flag restored after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 class _Method:
-    """Shared engine: hooks, one forward, targets, per-layer maps, normalize, upsample, fuse."""
+    """Hooks on ``layers``, one forward per call, maps per target.
+
+    Subclasses set ``needs_grad`` and implement ``_layer_maps``.
+    """
 
     needs_grad = False
 
@@ -222,24 +292,27 @@ class _Method:
         layers: Union[LayerSpec, Sequence[LayerSpec]],
         fusion: str = "max",
         weights: Optional[Sequence[float]] = None,
-        normalize: Union[str, Normalizer] = "minmax",
+        normalize: Union[str, Normalizer, None] = "minmax",
         reshape: Optional[Reshape] = None,
         channels_last: bool = False,
+        output: Output = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = _check_model(model)
         self.layers = resolve_layers(model, layers)
-        if fusion not in ("max", "weighted"):
-            raise InputError(f"unknown fusion {fusion!r}; choose 'max' or 'weighted'")
-        if fusion == "weighted" and (weights is None or len(weights) != len(self.layers)):
-            raise InputError(
-                f"fusion='weighted' needs one weight per layer: {len(self.layers)} layers, got weights={weights}"
-            )
+        if fusion not in FUSIONS:
+            raise InputError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if fusion == "max" and weights is not None:
+            raise InputError("fusion='max' takes no weights; use fusion='weighted' to weight layers")
+        if fusion == "weighted":
+            if weights is None:
+                raise InputError(f"fusion='weighted' needs one weight per layer ({len(self.layers)} layers), "
+                                 "e.g. weights=[0.4, 0.4, 0.2]")
+            weights = check_weights(weights, len(self.layers))
         self.fusion, self.weights = fusion, weights
-        self.normalize = get_normalizer(normalize)
+        self.normalize: Optional[Normalizer] = None if normalize is None else get_normalizer(normalize)
         self.reshape = reshape
         self.channels_last = bool(channels_last)
+        self.output = output
         self._recorder = ActivationRecorder(
             model, self.layers, make_differentiable=self.needs_grad, grad_from_first_layer=self.needs_grad
         )
@@ -266,95 +339,135 @@ class _Method:
         except Exception:
             pass
 
-    def __call__(self, x: Tensor, targets: Targets = None, topk: Optional[int] = None) -> CAMResult:
-        """Maps for ``targets``: None (top-1 of each image), an int, (B,) or (B, K)
-        class indices, ``"all"``, or ``topk=k`` (the k best predictions).
+    def _check_call(self) -> None:
+        """Refusals that depend on the moment of the call, not on its arguments."""
 
-        The model runs in eval mode during the call; its flags are restored after.
-        With ``channels_last=True`` (constructor) the input is passed to the
-        model in channels-last memory format (the model itself is not touched);
-        on CPU convolutions then run faster, with results equal up to float
-        rounding.
+    def _run_model(self, x: Tensor) -> object:
+        try:
+            return self.model(x)
+        except RuntimeError as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"the model failed on the input of shape {tuple(x.shape)} ({x.dtype}): {first}") from e
+
+    def __call__(self, x: Tensor, targets: TargetSpec = None, topk: Optional[int] = None) -> CAMResult:
+        """Maps for ``targets``: None (top-1 of each image), an int, (B,) or (B, K)
+        class indices, ``"all"``, a callable ``fn(scores) -> (B,) or (B, K)``
+        (see camkit.targets), or ``topk=k`` (the k best predictions).
+
+        The model runs in eval mode during the call (under a per-model lock);
+        every module's flag is restored after. With ``channels_last=True``
+        (constructor) the input is passed in channels-last memory format (the
+        model itself is not touched).
         """
         x = _check_input(x, self.model)
-        t = _targets_before(targets, topk, x.shape[0])
-        if self.needs_grad and torch.is_inference_mode_enabled():
-            raise RuntimeError("gradient-based CAM methods cannot run inside torch.inference_mode(); use torch.no_grad()")
+        target = as_target(targets, topk)
+        self._check_call()
+        b = x.shape[0]
         xin = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        problems: List[Tuple[str, Optional[Tensor]]] = []
         # The forward starts without grad; for gradient methods the first hooked
         # layer turns grad mode on (ActivationRecorder), so no graph is kept for
         # the layers below it. no_grad's exit restores the caller's mode.
-        with self._recorder.recording() as acts, torch.no_grad(), _eval_mode(self.model):
-            logits = _check_logits(self.model(xin))
+        with eval_mode(self.model), self._recorder.recording() as acts, torch.no_grad():
+            raw = self._run_model(xin)
             torch.set_grad_enabled(False)
+            scores = select_output(raw, self.output)
+            if scores.dim() == 0 or scores.shape[0] != b:
+                raise InputError(f"the model's output has shape {tuple(scores.shape)} for {b} input images: "
+                                 "its first dimension must be the batch (does the model reduce over the batch?)")
             self._recorder.check_complete()
-            t = _targets_after(t, targets, topk, logits)
-            layer_maps = self._layer_maps(acts, logits, t)
+            with torch.enable_grad() if self.needs_grad else nullcontext():
+                values = check_values(target(scores), b)
+            problems.append(("index", target.index_problem(scores)))
+            layer_maps = self._layer_maps(acts, scores, values, target, problems)
+        _raise_problems(x, scores, problems)
+        classes = target.classes(scores)
+        if classes is None:
+            classes = torch.full(values.shape, -1, dtype=torch.long, device=values.device)
+        valid = target.valid(scores)
         layer_maps = {n: m.detach().contiguous() for n, m in layer_maps.items()}
+        if valid is not None:
+            layer_maps = {n: m * valid[..., None, None] for n, m in layer_maps.items()}
         size = tuple(x.shape[-2:])
         combine, normalize, fusion, weights = self._combine, self.normalize, self.fusion, self.weights
         return CAMResult(
-            targets=t, logits=logits.detach(), layer_maps=layer_maps,
-            make_maps=lambda: combine(layer_maps, size, normalize, fusion, weights),
+            targets=classes, logits=scores.detach(), layer_maps=layer_maps, scores=values.detach(),
+            valid=valid if valid is not None else torch.ones(values.shape, dtype=torch.bool, device=values.device),
+            make_maps=lambda: combine(layer_maps, size, normalize, fusion, weights, valid),
         )
 
-    def _layer_maps(self, acts: Dict[str, Tensor], logits: Tensor, targets: Tensor) -> Dict[str, Tensor]:
+    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
+                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
+        """Raw maps (B, K, h, w) per layer. acts: the hooked outputs; scores: the selected
+        output; values: the targets' values (B, K), with autograd history for gradient
+        methods; problems: append on-device (name, 0-d bool) checks raised after the call."""
         raise NotImplementedError
 
     @staticmethod
     def _combine(
         layer_maps: Dict[str, Tensor],
         size: Tuple[int, ...],
-        normalize: Normalizer,
+        normalize: Optional[Normalizer],
         fusion: str,
         weights: Optional[Sequence[float]],
+        valid: Optional[Tensor] = None,
     ) -> Tensor:
         """Normalize each layer's (B, K, h, w) maps, upsample them (one interpolate call per layer
-        for all K maps), fuse."""
-        ups = [
-            F.interpolate(normalize(m), size=tuple(size), mode="bilinear", align_corners=False)
-            for m in layer_maps.values()
-        ]
-        if len(ups) == 1:
-            return ups[0].clamp_(0.0, 1.0)
-        return fuse(ups, fusion, weights if fusion == "weighted" else None).clamp_(0.0, 1.0)
+        for all K maps), fuse. Without a normalizer the raw maps are upsampled and fused as they
+        are: ``max`` takes the element-wise maximum, ``weighted`` the plain weighted sum (no tanh)."""
+        first = next(iter(layer_maps.values()))
+        with float32_math(first.device.type):
+            ups = [
+                F.interpolate(m if normalize is None else normalize(m), size=tuple(size), mode="bilinear",
+                              align_corners=False)
+                for m in layer_maps.values()
+            ]
+            if fusion == "weighted":
+                out = fuse_weighted(ups, weights, scale=None if normalize is None else 2.0)  # type: ignore[arg-type]
+            else:
+                out = ups[0] if len(ups) == 1 else fuse_max(ups)
+            if valid is not None:
+                out = out * valid[..., None, None]
+        return out
 
 
-def target_gradients(
-    logits: Tensor, activations: Sequence[Tensor], targets: Tensor, batched: bool = True
-) -> List[Optional[Tensor]]:
-    """d logits[b, targets[b, k]] / d A for every activation: ``(B, K, *A.shape[1:])`` each.
+def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: bool = True) -> List[Optional[Tensor]]:
+    """d values[:, k] / d A for every activation: ``(B, K, *A.shape[1:])`` each.
 
-    ``batched=True``: one backward for all K targets (``is_grads_batched``:
-    the K one-hot vector-Jacobian products run as one vmapped call).
-    ``batched=False``: K calls on the retained graph. Only the graph between
-    the activations and the logits is traversed either way, and the results
-    are equal. On CPU (torch 2.14) vmap runs each convolution's backward once
-    per target and concatenates, so batching saves nothing there: measured
-    0.92-0.98x the loop's time on VGG16 and 1.04-1.14x on ResNet50, top-5, B=8
-    (benchmarks/results/peers/README.md).
+    values: (B, K), each column one target (its image's entries depend only on
+    that image). ``batched=True``: one backward for all K targets
+    (``is_grads_batched``: the K vector-Jacobian products run as one vmapped
+    call). ``batched=False``: K calls on the retained graph. Only the graph
+    between the activations and the values is traversed either way, and the
+    results are equal.
     """
-    B, K = targets.shape
-    onehot = torch.zeros(K, *logits.shape, dtype=logits.dtype, device=logits.device)
-    onehot.scatter_(2, targets.t().unsqueeze(-1), 1.0)
-    if K == 1:  # a view, not a copy: the top-1 path is the common one
-        grads = torch.autograd.grad(logits, activations, grad_outputs=onehot[0], allow_unused=True)
+    b, k = values.shape
+    if k == 1:
+        grads = torch.autograd.grad(values, activations, grad_outputs=torch.ones_like(values), allow_unused=True)
         return [g.unsqueeze(1) if g is not None else None for g in grads]
+    eye = torch.eye(k, dtype=values.dtype, device=values.device)
     if not batched:
         per_k = [
-            torch.autograd.grad(logits, activations, grad_outputs=onehot[k], retain_graph=k < K - 1, allow_unused=True)
-            for k in range(K)
+            torch.autograd.grad(values, activations, grad_outputs=eye[j].expand(b, k), retain_graph=j < k - 1,
+                                allow_unused=True)
+            for j in range(k)
         ]
         return [
             None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], dim=1)
             for i in range(len(activations))
         ]
-    grads = torch.autograd.grad(logits, activations, grad_outputs=onehot, is_grads_batched=True, allow_unused=True)
+    onehots = eye[:, None, :].expand(k, b, k).contiguous()
+    grads = torch.autograd.grad(values, activations, grad_outputs=onehots, is_grads_batched=True, allow_unused=True)
     return [g.transpose(0, 1) if g is not None else None for g in grads]
 
 
+_NO_PATH = ("the targets do not depend on layer(s) {names} through autograd: is a layer off the path to the "
+            "output, or does the model use gradient checkpointing (torch.utils.checkpoint, timm's "
+            "set_grad_checkpointing)? Turn checkpointing off for the call")
+
+
 class _GradientMethod(_Method):
-    """Methods that need dy_c/dA. ``batched_backward``: one vmapped backward for
+    """Methods that need dy/dA. ``batched_backward``: one vmapped backward for
     K targets (default) or K calls on the retained graph (see ``target_gradients``)."""
 
     needs_grad = True
@@ -366,30 +479,40 @@ class _GradientMethod(_Method):
         layers: Union[LayerSpec, Sequence[LayerSpec]],
         fusion: str = "max",
         weights: Optional[Sequence[float]] = None,
-        normalize: Union[str, Normalizer] = "minmax",
+        normalize: Union[str, Normalizer, None] = "minmax",
         reshape: Optional[Reshape] = None,
         channels_last: bool = False,
         batched_backward: bool = True,
+        output: Output = None,
     ) -> None:
-        super().__init__(model, layers, fusion, weights, normalize, reshape, channels_last)
+        super().__init__(model, layers, fusion, weights, normalize, reshape, channels_last, output)
         self.batched_backward = bool(batched_backward)
 
-    def _layer_maps(self, acts: Dict[str, Tensor], logits: Tensor, targets: Tensor) -> Dict[str, Tensor]:
+    def _check_call(self) -> None:
+        if torch.is_inference_mode_enabled():
+            raise InputError("gradient-based CAM methods cannot run inside torch.inference_mode(); "
+                             "use torch.no_grad() (or nothing)")
+        for m in self.model.modules():
+            if getattr(m, "grad_checkpointing", False) is True:
+                raise InputError("gradient checkpointing is on (timm's set_grad_checkpointing(True)): the hooked "
+                                 "activations then get no gradient. Turn it off for the call: "
+                                 "model.set_grad_checkpointing(False)")
+
+    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
+                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
         names = self.layer_names
         raw = [acts[n] for n in names]
-        if not logits.requires_grad:
-            raise InputError(f"the model's output does not depend on layers {names} through autograd")
-        grads = target_gradients(logits, raw, targets, self.batched_backward)
+        if not values.requires_grad:
+            raise InputError(_NO_PATH.format(names=names))
+        grads = target_gradients(values, raw, self.batched_backward)
         out: Dict[str, Tensor] = {}
-        for name, a, g in zip(names, raw, grads):
-            if g is None:
-                raise InputError(f"the model's output does not depend on layer {name!r}")
-            A = _as_4d(name, a.detach(), self.reshape)
-            if self.reshape is not None:
-                G = self.reshape(g.flatten(0, 1)).unflatten(0, g.shape[:2])
-            else:
-                G = g
-            out[name] = type(self).formula(A, G)
+        with float32_math(values.device.type):
+            for name, a, g in zip(names, raw, grads):
+                if g is None:
+                    raise InputError(_NO_PATH.format(names=[name]))
+                A = _as_4d(name, a.detach(), self.reshape)
+                G = g if self.reshape is None else self.reshape(g.flatten(0, 1)).unflatten(0, g.shape[:2])
+                out[name] = type(self).formula(work_dtype(A), work_dtype(G))
         return out
 
 
@@ -431,9 +554,10 @@ def gap_linear_mismatch(features: Tensor, logits: Tensor, fc: nn.Module) -> Tens
     if (not isinstance(fc, nn.Linear) or features.dim() != 4 or features.shape[1] != fc.in_features
             or logits.dim() != 2 or logits.shape != (features.shape[0], fc.out_features)):
         return torch.tensor(True, device=logits.device)
-    ref = fc(features.mean(dim=(-2, -1)).to(fc.weight.dtype)).float()
-    tol = _GAP_RTOL.get(logits.dtype, 1e-4) * (1.0 + logits.detach().float().abs().amax())
-    return ((ref - logits.detach().float()).abs().amax() > tol) | ~torch.isfinite(ref).all()
+    with torch.no_grad():
+        ref = fc(features.mean(dim=(-2, -1)).to(fc.weight.dtype)).float()
+        tol = _GAP_RTOL.get(logits.dtype, 1e-4) * (1.0 + logits.detach().float().abs().amax())
+        return ((ref - logits.detach().float()).abs().amax() > tol) | ~torch.isfinite(ref).all()
 
 
 def _head_linear(module: nn.Module) -> Optional[nn.Linear]:
@@ -476,11 +600,13 @@ def find_classifier(model: nn.Module) -> Tuple[str, nn.Linear]:
 class CAM(_Method):
     """Class activation maps for a model whose head is GAP then linear.
 
-    ``layer`` is the module feeding the pooling (found on the first call when
+    ``layer`` is the module feeding the pooling (found with one dry run when
     not given); ``fc`` the linear layer (found from the model when not given).
     Every call checks that ``fc(GAP(A))`` reproduces the model's logits, so a
     wrong layer or a head that is not GAP + linear raises instead of giving a
     silently wrong map. No backward pass: all K classes come from one forward.
+    Targets must be class logits (indices, ``topk``, ``"all"``, ``ClassScore``,
+    ``MultiLabel``).
     """
 
     def __init__(
@@ -488,10 +614,12 @@ class CAM(_Method):
         model: nn.Module,
         layer: Optional[LayerSpec] = None,
         fc: Optional[Union[str, nn.Linear]] = None,
-        normalize: Union[str, Normalizer] = "minmax",
+        normalize: Union[str, Normalizer, None] = "minmax",
         reshape: Optional[Reshape] = None,
         channels_last: bool = False,
+        output: Output = None,
     ) -> None:
+        _check_model(model)
         self._check_head = True
         if isinstance(model, CAMModel):
             layer = layer if layer is not None else "head.relu"
@@ -509,57 +637,41 @@ class CAM(_Method):
         else:
             raise InputTypeError(f"fc must be a layer name or an nn.Linear, got {type(fc).__name__}")
         if layer is None:
-            layer = _find_gap_input(model, self.fc)
-        super().__init__(model, [layer], normalize=normalize, reshape=reshape, channels_last=channels_last)
+            layer = _find_gap_input(model, self.fc, output)
+        super().__init__(model, [layer], normalize=normalize, reshape=reshape, channels_last=channels_last,
+                         output=output)
 
-    def _layer_maps(self, acts: Dict[str, Tensor], logits: Tensor, targets: Tensor) -> Dict[str, Tensor]:
+    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
+                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
         (name,) = self.layer_names
+        classes = target.classes(scores) if target.logit else None
+        if classes is None:
+            raise InputError(f"CAM maps class logits: targets must be class indices, topk, 'all', ClassScore or "
+                             f"MultiLabel, not {type(target).__name__}; use a gradient method for other targets")
         A = _as_4d(name, acts[name], self.reshape)
         if A.shape[1] != self.fc.in_features:
             raise InputError(
                 f"layer {name!r} has {A.shape[1]} channels but the linear layer takes {self.fc.in_features} features"
             )
         if self._check_head:
-            pooled = self.fc(A.mean(dim=(-2, -1)))
-            tol = 1e-3 * (1.0 + logits.abs().max())
-            if pooled.shape != logits.shape or (pooled - logits).abs().max() > tol:
-                raise InputError(
-                    f"the model's logits are not fc(GAP({name})): its head is not global-average-pool + linear "
-                    "on this layer (or dropout is active: call model.eval()). Use another layer, or a camkit.CAMHead."
-                )
-        return {name: cam_formula(A, self.fc.weight[targets])}
+            problems.append(("head", gap_linear_mismatch(A, scores, self.fc)))
+        with float32_math(A.device.type):
+            W = self.fc.weight[classes.clamp(min=0)]
+            return {name: cam_formula(work_dtype(A), work_dtype(W))}
 
 
-def _find_gap_input(model: nn.Module, fc: nn.Linear) -> str:
+def _find_gap_input(model: nn.Module, fc: nn.Linear, output: Output = None) -> str:
     """Probe: the last module to finish whose output ``(B, C, h, w)`` (with more
-    than one position) spatially averaged equals what the linear layer
-    receives, found with one forward pass on a random 224x224 input."""
-    means: List[Tuple[str, Tensor]] = []
-    fc_in: List[Tensor] = []
+    than one position) passes the GAP + linear check against the model's
+    logits, found with one dry run on a random 224x224 input."""
+    def keep(name: str, o: Tensor) -> Optional[Tensor]:
+        return o if o.dim() == 4 and o.shape[1] == fc.in_features and o.shape[-2:].numel() > 1 else None
 
-    def make(name: str):
-        def hook(m: nn.Module, i: object, o: object) -> None:
-            if isinstance(o, Tensor) and o.dim() == 4 and o.shape[1] == fc.in_features and o.shape[-2:].numel() > 1:
-                means.append((name, o.detach().float().mean(dim=(-2, -1))))
-        return hook
-
-    handles = [m.register_forward_hook(make(n)) for n, m in model.named_modules() if n]
-    handles.append(fc.register_forward_pre_hook(lambda m, i: fc_in.append(i[0].detach().float())))
-    try:
-        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        channels = first_conv.in_channels if first_conv is not None else 3
-        p = next(model.parameters())
-        x = torch.randn(2, channels, 224, 224, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
-        with torch.no_grad(), _eval_mode(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    if fc_in:
-        target = fc_in[-1].flatten(1)
-        for name, m in reversed(means):
-            if m.shape == target.shape and torch.allclose(m, target, rtol=1e-4, atol=1e-5):
-                return name
+    kept, out = dry_run(model, batch=2, keep=keep)
+    logits = select_output(out, output)
+    for name in reversed(list(kept)):
+        if kept[name] is not None and not bool(gap_linear_mismatch(kept[name], logits, fc)):
+            return name
     raise InputError(
         f"could not find a layer whose global average pool feeds the linear layer of {type(model).__name__}: "
         "its head is not GAP + linear (or pools after a functional op). Pass layer=... (and reshape=... for a "
@@ -574,23 +686,32 @@ class ReCAM(_Method):
     """ReCAM maps of a :class:`camkit.CAMModel` whose head is a :class:`camkit.ReCAMHead`.
 
     For each target c the head's maps are masked by the normalized CAM of c,
-    and the map is the normalized class-c score of the masked maps at each
-    position (see ``ReCAMHead``). ``layer_maps["head"]`` holds the raw scores.
-    ``logits`` are the head's re-activated logits for its default target.
+    and the map is the class-c score of the masked maps at each position (see
+    ``ReCAMHead``), normalized by ``normalize`` (default ``"head"``: the
+    head's own normalizer; None: raw). ``layer_maps["head"]`` holds the raw
+    scores. ``logits`` are the head's re-activated logits for its default
+    target.
     """
 
-    def __init__(self, model: nn.Module, normalize: Optional[Union[str, Normalizer]] = None) -> None:
+    def __init__(self, model: nn.Module, normalize: Union[str, Normalizer, None] = "head") -> None:
         if not isinstance(model, CAMModel) or not isinstance(model.head, ReCAMHead):
             raise InputError("ReCAM needs a camkit.CAMModel whose head is a camkit.ReCAMHead (trained)")
         self.model = model
         self.layers = [("head", model.head)]
-        self.fusion, self.weights, self.reshape, self.channels_last = "max", None, None, False
-        self.normalize = get_normalizer(normalize) if normalize is not None else model.head.normalize
+        self.fusion, self.weights, self.reshape, self.channels_last, self.output = "max", None, None, False, None
+        self.normalize = model.head.normalize if normalize == "head" else (
+            None if normalize is None else get_normalizer(normalize))
         self._recorder = ActivationRecorder(model, [("backbone", model.backbone)])
 
-    def _layer_maps(self, acts: Dict[str, Tensor], logits: Tensor, targets: Tensor) -> Dict[str, Tensor]:
-        raw, _ = self.model.head.recam(acts["backbone"], targets, normalized=False)
-        return {"head": raw}
+    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
+                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
+        classes = target.classes(scores) if target.logit else None
+        if classes is None:
+            raise InputError(f"ReCAM maps classes: targets must be class indices, topk, 'all', ClassScore or "
+                             f"MultiLabel, not {type(target).__name__}")
+        with float32_math(scores.device.type):
+            raw, _ = self.model.head.recam(acts["backbone"], classes.clamp(min=0), normalized=False)
+        return {"head": work_dtype(raw)}
 
 
 METHODS = {"cam": CAM, "gradcam": GradCAM, "gradcampp": GradCAMpp, "layercam": LayerCAM, "recam": ReCAM}

@@ -1,0 +1,325 @@
+"""Targets: what to explain, as functions of the model's scores.
+
+A target is any callable ``fn(scores) -> Tensor`` of shape ``(B,)`` (one map
+per image) or ``(B, K)`` (K maps per image), where ``scores`` is what the
+method's ``output=`` selected from the model's raw output: ``(B, C)`` logits,
+``(B, C, H, W)`` per-pixel scores, ``(B,)`` a regression output... Each column
+is one target; gradient methods differentiate all K columns with one
+forward and one batched backward.
+
+The classes here are such callables, with two extras camkit uses when they
+exist: ``classes(scores)`` gives the class index of each column ``(B, K)``
+(-1 where a column is not one class, e.g. padding), and ``valid(scores)``
+marks real columns ``(B, K)`` bool. ``logit = True`` says a column is exactly
+the logit of its class, which CAM and ReCAM need (they read the classifier's
+weights instead of differentiating).
+
+Integer targets, ``topk=k`` and ``"all"`` in a method call are
+:class:`ClassScore`, :class:`TopK` and :class:`AllClasses`.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .errors import InputError, InputTypeError
+
+Indices = Union[int, Sequence[int], Sequence[Sequence[int]], Tensor]
+
+
+def _check_scores(scores: Tensor, dims: Sequence[int], what: str) -> None:
+    if not isinstance(scores, Tensor) or scores.dim() not in dims:
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        want = " or ".join({2: "(B, C)", 4: "(B, C, H, W)"}[d] for d in dims)
+        raise InputError(f"{what} needs scores of shape {want}, got {shape} (choose them with output=...)")
+
+
+def _index_tensor(idx: Indices, what: str) -> Tensor:
+    """Class indices as a long tensor; ints, numpy integers, sequences and 0-d/1-d/2-d tensors."""
+    if isinstance(idx, bool) or (isinstance(idx, Tensor) and idx.dtype == torch.bool):
+        raise InputTypeError(f"{what}: class indices must be integers, got a bool")
+    if isinstance(idx, numbers.Integral):
+        return torch.tensor(int(idx))
+    try:
+        t = idx if isinstance(idx, Tensor) else torch.as_tensor(idx)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputTypeError(f"{what}: class indices must be integers, got {idx!r}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InputTypeError(f"{what}: class indices must be integers, got dtype {t.dtype}")
+    if t.dim() > 2:
+        raise InputError(f"{what}: class indices must be an int, (B,) or (B, K), got shape {tuple(t.shape)}")
+    return t.long()
+
+
+def _per_image(t: Tensor, batch: int, what: str) -> Tensor:
+    """int -> (B, 1); (B,) -> (B, 1); (B, K) as is; anything else an InputError."""
+    if t.dim() == 0:
+        return t.reshape(1, 1).expand(batch, 1)
+    if t.dim() == 1:
+        t = t[:, None]
+    if t.shape[0] != batch or t.shape[1] == 0:
+        raise InputError(
+            f"{what} must have shape ({batch},) (one class per image) or ({batch}, K), got {tuple(t.shape)[:1]}"
+            if t.shape[1] == 1 else
+            f"{what} must have shape ({batch},) (one class per image) or ({batch}, K), got {tuple(t.shape)}"
+        )
+    return t
+
+
+class Target:
+    """Base class of camkit's targets: ``target(scores) -> (B,) or (B, K)``."""
+
+    logit = False
+
+    def __call__(self, scores: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def classes(self, scores: Tensor) -> Optional[Tensor]:
+        """Class index of each column, ``(B, K)`` long, -1 where a column is not one class."""
+        return None
+
+    def valid(self, scores: Tensor) -> Optional[Tensor]:
+        """Which columns are real targets, ``(B, K)`` bool (None: all)."""
+        return None
+
+    def index_problem(self, scores: Tensor) -> Optional[Tensor]:
+        """A 0-d bool tensor, True when a class index lies outside the scores' classes
+        (checked on the scores' device, without a host sync; camkit raises after the call)."""
+        return None
+
+
+class ClassScore(Target):
+    """The logit of class ``idx``: ``scores[b, idx[b, k]]``, ``(B, K)``.
+
+    ``idx``: an int (every image), ``(B,)`` (one class per image) or ``(B, K)``
+    (K classes per image); numpy integers and 0-d tensors count as ints.
+    """
+
+    logit = True
+
+    def __init__(self, idx: Indices) -> None:
+        self.idx = _index_tensor(idx, "targets")
+        # Indices given on the host are checked against the class count with no
+        # device work; a tensor on an accelerator is checked on that device.
+        self._host = None
+        if self.idx.device.type == "cpu":
+            vals = self.idx.reshape(-1).tolist()
+            self._host = (min(vals), max(vals)) if vals else (0, 0)
+
+    def _idx(self, scores: Tensor) -> Tensor:
+        _check_scores(scores, (2,), "a class-index target")
+        idx = _per_image(self.idx.to(scores.device), scores.shape[0], "targets")
+        if self._host is not None:
+            lo, hi = self._host
+            n = scores.shape[1]
+            if lo < 0 or hi >= n:
+                bad = lo if lo < 0 else hi
+                raise InputError(f"target class {bad} out of range: classes are 0..{n - 1}")
+            return idx
+        return idx.clamp(0, scores.shape[1] - 1)  # gathered in range; index_problem reports it
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        return scores.gather(1, self._idx(scores))
+
+    def classes(self, scores: Tensor) -> Tensor:
+        return _per_image(self.idx.to(scores.device), scores.shape[0], "targets")
+
+    def index_problem(self, scores: Tensor) -> Optional[Tensor]:
+        if self._host is not None:
+            return None
+        idx = self.idx.to(scores.device)
+        return ((idx < 0) | (idx >= scores.shape[1])).any()
+
+
+class TopK(Target):
+    """The logits of each image's ``k`` highest-scoring classes, best first, ``(B, k)``."""
+
+    logit = True
+
+    def __init__(self, k: int = 1) -> None:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or int(k) < 1:
+            raise InputError(f"topk must be a positive int, got {k!r}")
+        self.k = int(k)
+
+    def classes(self, scores: Tensor) -> Tensor:
+        _check_scores(scores, (2,), f"topk={self.k}")
+        if self.k > scores.shape[1]:
+            raise InputError(f"topk={self.k} exceeds the number of classes ({scores.shape[1]})")
+        if self.k == 1:
+            return scores.detach().argmax(dim=1, keepdim=True)
+        return scores.detach().topk(self.k, dim=1).indices
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        return scores.gather(1, self.classes(scores))
+
+
+class AllClasses(Target):
+    """Every class's logit, ``(B, C)``."""
+
+    logit = True
+
+    def classes(self, scores: Tensor) -> Tensor:
+        _check_scores(scores, (2,), "targets='all'")
+        return torch.arange(scores.shape[1], device=scores.device).expand(scores.shape[0], -1)
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        _check_scores(scores, (2,), "targets='all'")
+        return scores
+
+
+class Softmax(ClassScore):
+    """The softmax probability of class ``idx`` (over dim 1 of ``(B, C)`` scores), ``(B, K)``."""
+
+    logit = False
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        return scores.softmax(dim=1).gather(1, self._idx(scores))
+
+
+class MultiLabel(Target):
+    """The logits of each image's positive classes: a variable number per image.
+
+    ``labels``: a multi-hot ``(B, C)`` tensor (bool or 0/1), or a list of B
+    lists of class indices. Column k of image b is its k-th positive class in
+    increasing index order; images with fewer positives than the most are
+    **padded**: a padded column's score is the constant 0, its class is -1,
+    ``valid`` is False, and its maps are all zeros. Keep ``labels`` on the CPU
+    (the padding width is data-dependent: on an accelerator it costs a sync).
+    """
+
+    logit = True
+
+    def __init__(self, labels: Union[Tensor, Sequence[Sequence[int]]]) -> None:
+        if isinstance(labels, Tensor):
+            if labels.dim() != 2:
+                raise InputError(f"MultiLabel needs multi-hot labels of shape (B, C), got {tuple(labels.shape)}")
+            values = labels.detach().cpu().tolist()  # host data: no device work below
+            if any(v not in (0, 1) for r in values for v in r):
+                raise InputError("MultiLabel: multi-hot labels must be 0 or 1 (or bool)")
+            rows: List[List[int]] = [[j for j, v in enumerate(r) if v] for r in values]
+            self.num_classes: Optional[int] = labels.shape[1]
+        else:
+            rows = [sorted({int(_index_tensor(c, "MultiLabel")) for c in r}) for r in labels]
+            self.num_classes = None
+        width = max((len(r) for r in rows), default=0)
+        if not rows or width == 0:
+            raise InputError("MultiLabel: no image has a positive label")
+        self._rows = rows
+        self._idx = torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
+        self._lo = min(min(r) for r in rows if r)
+        self._hi = max(max(r) for r in rows if r)
+
+    def classes(self, scores: Tensor) -> Tensor:
+        _check_scores(scores, (2,), "MultiLabel")
+        b, n = scores.shape
+        if b != len(self._rows):
+            raise InputError(f"MultiLabel has labels for {len(self._rows)} images, the batch has {b}")
+        if (self.num_classes is not None and self.num_classes != n) or self._lo < 0 or self._hi >= n:
+            raise InputError(f"MultiLabel: labels name classes outside 0..{n - 1}")
+        return self._idx.to(scores.device)
+
+    def valid(self, scores: Tensor) -> Tensor:
+        return self.classes(scores) >= 0
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        idx = self.classes(scores)
+        got = scores.gather(1, idx.clamp(min=0))
+        return torch.where(idx >= 0, got, torch.zeros_like(got))
+
+
+class SegmentationRegion(Target):
+    """Sum of class ``class_index``'s per-pixel scores over a region: ``(B, K)``.
+
+    ``scores``: ``(B, C, H, W)``. ``class_index``: an int or a sequence of K
+    ints (one column each). ``mask``: bool ``(H, W)`` or ``(B, H, W)`` shared by
+    the classes; ``None`` takes, for each class, the pixels the model predicts
+    as that class (argmax over C). pytorch-grad-cam's
+    ``SemanticSegmentationTarget`` is the same sum.
+    """
+
+    def __init__(self, class_index: Union[int, Sequence[int]], mask: Optional[Tensor] = None) -> None:
+        idx = _index_tensor(class_index, "SegmentationRegion")
+        if idx.dim() > 1:
+            raise InputError("SegmentationRegion: class_index must be an int or a sequence of ints")
+        self.idx = idx.reshape(-1)
+        self._list = self.idx.tolist()
+        if mask is not None:
+            if not isinstance(mask, Tensor) or mask.dim() not in (2, 3):
+                shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                raise InputError(f"SegmentationRegion: mask must be a bool tensor (H, W) or (B, H, W), got {shape}")
+            if mask.is_floating_point() and not ((mask == 0) | (mask == 1)).all():
+                raise InputError("SegmentationRegion: mask values must be 0/1 or bool")
+        self.mask = mask
+
+    def classes(self, scores: Tensor) -> Tensor:
+        return self.idx.to(scores.device).expand(scores.shape[0], -1)
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        _check_scores(scores, (4,), "SegmentationRegion")
+        b, n, h, w = scores.shape
+        if min(self._list) < 0 or max(self._list) >= n:
+            raise InputError(f"SegmentationRegion: class out of range: classes are 0..{n - 1}")
+        idx = self.idx.to(scores.device)
+        if self.mask is None:
+            pred = scores.detach().argmax(dim=1, keepdim=True)  # (B, 1, H, W)
+            region = pred == idx.view(1, -1, 1, 1)  # (B, K, H, W)
+        else:
+            m = self.mask.to(scores.device)
+            if tuple(m.shape[-2:]) != (h, w) or (m.dim() == 3 and m.shape[0] != b):
+                raise InputError(
+                    f"SegmentationRegion: mask of shape {tuple(m.shape)} does not fit scores of shape "
+                    f"{(b, n, h, w)}: expected ({h}, {w}) or ({b}, {h}, {w})"
+                )
+            region = m.bool().reshape(-1, 1, h, w)
+        picked = scores[:, idx]  # (B, K, H, W)
+        return (picked * region.to(picked.dtype)).sum(dim=(-2, -1))
+
+
+class _Function(Target):
+    """A plain callable as a target (its columns are not known classes)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        return self.fn(scores)
+
+
+TargetSpec = Union[None, int, str, Sequence[int], Tensor, Target]
+
+
+def as_target(targets: TargetSpec, topk: Optional[int] = None) -> Target:
+    """What a method call's ``targets=`` / ``topk=`` mean, as a :class:`Target`."""
+    if topk is not None:
+        if targets is not None:
+            raise InputError("give either targets or topk, not both")
+        return TopK(topk)
+    if targets is None:
+        return TopK(1)
+    if isinstance(targets, str):
+        if targets == "all":
+            return AllClasses()
+        raise InputError(f"targets must be class indices, 'all', a callable or None, got {targets!r}")
+    if isinstance(targets, Target):
+        return targets
+    if callable(targets) and not isinstance(targets, Tensor):
+        return _Function(targets)
+    return ClassScore(targets)
+
+
+def check_values(values: object, batch: int) -> Tensor:
+    """A target's output as ``(B, K)``: ``(B,)`` gets K = 1; anything else is refused."""
+    if not isinstance(values, Tensor):
+        raise InputTypeError(f"the target function must return a tensor of shape (B,) or (B, K), "
+                             f"got {type(values).__name__}")
+    if values.dim() == 1:
+        values = values[:, None]
+    if values.dim() != 2 or values.shape[0] != batch or values.shape[1] == 0:
+        raise InputError(f"the target function must return shape ({batch},) or ({batch}, K), "
+                         f"got {tuple(values.shape)}")
+    if not values.is_floating_point():
+        raise InputTypeError(f"the target function must return floating-point scores, got {values.dtype}")
+    return values
