@@ -275,6 +275,16 @@ class ActivationRecorder:
             if attach_for_block:
                 self.detach()
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Inside a recording: extra forward passes (e.g. of perturbed inputs) are not captured."""
+        was = self._recording
+        self._recording = False
+        try:
+            yield
+        finally:
+            self._recording = was
+
     def check_complete(self) -> None:
         """After a forward: every layer ran exactly once."""
         missing = [n for n, _ in self.layers if n not in self.activations]

@@ -1,4 +1,5 @@
-"""CAM methods: the formulas as pure functions, and the classes that apply them.
+"""The machinery every method shares: one forward with hooks, the targets,
+the checks, the result, and the batched backward of gradient methods.
 
 Notation: ``A`` is a layer's output ``(B, C, h, w)``; ``G`` the gradients of the
 targets with respect to it, ``(B, K, C, h, w)`` for K targets per image;
@@ -8,7 +9,6 @@ half-precision activations cannot overflow a channel sum.
 """
 from __future__ import annotations
 
-import difflib
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -16,50 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError, InputTypeError
-from .fusion import FUSIONS, check_weights, fuse_max, fuse_weighted
-from .heads import CAMHead, CAMModel, ReCAMHead
-from .hooks import ActivationRecorder, LayerSpec, dry_run, eval_mode, resolve_layers
-from .normalize import Normalizer, get_normalizer
-from .targets import Target, TargetSpec, as_target, check_values
+from ..errors import InputError, InputTypeError
+from ..fusion import FUSIONS, check_weights, fuse_max, fuse_weighted
+from ..hooks import ActivationRecorder, LayerSpec, eval_mode, resolve_layers
+from ..normalize import Normalizer, get_normalizer
+from ..targets import Target, TargetSpec, as_target, check_values
 
 Reshape = Callable[[Tensor], Tensor]
 Output = Union[None, str, int, Callable[[Any], Tensor]]
-
-
-# --------------------------------------------------------------------------- formulas
-
-
-def cam_formula(A: Tensor, W: Tensor) -> Tensor:
-    """CAM (Zhou et al., 2016): ``sum_k W[c, k] A_k``. W: (B, K, C) rows of the linear layer."""
-    return torch.einsum("bkc,bchw->bkhw", W, A)
-
-
-def gradcam_formula(A: Tensor, G: Tensor) -> Tensor:
-    """Grad-CAM (Selvaraju et al., 2017): ``ReLU(sum_k mean_ij(G_k) A_k)``."""
-    return torch.einsum("bkc,bchw->bkhw", G.mean(dim=(-2, -1)), A).clamp_(min=0)
-
-
-def gradcampp_formula(A: Tensor, G: Tensor) -> Tensor:
-    """Grad-CAM++ (Chattopadhyay et al., 2018), closed form for ``Y = exp(y_c)``.
-
-    ``alpha = G^2 / (2 G^2 + sum_ab A_k(a, b) G^3)`` (0 where the denominator is
-    0), ``w_k = sum_ij alpha * ReLU(G)``, map ``ReLU(sum_k w_k A_k)``. The
-    paper's weights carry an extra factor ``exp(y_c)`` (the derivative of Y);
-    it is one positive number per image and target, dropped here because it
-    overflows for large logits and every normalizer removes it.
-    """
-    g2 = G.pow(2)
-    g3 = g2 * G
-    denom = 2 * g2 + A.sum(dim=(-2, -1))[:, None, :, None, None] * g3
-    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g2))
-    w = (alpha * G.clamp(min=0)).sum(dim=(-2, -1))
-    return torch.einsum("bkc,bchw->bkhw", w, A).clamp_(min=0)
-
-
-def layercam_formula(A: Tensor, G: Tensor) -> Tensor:
-    """LayerCAM (Jiang et al., 2021): ``ReLU(sum_k ReLU(G_k(i, j)) A_k(i, j))``."""
-    return torch.einsum("bkchw,bchw->bkhw", G.clamp(min=0), A).clamp_(min=0)
 
 
 # --------------------------------------------------------------------------- precision
@@ -516,202 +480,3 @@ class _GradientMethod(_Method):
         return out
 
 
-class GradCAM(_GradientMethod):
-    """Grad-CAM on one or more layers (several layers are fused like LayerCAM's)."""
-
-    formula = staticmethod(gradcam_formula)
-
-
-class GradCAMpp(_GradientMethod):
-    """Grad-CAM++ on one or more layers."""
-
-    formula = staticmethod(gradcampp_formula)
-
-
-class LayerCAM(_GradientMethod):
-    """LayerCAM on one or more layers; ``fusion="max"`` (the paper) or
-    ``fusion="weighted", weights=[0.4, 0.4, 0.2]`` (the seed study, then tanh(2x))."""
-
-    formula = staticmethod(layercam_formula)
-
-
-# --------------------------------------------------------------------------- CAM
-
-
-# Relative tolerance of the GAP + linear check per dtype: a few hundred ulps of
-# the logits' scale (float16 / bfloat16 sums over thousands of channels drift).
-_GAP_RTOL = {torch.float16: 2e-2, torch.bfloat16: 1e-1, torch.float32: 1e-4, torch.float64: 1e-9}
-
-
-def gap_linear_mismatch(features: Tensor, logits: Tensor, fc: nn.Module) -> Tensor:
-    """Does ``fc(GAP(features))`` differ from ``logits``? A 0-d bool tensor (no host sync).
-
-    features ``(B, C, h, w)``, logits ``(B, N)``. The one GAP + linear check in
-    camkit (presets, CAM's layer search and CAM's per-call check): the
-    tolerance is relative to ``1 + max |logits|`` and depends on the dtype.
-    Shapes that cannot match give True.
-    """
-    if (not isinstance(fc, nn.Linear) or features.dim() != 4 or features.shape[1] != fc.in_features
-            or logits.dim() != 2 or logits.shape != (features.shape[0], fc.out_features)):
-        return torch.tensor(True, device=logits.device)
-    with torch.no_grad():
-        ref = fc(features.mean(dim=(-2, -1)).to(fc.weight.dtype)).float()
-        tol = _GAP_RTOL.get(logits.dtype, 1e-4) * (1.0 + logits.detach().float().abs().amax())
-        return ((ref - logits.detach().float()).abs().amax() > tol) | ~torch.isfinite(ref).all()
-
-
-def _head_linear(module: nn.Module) -> Optional[nn.Linear]:
-    """The Linear of a head that is a Linear, or a Sequential of Flatten/Dropout/Identity then a Linear."""
-    if isinstance(module, nn.Linear):
-        return module
-    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[-1], nn.Linear):
-        if all(isinstance(m, (nn.Dropout, nn.Flatten, nn.Identity)) for m in list(module)[:-1]):
-            return module[-1]
-    return None
-
-
-def find_classifier(model: nn.Module) -> Tuple[str, nn.Linear]:
-    """The GAP + linear head's Linear: ``(name, module)``; ValueError if there is none."""
-    names = {id(m): n for n, m in model.named_modules()}
-    candidates: List[nn.Module] = []
-    if isinstance(model, CAMModel):
-        candidates.append(model.head.fc)
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        try:
-            candidates.append(get_classifier())
-        except Exception:
-            pass
-    for attr in ("fc", "classifier", "head", "last_linear"):
-        m = getattr(model, attr, None)
-        if isinstance(m, nn.Module):
-            candidates.append(m)
-    for c in candidates:
-        lin = _head_linear(c)
-        if lin is not None and id(lin) in names:
-            return names[id(lin)], lin
-    raise InputError(
-        f"{type(model).__name__} has no global-average-pool + linear head that CAM can use "
-        "(VGG16's classifier, for one, is a stack of linear layers). Pass fc=... if the model has one, "
-        "or train a camkit.CAMHead on the backbone (camkit.CAMModel) and use CAM on that."
-    )
-
-
-class CAM(_Method):
-    """Class activation maps for a model whose head is GAP then linear.
-
-    ``layer`` is the module feeding the pooling (found with one dry run when
-    not given); ``fc`` the linear layer (found from the model when not given).
-    Every call checks that ``fc(GAP(A))`` reproduces the model's logits, so a
-    wrong layer or a head that is not GAP + linear raises instead of giving a
-    silently wrong map. No backward pass: all K classes come from one forward.
-    Targets must be class logits (indices, ``topk``, ``"all"``, ``ClassScore``,
-    ``MultiLabel``).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: Optional[LayerSpec] = None,
-        fc: Optional[Union[str, nn.Linear]] = None,
-        normalize: Union[str, Normalizer, None] = "minmax",
-        reshape: Optional[Reshape] = None,
-        channels_last: bool = False,
-        output: Output = None,
-    ) -> None:
-        _check_model(model)
-        self._check_head = True
-        if isinstance(model, CAMModel):
-            layer = layer if layer is not None else "head.relu"
-            fc = fc if fc is not None else model.head.fc
-            self._check_head = type(model.head) is CAMHead
-        if fc is None:
-            _, self.fc = find_classifier(model)
-        elif isinstance(fc, str):
-            self.fc = dict(model.named_modules()).get(fc)  # type: ignore[assignment]
-            if not isinstance(self.fc, nn.Linear):
-                close = difflib.get_close_matches(fc, [n for n, _ in model.named_modules()], n=5, cutoff=0.5)
-                raise InputError(f"fc={fc!r} is not a linear layer of the model; close matches: {', '.join(close)}")
-        elif isinstance(fc, nn.Linear):
-            self.fc = fc
-        else:
-            raise InputTypeError(f"fc must be a layer name or an nn.Linear, got {type(fc).__name__}")
-        if layer is None:
-            layer = _find_gap_input(model, self.fc, output)
-        super().__init__(model, [layer], normalize=normalize, reshape=reshape, channels_last=channels_last,
-                         output=output)
-
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        (name,) = self.layer_names
-        classes = target.classes(scores) if target.logit else None
-        if classes is None:
-            raise InputError(f"CAM maps class logits: targets must be class indices, topk, 'all', ClassScore or "
-                             f"MultiLabel, not {type(target).__name__}; use a gradient method for other targets")
-        A = _as_4d(name, acts[name], self.reshape)
-        if A.shape[1] != self.fc.in_features:
-            raise InputError(
-                f"layer {name!r} has {A.shape[1]} channels but the linear layer takes {self.fc.in_features} features"
-            )
-        if self._check_head:
-            problems.append(("head", gap_linear_mismatch(A, scores, self.fc)))
-        with float32_math(A.device.type):
-            W = self.fc.weight[classes.clamp(min=0)]
-            return {name: cam_formula(work_dtype(A), work_dtype(W))}
-
-
-def _find_gap_input(model: nn.Module, fc: nn.Linear, output: Output = None) -> str:
-    """Probe: the last module to finish whose output ``(B, C, h, w)`` (with more
-    than one position) passes the GAP + linear check against the model's
-    logits, found with one dry run on a random 224x224 input."""
-    def keep(name: str, o: Tensor) -> Optional[Tensor]:
-        return o if o.dim() == 4 and o.shape[1] == fc.in_features and o.shape[-2:].numel() > 1 else None
-
-    kept, out = dry_run(model, batch=2, keep=keep)
-    logits = select_output(out, output)
-    for name in reversed(list(kept)):
-        if kept[name] is not None and not bool(gap_linear_mismatch(kept[name], logits, fc)):
-            return name
-    raise InputError(
-        f"could not find a layer whose global average pool feeds the linear layer of {type(model).__name__}: "
-        "its head is not GAP + linear (or pools after a functional op). Pass layer=... (and reshape=... for a "
-        "functional op such as torch.relu), or train a camkit.CAMHead and use CAM on a camkit.CAMModel."
-    )
-
-
-# --------------------------------------------------------------------------- ReCAM
-
-
-class ReCAM(_Method):
-    """ReCAM maps of a :class:`camkit.CAMModel` whose head is a :class:`camkit.ReCAMHead`.
-
-    For each target c the head's maps are masked by the normalized CAM of c,
-    and the map is the class-c score of the masked maps at each position (see
-    ``ReCAMHead``), normalized by ``normalize`` (default ``"head"``: the
-    head's own normalizer; None: raw). ``layer_maps["head"]`` holds the raw
-    scores. ``logits`` are the head's re-activated logits for its default
-    target.
-    """
-
-    def __init__(self, model: nn.Module, normalize: Union[str, Normalizer, None] = "head") -> None:
-        if not isinstance(model, CAMModel) or not isinstance(model.head, ReCAMHead):
-            raise InputError("ReCAM needs a camkit.CAMModel whose head is a camkit.ReCAMHead (trained)")
-        self.model = model
-        self.layers = [("head", model.head)]
-        self.fusion, self.weights, self.reshape, self.channels_last, self.output = "max", None, None, False, None
-        self.normalize = model.head.normalize if normalize == "head" else (
-            None if normalize is None else get_normalizer(normalize))
-        self._recorder = ActivationRecorder(model, [("backbone", model.backbone)])
-
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        classes = target.classes(scores) if target.logit else None
-        if classes is None:
-            raise InputError(f"ReCAM maps classes: targets must be class indices, topk, 'all', ClassScore or "
-                             f"MultiLabel, not {type(target).__name__}")
-        with float32_math(scores.device.type):
-            raw, _ = self.model.head.recam(acts["backbone"], classes.clamp(min=0), normalized=False)
-        return {"head": work_dtype(raw)}
-
-
-METHODS = {"cam": CAM, "gradcam": GradCAM, "gradcampp": GradCAMpp, "layercam": LayerCAM, "recam": ReCAM}
