@@ -23,7 +23,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import Tensor
 
 from .errors import DependencyError, InputError
@@ -33,7 +33,7 @@ ImageLike = Union[Image.Image, np.ndarray, Tensor]
 MapLike = Union[np.ndarray, Tensor]
 
 __all__ = ["to_original", "crop_box", "overlay", "colorize", "denormalize", "to_uint8", "grid",
-           "compact_grid", "strip", "tile_title", "labelled_grid", "save_labelled_grid"]
+           "compact_grid", "strip", "colorbar", "with_colorbar", "tile_title", "labelled_grid", "save_labelled_grid"]
 
 
 # --------------------------------------------------------------------------- conversion
@@ -66,12 +66,18 @@ def to_uint8(image: ImageLike) -> np.ndarray:
     return a
 
 
-def _map2d(cam: MapLike, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+def _squeeze2d(cam: MapLike) -> Tensor:
+    """A map as a float32 ``(H, W)`` tensor (leading dims of size 1 dropped)."""
     t = torch.as_tensor(np.asarray(cam.detach().cpu() if isinstance(cam, Tensor) else cam), dtype=torch.float32)
     while t.dim() > 2 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 2:
         raise InputError(f"expected a map of shape (H, W), got {tuple(t.shape)}")
+    return t
+
+
+def _map2d(cam: MapLike, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    t = _squeeze2d(cam)
     if size is not None and tuple(t.shape) != tuple(size):
         t = F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     return torch.nan_to_num(t, nan=0.0).clamp(0, 1).numpy()
@@ -108,35 +114,75 @@ def colorize(cam: MapLike, cmap: str = "jet") -> np.ndarray:
 
 
 def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet",
-            postprocess: bool = False, transform: Any = None) -> Image.Image:
+            postprocess: bool = False, transform: Any = None, vmin: float = 0.0, vmax: float = 1.0) -> Image.Image:
     """Blend the colourized map over the image: ``(1 - alpha) * image + alpha * colour``.
 
-    ``transform``: the transform that made the network input from ``image``
-    (e.g. ``preset.transform``); the map is then put back on the image's own
-    pixel grid with :func:`to_original` (aligned; pixels outside the network's
-    field of view are left as they are). Without it, the map is stretched to
-    the image's size. ``postprocess=True`` applies the seed study's display
-    post-process first (:func:`camkit.normalize.postprocess`: values below 0.3
-    become 0, the rest are multiplied by 1.5 and clipped to 1).
-    Returns an RGB image of the image's size.
+    cam: ``(H, W)`` (leading dims of size 1 are dropped); values from ``vmin``
+    to ``vmax`` span the colormap (clipped outside); NaN pixels are left
+    uncoloured (the image shows through). ``transform``: the transform that
+    made the network input from ``image`` (e.g. ``preset.transform``): the map
+    is put back on the image's own pixel grid with :func:`to_original`
+    (aligned; pixels outside the network's field of view stay uncoloured).
+    Without it, a map of another size is stretched to the image (bilinear).
+    ``postprocess=True`` applies the seed study's display post-process first
+    (:func:`camkit.normalize.postprocess`: values below 0.3 become 0, the rest
+    are multiplied by 1.5 and clipped to 1). Returns an RGB image of the
+    image's size.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must lie in [0, 1], got {alpha}")
+    if not vmax > vmin:
+        raise InputError(f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}")
     img = to_uint8(image)
     hw = (img.shape[0], img.shape[1])
-    seen = None
+    t = _squeeze2d(cam)
     if transform is not None:
-        cam = to_original(_map2d(cam), hw, transform)
-        seen = to_original(torch.ones(1, 1), hw, transform).numpy() > 0  # the network's field of view
-    m = _map2d(cam, hw)
+        t = to_original(t, hw, transform, fill=float("nan"))
+    elif tuple(t.shape) != hw:
+        t = F.interpolate(t[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0]
+    seen = ~torch.isnan(t)
+    m = ((torch.nan_to_num(t, nan=vmin) - vmin) / (vmax - vmin)).clamp(0, 1)
     if postprocess:
         from .normalize import postprocess as _pp
 
-        m = _pp(torch.from_numpy(m)).numpy()
+        m = _pp(m)
     heat = colorize(m, cmap).astype(np.float32)
-    a = np.float32(alpha) if seen is None else np.where(seen, np.float32(alpha), np.float32(0))[..., None]
+    a = np.where(seen.numpy(), np.float32(alpha), np.float32(0.0))[..., None]
     out = (1.0 - a) * img.astype(np.float32) + a * heat
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def colorbar(width: int, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0, height: int = 12,
+             labels: Optional[Tuple[str, str]] = None) -> Image.Image:
+    """A horizontal colour bar ``width`` pixels wide: the colormap from ``vmin`` (left) to ``vmax``
+    (right), with the two end values (or ``labels``) written under it."""
+    if width < 2 or height < 1:
+        raise InputError(f"colour bar size must be at least 2 x 1, got {width} x {height}")
+    ramp = colorize(torch.linspace(0, 1, width).expand(height, width), cmap)
+    font_size = max(9, min(14, width // 14))
+    font = _font(font_size)
+    out = Image.new("RGB", (width, height + font_size + 6), (255, 255, 255))
+    out.paste(Image.fromarray(ramp), (0, 0))
+    draw = ImageDraw.Draw(out)
+    left, right = labels or (_fmt(vmin), _fmt(vmax))
+    draw.text((1, height + 2), left, fill=(0, 0, 0), font=font)
+    tw = draw.textlength(right, font=font)
+    draw.text((max(0, width - tw - 1), height + 2), right, fill=(0, 0, 0), font=font)
+    return out
+
+
+def with_colorbar(image: Image.Image, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0,
+                  labels: Optional[Tuple[str, str]] = None) -> Image.Image:
+    """``image`` with a :func:`colorbar` of its width below it (the image's pixels are unchanged)."""
+    bar = colorbar(image.width, cmap, vmin, vmax, height=max(8, min(image.size) // 16), labels=labels)
+    out = Image.new("RGB", (image.width, image.height + bar.height + 2), (255, 255, 255))
+    out.paste(image.convert("RGB"), (0, 0))
+    out.paste(bar, (0, image.height + 2))
+    return out
 
 
 # --------------------------------------------------------------------------- plain layouts
@@ -147,11 +193,19 @@ def _tiles_as_images(tiles: Sequence[ImageLike]) -> List[Image.Image]:
     return [t if isinstance(t, Image.Image) else Image.fromarray(to_uint8(t)) for t in tiles]
 
 
+def _fit(im: Image.Image, size: Tuple[int, int], background: Tuple[int, int, int]) -> Image.Image:
+    """``im`` resized to fit ``size`` (W, H) with its aspect ratio kept, centred on ``background``."""
+    im = im.convert("RGB")
+    if im.size == tuple(size):
+        return im
+    return ImageOps.pad(im, size, method=Image.BILINEAR, color=background)
+
+
 def grid(tiles: Sequence[ImageLike], cols: int, pad: int = 2, background: Tuple[int, int, int] = (255, 255, 255),
          tile_size: Optional[Tuple[int, int]] = None) -> Image.Image:
     """Tiles laid out row by row, ``cols`` per row, ``pad`` pixels apart (plain, no labels).
 
-    Every tile is resized to ``tile_size`` (W, H) (default: the first tile's size).
+    Every tile is fitted into ``tile_size`` (W, H) (default: the first tile's size), its aspect ratio kept.
     """
     imgs = _tiles_as_images(tiles)
     if cols < 1:
@@ -162,9 +216,7 @@ def grid(tiles: Sequence[ImageLike], cols: int, pad: int = 2, background: Tuple[
     out = Image.new("RGB", (cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad), background)
     for k, im in enumerate(imgs):
         r, c = divmod(k, cols)
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.BILINEAR)
-        out.paste(im.convert("RGB"), (pad + c * (w + pad), pad + r * (h + pad)))
+        out.paste(_fit(im, (w, h), background), (pad + c * (w + pad), pad + r * (h + pad)))
     return out
 
 
@@ -211,9 +263,7 @@ def strip(tiles: Sequence[ImageLike], labels: Optional[Sequence[str]] = None, pa
         if labels is not None:
             draw.text((pad + 2, y + 2), labels[k], fill=(0, 0, 0), font=font)
             y += band
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.BILINEAR)
-        out.paste(im.convert("RGB"), (pad, y))
+        out.paste(_fit(im, (w, h), (255, 255, 255)), (pad, y))
         y += h + pad
     return out
 
@@ -230,9 +280,16 @@ def tile_title(top: Sequence[Tuple[str, float]], truth: Optional[str] = None, wi
     return "\n".join(lines)
 
 
+ColorBarSpec = Tuple[str, Optional[float], Optional[float], str]
+
+
 def labelled_grid(tiles: Sequence[ImageLike], titles: Sequence[str], cols: int = 4, tile_inches: float = 2.4,
-                  suptitle: Optional[str] = None) -> Any:
+                  suptitle: Optional[str] = None, colorbar: Optional[ColorBarSpec] = None) -> Any:
     """A matplotlib figure: the tiles in a grid, each with its title (see :func:`tile_title`).
+
+    ``colorbar=(cmap, vmin, vmax, label)`` adds a horizontal colour bar under
+    the grid (``vmin = vmax = None``: ticks "min" and "max", for maps each
+    shown from its own minimum to its maximum).
 
     Needs matplotlib (``pip install 'camkit[plot]'``). Save it with
     ``fig.savefig(path)`` or use :func:`save_labelled_grid`.
@@ -256,11 +313,27 @@ def labelled_grid(tiles: Sequence[ImageLike], titles: Sequence[str], cols: int =
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
+    if colorbar is not None:
+        from matplotlib import colormaps
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        cmap, vmin, vmax, label = colorbar
+        relative = vmin is None or vmax is None
+        sm = ScalarMappable(Normalize(0.0, 1.0) if relative else Normalize(vmin, vmax), colormaps[cmap])
+        # below the grid, outside the figure box: savefig(bbox_inches="tight") takes it in
+        cax = fig.add_axes((0.25, -0.2 / fig.get_figheight(), 0.5, 0.12 / fig.get_figheight()))
+        cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
+        if relative:
+            cb.set_ticks([0.0, 1.0], labels=["min", "max"])
+        cb.set_label(label, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
     return fig
 
 
 def save_labelled_grid(path: Union[str, os.PathLike], tiles: Sequence[ImageLike], titles: Sequence[str],
-                       cols: int = 4, dpi: int = 100, suptitle: Optional[str] = None) -> None:
+                       cols: int = 4, dpi: int = 100, suptitle: Optional[str] = None,
+                       colorbar: Optional[ColorBarSpec] = None) -> None:
     """Write :func:`labelled_grid` to ``path`` (PNG by extension)."""
-    fig = labelled_grid(tiles, titles, cols=cols, suptitle=suptitle)
+    fig = labelled_grid(tiles, titles, cols=cols, suptitle=suptitle, colorbar=colorbar)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.08)
