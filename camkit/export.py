@@ -23,9 +23,10 @@ list of image paths into, per image, mirroring its path relative to SRC
 Each file is written under a temporary name and renamed, so an output that
 exists is complete: a rerun skips the images whose two outputs exist and
 computes the rest; a killed run loses at most the images in flight. Under
-``torchrun`` each rank takes a contiguous share of the sorted work list,
-appends its records to ``DIR/parts/<run>.rank<r>.jsonl`` and rank 0 merges
-them into ``manifest.jsonl`` at the end (gloo on CPU, NCCL on GPU). ``DIR``
+``torchrun`` each rank takes a contiguous share of the sorted work list
+(sizes differ by at most one), appends its records to
+``DIR/parts/<run>.rank<r>.jsonl`` and rank 0 merges them into
+``manifest.jsonl`` at the end (gloo on CPU, NCCL on GPU). ``DIR``
 must be one shared folder for all ranks (on several machines: a shared
 filesystem).
 """
@@ -41,6 +42,7 @@ import queue
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -147,16 +149,17 @@ def list_images(src: PathLike, exclude: Optional[PathLike] = None) -> List[Tuple
 
 
 def _split_labels(cell: str, categories: Sequence[str]) -> List[str]:
+    """Label tokens of a cell: pieces split on ``;`` / ``|``; a piece that is not itself a class
+    name or index is split on spaces when every part is one (else kept whole, to be reported)."""
     lowered = {c.lower() for c in categories}
+    known = lambda tok: tok.isdigit() or tok.lower() in lowered  # noqa: E731
     out: List[str] = []
     for piece in cell.replace("|", ";").split(";"):
         piece = piece.strip()
         if not piece:
             continue
-        if piece.lower() in lowered or piece.isdigit():
-            out.append(piece)
-        else:
-            out.extend(piece.split())
+        parts = piece.split()
+        out.extend(parts if not known(piece) and len(parts) > 1 and all(map(known, parts)) else [piece])
     return out
 
 
@@ -220,9 +223,11 @@ def attach_labels(images: Sequence[Tuple[str, str]], labels: Dict[str, Tuple[int
 
 
 def share(n: int, rank: int, world: int) -> range:
-    """Rank ``rank``'s contiguous share of ``n`` items: ``ceil(n / world)`` each, the last shorter."""
-    per = -(-n // world) if n else 0
-    return range(min(n, rank * per), min(n, (rank + 1) * per))
+    """Rank ``rank``'s contiguous share of ``n`` items: the first ``n % world`` ranks take
+    ``ceil(n / world)``, the others one fewer (so the last ranks' shares may be shorter)."""
+    per, extra = divmod(n, world)
+    start = rank * per + min(rank, extra)
+    return range(start, start + per + (rank < extra))
 
 
 # --------------------------------------------------------------------------- outputs
@@ -251,6 +256,14 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
+def _write_npz(f: Any, arrays: Dict[str, np.ndarray]) -> None:
+    """``numpy.savez`` with fixed zip timestamps: the same arrays give the same bytes."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
+        for name, a in arrays.items():
+            with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as o:
+                np.lib.format.write_array(o, np.ascontiguousarray(a), allow_pickle=False)
+
+
 def write_outputs(out: PathLike, rel: str, keys: np.ndarray, cam: np.ndarray, high_res: np.ndarray,
                   threshold: float) -> np.ndarray:
     """Write ``cams/<rel>.npz`` then ``masks/<rel>.png`` atomically; returns the mask (H, W) uint8."""
@@ -258,8 +271,8 @@ def write_outputs(out: PathLike, rel: str, keys: np.ndarray, cam: np.ndarray, hi
 
     npz, png = output_paths(out, rel)
     mask = masks_from_maps(high_res, threshold)
-    _atomic_write(npz, lambda f: np.savez(f, keys=keys.astype(np.int64), cam=cam.astype(np.float16),
-                                          high_res=high_res.astype(np.float16)))
+    arrays = {"keys": keys.astype(np.int64), "cam": cam.astype(np.float16), "high_res": high_res.astype(np.float16)}
+    _atomic_write(npz, lambda f: _write_npz(f, arrays))
     im = Image.fromarray(mask)
     im.putpalette(voc_palette())
     _atomic_write(png, lambda f: im.save(f, format="PNG"))

@@ -1,0 +1,404 @@
+"""camkit export / evaluate-masks: one process vs torchrun, resume, a killed rank, corrupt images,
+labels with several classes, the mask rule, evaluation on synthetic data with known answers.
+
+The model is the default architecture (timm tf_efficientnet_lite0) with random weights saved to a
+file, so every process loads the same model; 30 small images plus a corrupt one.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from camkit import cli
+from camkit.export import Item, list_images, merge_manifest, output_paths, read_cams, share, write_outputs
+from camkit.pseudomasks import voc_palette
+
+SETTINGS = ["--method", "gradcam", "--topk", "2"]
+ARGS = SETTINGS + ["--batch-size", "4", "--workers", "1", "--no-progress"]
+OUT_FILES = ("cams", "masks", "manifest.jsonl")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    import timm
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "lite0_random.pt"
+    torch.save(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict(), path)
+    return str(path)
+
+
+def _make_images(root: Path, n: int = 30) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = root / ("a" if i < 12 else "b/c")
+        sub.mkdir(parents=True, exist_ok=True)
+        h, w = [(40, 56), (48, 48), (60, 44)][i % 3]
+        yy, xx = np.mgrid[0:h, 0:w]
+        blob = (((yy - h * rng.random()) ** 2 + (xx - w * rng.random()) ** 2) < (h / 4) ** 2)[..., None]
+        arr = np.where(blob, rng.integers(0, 255, 3), (rng.random((h, w, 3)) * 255)).astype(np.uint8)
+        Image.fromarray(arr).save(sub / f"img{i:02d}.{'png' if i % 4 == 0 else 'jpg'}")
+    (root / "b" / "zz_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    root = tmp_path_factory.mktemp("src")
+    _make_images(root)
+    return root
+
+
+def _export(src, out, weights, *extra):
+    return cli.main(["export", str(src), "--out", str(out), "--weights", weights, "--threads", "1", *ARGS, *extra])
+
+
+@pytest.fixture(scope="module")
+def reference(src, weights, tmp_path_factory):
+    """One process, one thread: the run every other run must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    rc = _export(src, out, weights)
+    return out, rc
+
+
+def _files(out: Path):
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                  if p.is_file() and p.relative_to(out).parts[0] in OUT_FILES)
+
+
+def _records(out: Path, drop=("run", "rank", "path", "scores")):
+    recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in drop} for r in recs]
+
+
+def _assert_same_outputs(a: Path, b: Path):
+    assert _files(a) == _files(b)
+    for rel in _files(a):
+        if rel.startswith(("cams/", "masks/")):
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert _records(a) == _records(b)
+    for ra, rb in zip(_records(a, drop=()), _records(b, drop=())):  # logits: batch-dependent float rounding
+        np.testing.assert_allclose(ra.get("scores", []), rb.get("scores", []), rtol=1e-5, atol=1e-5)
+
+
+def _torchrun(*args, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("CAMKIT_DEBUG", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "camkit",
+           "export", *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def test_reference_run_records_the_corrupt_image(reference, capsys):
+    out, rc = reference
+    assert rc == 1  # one image failed
+    recs = _records(out, drop=())
+    assert len(recs) == 31 and [r["rel"] for r in recs] == sorted(r["rel"] for r in recs)
+    bad = [r for r in recs if r["status"] == "error"]
+    assert [r["rel"] for r in bad] == ["b/zz_corrupt"] and bad[0]["error"].startswith("OSError: ")
+    assert not output_paths(out, "b/zz_corrupt")[0].exists()
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert len(ok) == 30 and all(len(r["keys"]) == 2 and r["error"] is None for r in ok)
+
+
+def test_outputs_shapes_geometry_and_mask_rule(reference, src):
+    out, _ = reference
+    for rec in _records(out, drop=()):
+        if rec["status"] != "ok":
+            continue
+        z = read_cams(out, rec["rel"])
+        img = Image.open(next(src.glob(rec["rel"] + ".*")))
+        assert z["keys"].dtype == np.int64 and z["keys"].tolist() == rec["keys"]
+        assert z["cam"].dtype == np.float16 and z["cam"].shape == (2, 7, 7)  # bn2 of Lite0 at 224 input
+        assert z["high_res"].dtype == np.float16 and z["high_res"].shape == (2, img.height, img.width)
+        h = z["high_res"].astype(np.float64)
+        assert h.min() >= 0 and h.max() <= 1
+        mask = Image.open(output_paths(out, rec["rel"])[1])
+        assert mask.mode == "P" and mask.getpalette()[:6] == voc_palette()[:6]
+        # the rule, written out: background where both maps are below 0.15, else 1 + the stronger one
+        want = np.where((h[0] < 0.15) & (h[1] < 0.15), 0, np.where(h[1] > h[0], 2, 1))
+        np.testing.assert_array_equal(np.asarray(mask), want)
+
+
+def test_torchrun_two_processes_match_one(reference, src, weights, tmp_path):
+    ref, _ = reference
+    out = tmp_path / "out"
+    p = _torchrun(src, "--out", out, "--weights", weights, *ARGS)
+    stdout, stderr = p.communicate(timeout=240)
+    assert p.returncode != 0, stderr  # the corrupt image
+    assert "31 images, 30 ok (30 computed, 0 already done), 1 failed" in stdout
+    assert "on 2 processes" in stdout and stdout.count("camkit export:") == 1  # rank 0 prints
+    _assert_same_outputs(ref, out)
+    # each rank did its own contiguous share: no image twice, none lost
+    parts = sorted((out / "parts").glob("*.jsonl"))
+    assert [q.name.split(".rank")[1] for q in parts] == ["0.jsonl", "1.jsonl"]
+    rels = [r["rel"] for r in _records(ref, drop=())]
+    for rank, part in enumerate(parts):
+        got = [json.loads(line)["rel"] for line in part.read_text().splitlines()]
+        assert sorted(got) == [rels[i] for i in share(len(rels), rank, 2)]
+
+
+def _descendant_with_rank(root_pid: int, rank: int):
+    """The shallowest process under root_pid whose environment says LOCAL_RANK=rank (not its loader workers)."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    level = [root_pid]
+    while level:
+        nxt = [c for c, par in parents.items() if par in level]
+        for pid in nxt:
+            try:
+                if f"LOCAL_RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    return pid
+            except OSError:
+                pass
+        level = nxt
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir() or not hasattr(os, "mkfifo"), reason="needs /proc and FIFOs")
+def test_killed_rank_then_rerun_completes_identically(reference, src, weights, tmp_path):
+    """Rank 1 blocks on an image that is a FIFO (deterministically mid-run), is SIGKILLed; the rerun
+    finishes only what is missing and gives the reference's files, byte for byte."""
+    ref, _ = reference
+    src2 = tmp_path / "src"
+    shutil.copytree(src, src2)
+    rels = [r["rel"] for r in _records(ref, drop=())]
+    mine = list(share(len(rels), 1, 2))
+    stuck = rels[mine[0] + 6]  # rank 1 finishes 3 batches of 2, then waits on this one
+    real = next(src2.glob(stuck + ".*"))
+    fifo = real.with_name(real.name)
+    real.unlink()
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    p = _torchrun(src2, "--out", out, "--weights", weights, *SETTINGS, "--batch-size", "2", "--no-progress")
+    try:
+        deadline = time.time() + 180
+        lines = 0
+        while lines < 6 and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+            part = next((out / "parts").glob("*.rank1.jsonl"), None) if (out / "parts").is_dir() else None
+            lines = len(part.read_text().splitlines()) if part else 0
+        assert lines == 6, p.communicate(timeout=30)
+        pid = _descendant_with_rank(p.pid, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        try:  # let the loader worker blocked on the FIFO see EOF
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        p.communicate(timeout=120)
+    assert p.returncode != 0
+    assert not (out / "manifest.jsonl").exists()  # rank 0 never merged
+    done_before = {rel for rel in rels if output_paths(out, rel)[1].exists()}
+    assert stuck not in done_before and rels[mine[-2]] not in done_before
+    fifo.unlink()
+    shutil.copy(next(src.glob(stuck + ".*")), real)
+    mtimes = {rel: output_paths(out, rel)[0].stat().st_mtime_ns for rel in done_before}
+    assert _export(src2, out, weights) == 1
+    assert {rel: output_paths(out, rel)[0].stat().st_mtime_ns for rel in done_before} == mtimes
+    _assert_same_outputs(ref, out)
+    assert not list(out.rglob("*.camkit-tmp"))
+
+
+def test_resume_recomputes_only_missing_outputs(reference, src, weights, tmp_path, capsys):
+    ref, _ = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    rels = [r["rel"] for r in _records(ref, drop=()) if r["status"] == "ok"]
+    gone = {rels[0]: (0,), rels[7]: (1,), rels[20]: (0, 1)}  # the npz, the png, both
+    for rel, which in gone.items():
+        for k in which:
+            output_paths(out, rel)[k].unlink()
+    kept = [p for rel in rels if rel not in gone for p in output_paths(out, rel)]
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in kept}
+    capsys.readouterr()
+    assert _export(src, out, weights) == 1
+    assert "31 images, 30 ok (3 computed, 27 already done), 1 failed" in capsys.readouterr().out
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in before}
+    assert after == before  # the other images' files are not touched
+    _assert_same_outputs(ref, out)
+
+
+def test_rerun_with_other_settings_is_refused(reference, src, weights, tmp_path, capsys):
+    ref, _ = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    capsys.readouterr()
+    rc = cli.main(["export", str(src), "--out", str(out), "--weights", weights, *ARGS, "--threads", "1",
+                   "--bg-threshold", "0.3"])
+    assert rc == 2
+    assert "other settings (bg_threshold)" in capsys.readouterr().err
+
+
+def test_labels_with_several_classes_per_image(src, weights, tmp_path, request):
+    """Labels by index and by name (with spaces), 1-3 per image, one with none: each map equals camkit's
+    own LayerCAM for that class alone, put back on the photo; the model is left as found."""
+    import timm
+
+    from camkit import LayerCAM
+    from camkit.adapters import resolve
+    from camkit.export import run
+    from camkit.geometry import to_original
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(torch.load(weights))
+    model.train()
+    model.conv_stem.weight.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [(m.training, [p.requires_grad for p in m.parameters(recurse=False)]) for m in model.modules()]
+    preset = resolve(model)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,labels\n"
+                   f"{src}/a/img00.png,tench;great white shark\n"
+                   f"{src}/a/img01.jpg,5 7 9\n"
+                   f"{src}/a/img02.jpg,goldfish\n"
+                   f"{src}/a/img03.jpg,\n")
+    lst = tmp_path / "list.txt"
+    lst.write_text("# four images\n" + "".join(f"{src}/a/img0{i}.{'png' if i == 0 else 'jpg'}\n" for i in range(4)))
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reference below too: LayerCAM's sums depend on the thread count
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    summary = run(lst, out, model=model, method="layercam", labels=csv, bg_threshold=0.4, batch_size=4,
+                  workers=0, progress=False)
+    assert (summary.ok, summary.failed, summary.computed) == (4, 0, 4)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert flags == [(m.training, [p.requires_grad for p in m.parameters(recurse=False)]) for m in model.modules()]
+    want = {"img00": [0, 2], "img01": [5, 7, 9], "img02": [1], "img03": []}
+    with LayerCAM(model, layers=list(preset.layers)) as cam:
+        for name, keys in want.items():
+            z = read_cams(out, f"{name}")
+            assert z["keys"].tolist() == keys
+            img = Image.open(next(src.glob(f"a/{name}.*"))).convert("RGB")
+            assert z["high_res"].shape == (len(keys), img.height, img.width)
+            x = preset.transform(img)[None]
+            for k, c in enumerate(keys):
+                res = cam(x, targets=[c])
+                high = to_original(res.maps[0, :1], (img.height, img.width), preset.transform)
+                np.testing.assert_allclose(z["high_res"][k].astype(np.float32), high[0].numpy(), atol=2e-3)
+            mask = np.asarray(Image.open(output_paths(out, name)[1]))
+            h = z["high_res"].astype(np.float64)
+            expect = (np.where(h.max(axis=0) >= 0.4, h.argmax(axis=0) + 1, 0) if keys
+                      else np.zeros(mask.shape))
+            np.testing.assert_array_equal(mask, expect)
+    recs = {r["rel"]: r for r in _records(out, drop=())}
+    assert recs["img01"]["keys"] == [5, 7, 9] and len(recs["img01"]["scores"]) == 3
+
+
+def test_labels_errors_name_the_problem(src, weights, tmp_path, capsys):
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"{src}/a/img00.png,tench;great white sharc\n")
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{src}/a/img00.png\n{src}/a/img01.jpg\n")
+    rc = cli.main(["export", str(lst), "--out", str(tmp_path / "o"), "--weights", weights, "--labels", str(csv),
+                   "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'great white sharc' is neither a class index nor a class name" in err
+    assert "did you mean 'great white shark'" in err
+    csv.write_text(f"{src}/a/img00.png,3\n")
+    rc = cli.main(["export", str(lst), "--out", str(tmp_path / "o"), "--weights", weights, "--labels", str(csv),
+                   "--threads", "1"])
+    assert rc == 2 and "has no labels for 1 of 2 images" in capsys.readouterr().err
+
+
+def test_list_images_folder_and_list(tmp_path):
+    (tmp_path / "d" / "s").mkdir(parents=True)
+    for name in ("d/b.jpg", "d/a.PNG", "d/s/c.jpeg", "d/notes.txt", "d/.hidden.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "d" / "out" / "masks").mkdir(parents=True)
+    (tmp_path / "d" / "out" / "masks" / "a.png").write_bytes(b"")
+    got = list_images(tmp_path / "d", exclude=tmp_path / "d" / "out")
+    assert [r for _, r in got] == ["a", "b", "s/c"]
+    lst = tmp_path / "list.csv"
+    lst.write_text("path\n# comment\nd/s/c.jpeg\n\nd/b.jpg,extra\n")
+    assert list_images(lst) == [(str(tmp_path / "d/s/c.jpeg"), "s/c"), (str(tmp_path / "d/b.jpg"), "b")]
+    (tmp_path / "d" / "b.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="would write the same outputs"):
+        list_images(tmp_path / "d", exclude=tmp_path / "d" / "out")
+
+
+@given(n=st.integers(0, 300), world=st.integers(1, 9))
+def test_shares_are_disjoint_contiguous_and_complete(n, world):
+    parts = [share(n, r, world) for r in range(world)]
+    assert [i for p in parts for i in p] == list(range(n))
+    sizes = [len(p) for p in parts]
+    assert sizes == sorted(sizes, reverse=True) and max(sizes) - min(sizes) <= 1
+
+
+# --------------------------------------------------------------------------- evaluate-masks
+
+def _synthetic_export(tmp_path):
+    """Two images with known maps and ground truth; values exact in float16."""
+    out, gt = tmp_path / "exp", tmp_path / "gt"
+    gt.mkdir()
+    # image 1: class 3 on the left half (0.75), background right (0.0): perfect for any t <= 0.75
+    m1 = np.zeros((1, 4, 6))
+    m1[0, :, :3] = 0.75
+    g1 = np.zeros((4, 6), np.uint8)
+    g1[:, :3] = 4
+    # image 2: classes 0 and 2. Rows 0-1: class 0 at 0.75 (truth 1); row 2: ignore; rows 3-4: class 2 at 0.375
+    # (truth 3); row 5: background with class 0 at 0.125 (a false positive for t <= 0.125)
+    m2 = np.zeros((2, 6, 5))
+    m2[0, 0:2] = 0.75
+    m2[1, 3:5] = 0.375
+    m2[0, 5] = 0.125
+    g2 = np.zeros((6, 5), np.uint8)
+    g2[0:2], g2[2], g2[3:5] = 1, 255, 3
+    for rel, keys, m, g in (("one", [3], m1, g1), ("sub/two", [0, 2], m2, g2)):
+        write_outputs(out, rel, np.array(keys), m, m, threshold=0.15)
+        (gt / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g).save(gt / f"{rel}.png")
+    merge_manifest(out, [Item("one.jpg", "one"), Item("sub/two.jpg", "sub/two")])
+    return out, gt
+
+
+def test_evaluate_masks_known_answers(tmp_path, capsys):
+    out, gt = _synthetic_export(tmp_path)
+    js = tmp_path / "r.json"
+    assert cli.main(["evaluate-masks", str(out), "--gt", str(gt), "--sweep", "0.05:0.95:0.05", "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    printed = capsys.readouterr().out
+    # t = 0.05, 0.1: row 5 of image 2 (5 background pixels) predicted class 1
+    #   background: TP 12 + 0 = 12, truth 12 + 5 = 17, predicted 12 -> IoU 12/17, precision 1, recall 12/17
+    #   class 1: TP 10, truth 10, predicted 15 -> IoU 10/15;  class 3: IoU 1;  class 4: IoU 1
+    assert res["miou"][0] == pytest.approx((12 / 17 + 10 / 15 + 1 + 1) / 4)
+    assert res["miou"][1] == res["miou"][0]
+    # 0.15 .. 0.35: all right; 0.4 .. 0.75: class 3 lost (10 pixels to background)
+    assert res["miou"][2:7] == [1.0] * 5
+    assert res["miou"][7] == pytest.approx((17 / 27 + 1 + 0 + 1) / 4)
+    # above 0.75 everything is background: only background has a non-zero IoU
+    assert res["miou"][-1] == pytest.approx((17 / 49 + 0 + 0 + 0) / 4)
+    assert res["best"]["threshold"] == pytest.approx(0.15) and res["best"]["miou"] == 1.0
+    assert res["best"]["precision"][:5] == [1.0, 1.0, None, 1.0, 1.0] and res["images"] == 2
+    assert "mIoU 1.0000 at threshold 0.15" in printed
+    # without a sweep: the masks as written (threshold 0.15), same answer; one threshold given: its answer
+    assert cli.main(["evaluate-masks", str(out), "--gt", str(gt), "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["miou"] == [1.0]
+    assert cli.main(["evaluate-masks", str(out), "--gt", str(gt), "--threshold", "0.1", "--json", str(js)]) == 0
+    r = json.loads(js.read_text())["best"]
+    assert r["iou"][:2] == [pytest.approx(12 / 17), pytest.approx(10 / 15)] and r["recall"][0] == pytest.approx(12 / 17)
+
+
+def test_evaluate_masks_errors(tmp_path, capsys):
+    out, gt = _synthetic_export(tmp_path)
+    assert cli.main(["evaluate-masks", str(tmp_path / "nothing"), "--gt", str(gt)]) == 2
+    assert "manifest.jsonl not found" in capsys.readouterr().err
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(gt / "one.png")
+    assert cli.main(["evaluate-masks", str(out), "--gt", str(gt)]) == 2
+    assert "one: prediction of shape (4, 6) but ground truth of shape (3, 3)" in capsys.readouterr().err
