@@ -151,3 +151,66 @@ def test_tile_title_and_labelled_grid_file(tmp_path):
     assert w > h > 0  # 3 columns, 2 rows of square tiles plus titles
     with pytest.raises(ValueError, match="titles"):
         ov.labelled_grid(tiles, titles[:2])
+
+
+# --------------------------------------------------------------------------- on the user's photo
+
+def test_overlay_with_the_transform_is_aligned_on_the_photo():
+    from torchvision import transforms as T
+
+    from camkit.geometry import to_original
+
+    assert ov.to_original is to_original
+    photo = _img(60, 90, seed=3)  # landscape: Resize(40) -> 40 x 60, CenterCrop(32) keeps the middle
+    tf = T.Compose([T.Resize(40), T.CenterCrop(32), T.ToTensor()])
+    cam = torch.rand(32, 32, generator=torch.Generator().manual_seed(4))
+    aligned = np.asarray(ov.overlay(photo, cam, transform=tf, alpha=0.6)).astype(int)
+    back = to_original(cam, photo, tf, fill=float("nan"))
+    ref = np.asarray(ov.overlay(photo, back, alpha=0.6)).astype(int)
+    assert np.array_equal(aligned, ref)
+    top, left, h, w = ov.crop_box(photo.shape[:2], tf)
+    assert (top, h) == (6.0, 48.0) and left == pytest.approx(14 * 1.5) and w == pytest.approx(48.0)
+    # outside the network's field of view the photo is untouched; inside it is coloured
+    assert np.array_equal(aligned[:, :20], photo[:, :20]) and np.array_equal(aligned[:5], photo[:5])
+    assert (aligned[10:50, 25:65] != photo[10:50, 25:65]).any(axis=-1).mean() > 0.95
+    # the stretched overlay (no transform) differs: it pretends the crop is the whole photo
+    assert not np.array_equal(np.asarray(ov.overlay(photo, cam, alpha=0.6)).astype(int), aligned)
+
+
+def test_nan_is_transparent_and_vmin_vmax_span_the_colormap():
+    img = _img()
+    m = _ramp() * 4 - 1  # -1 .. 3
+    a = np.asarray(ov.overlay(img, m, vmin=-1, vmax=3))
+    b = np.asarray(ov.overlay(img, (m + 1) / 4))
+    assert np.array_equal(a, b)
+    holes = _ramp().clone()
+    holes[:, :5] = float("nan")
+    c = np.asarray(ov.overlay(img, holes, alpha=1.0))
+    assert np.array_equal(c[:, :5], img[:, :5]) and np.array_equal(c[:, 5:], ov.colorize(holes.nan_to_num())[:, 5:])
+    with pytest.raises(ValueError, match="vmax must be greater than vmin"):
+        ov.overlay(img, m, vmin=1, vmax=1)
+
+
+def test_colorbar_and_with_colorbar():
+    bar = ov.colorbar(100, "jet", 0.0, 2.5, height=10)
+    a = np.asarray(bar)
+    assert bar.size[0] == 100 and bar.size[1] > 10
+    assert np.array_equal(a[:10], ov.colorize(torch.linspace(0, 1, 100).expand(10, 100)))
+    assert (a[10:] < 128).any()  # the end values are written under the ramp
+    img = ov.overlay(_img(40, 60), _ramp(40, 60))
+    framed = ov.with_colorbar(img, "jet", 0, 1)
+    assert framed.size[0] == 60 and framed.size[1] > 40
+    assert np.array_equal(np.asarray(framed)[:40], np.asarray(img))  # the overlay's pixels are unchanged
+    fig = ov.labelled_grid([_img(20, 20)] * 3, ["a", "b", "c"], cols=3, colorbar=("viridis", None, None, "rel"))
+    cb = fig.axes[-1]
+    assert len(fig.axes) == 4 and [t.get_text() for t in cb.get_xticklabels()] == ["min", "max"]
+
+
+def test_tiles_of_another_aspect_are_fitted_not_stretched():
+    square = np.full((20, 20, 3), 10, np.uint8)
+    wide = np.full((10, 40, 3), 200, np.uint8)
+    g = np.asarray(ov.grid([square, wide], cols=2, pad=0))
+    assert g.shape == (20, 40, 3)
+    right = g[:, 20:]
+    assert np.all(right[:7] == 255) and np.all(right[13:] == 255)  # 20 x 5, letterboxed in the background
+    assert np.all(right[8:12] == 200)
