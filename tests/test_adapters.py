@@ -502,3 +502,25 @@ def test_build_segmentation_model_offline():
     assert (p.task, p.output, p.family) == ("segmentation", "out", "tv-segmentation")
     assert len(p.categories) == 21 and p.categories[0] == "class 0"
     assert "fcn_resnet50" in camkit.adapters.known_models()["torchvision-segmentation"]
+
+
+class _ShiftedResNet(tvm.ResNet):
+    """A ResNet whose logits differ from fc(GAP(layer4)): by one unit in the last place (as another
+    kernel's rounding would) or by a real offset."""
+
+    def __init__(self, shift: str) -> None:
+        super().__init__(tvm.resnet.BasicBlock, [1, 1, 1, 1], num_classes=NUM_CLASSES)
+        self.shift = shift
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.shift == "ulp":
+            return torch.nextafter(out, torch.full_like(out, float("inf")))
+        return out + 0.25
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gap_linear_check_tolerates_rounding_in_the_models_dtype(dtype):
+    """One check (camkit.methods.gap_linear_mismatch): a one-ulp difference is rounding, 0.25 is another head."""
+    assert resolve(_ShiftedResNet("ulp").to(dtype).eval()).cam_layer == "layer4"
+    assert resolve(_ShiftedResNet("offset").to(dtype).eval()).cam_layer is None
