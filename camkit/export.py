@@ -79,12 +79,6 @@ class Item:
     labels: Optional[Tuple[int, ...]] = None
 
 
-def image_extensions() -> Tuple[str, ...]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return tuple(IMG_EXTENSIONS)
-
-
 def _rel_name(rel: str) -> str:
     p = Path(rel)
     return p.with_suffix("").as_posix() if p.suffix else p.as_posix()
@@ -96,22 +90,11 @@ def list_images(src: PathLike, exclude: Optional[PathLike] = None) -> List[Tuple
     ``src`` (first column; a ``path`` header, blank and ``#`` lines skipped; relative paths
     are relative to the list's folder). ``rel``: the path relative to ``src`` (a list: to the
     listed paths' common folder), without extension."""
+    from .cli import _folder_images
+
     src_p = Path(src)
     if src_p.is_dir():
-        exts = image_extensions()
-        skip = Path(exclude).resolve() if exclude is not None else None
-        found: List[Tuple[str, str]] = []
-        for root, dirs, files in os.walk(src_p):
-            if skip is not None:
-                dirs[:] = [d for d in dirs if (Path(root) / d).resolve() != skip]
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for f in files:
-                if f.startswith(".") or not f.lower().endswith(exts):
-                    continue
-                full = Path(root) / f
-                found.append((str(full), full.relative_to(src_p).as_posix()))
-        found.sort(key=lambda pr: pr[1])
-        out = [(p, _rel_name(r)) for p, r in found]
+        out = _folder_images(src_p, Path(exclude) if exclude is not None else None)
     elif src_p.is_file():
         try:
             text = src_p.read_text()
@@ -359,16 +342,15 @@ class _Decode:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from PIL import Image
+        from .cli import _load_image
 
         path = self.items[i].path
         try:
-            with Image.open(path) as im:
-                rgb = im.convert("RGB")  # decodes fully: a truncated file fails here
+            rgb = _load_image(path, note=lambda s: None)  # decodes fully: a truncated file fails here
             return i, self.transform(rgb), (rgb.height, rgb.width), None
         except Exception as e:  # any failure of this image is recorded, the run goes on
-            msg = str(e).splitlines()[0] if str(e) else ""
-            return i, None, None, f"{type(e).__name__}: {msg}"
+            msg = " ".join(str(e).split())
+            return i, None, None, msg if isinstance(e, InputError) else f"{type(e).__name__}: {msg}"
 
 
 def _as_list(batch):
@@ -583,6 +565,9 @@ def run(src: PathLike, out: PathLike, *, model: Any = "efficientnet_lite0", weig
     method = method.lower()
     if method not in cli.METHOD_NAMES:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(cli.METHOD_NAMES)}")
+    if normalize is not None and normalize.lower() == "none":
+        raise InputError("export writes maps in [0, 1] and thresholds them: --normalize none is not available; "
+                         "use minmax, sigmoid, relu_max or tanh_max")
     if layer_weights is not None and fusion == "max":
         fusion = "weighted"
     out_p = Path(out)
@@ -698,26 +683,28 @@ def _compute(pending: Sequence[Item], explainer, transform: Callable, writer: _W
 def _explain_group(group, pending: Sequence[Item], explainer, writer: _Writer, device, dtype, topk: int) -> None:
     import torch
 
-    x = torch.stack([g[1] for g in group]).to(device=device, dtype=dtype, non_blocking=True)
+    from .targets import MultiLabel
+
     its = [pending[g[0]] for g in group]
+    if its[0].labels is not None and not any(it.labels for it in its):  # nothing to explain: all background
+        for it, g in zip(its, group):
+            writer.put({"item": it, "error": None, "keys": [], "scores": [], "size": g[2],
+                        "cam": torch.zeros(0, 1, 1), "maps": torch.zeros(0, 1, 1)})
+        return
+    x = torch.stack([g[1] for g in group]).to(device=device, dtype=dtype, non_blocking=True)
     if its[0].labels is not None:
-        kmax = max(1, max(len(it.labels) for it in its))
-        t = torch.tensor([list(it.labels) + [it.labels[0] if it.labels else 0] * (kmax - len(it.labels))
-                          for it in its], dtype=torch.long)
-        res = explainer(x, targets=t)
-        ks = [len(it.labels) for it in its]
+        res = explainer(x, targets=MultiLabel([list(it.labels) for it in its]))
     else:
         res = explainer(x, topk=topk)
-        ks = [res.targets.shape[1]] * len(its)
     finest = max((tuple(m.shape[-2:]) for m in res.layer_maps.values()), key=lambda hw: hw[0] * hw[1])
-    cams = explainer._combine(res.layer_maps, finest, explainer.normalize, explainer.fusion,
-                              explainer.weights).half().cpu()
+    cams = explainer._combine(res.layer_maps, finest, explainer.normalize, explainer.fusion, explainer.weights,
+                              res.valid).clamp_(0.0, 1.0).half().cpu()
     maps = res.maps.float().cpu()
-    targets = res.targets.cpu()
-    vals = res.logits.detach().float().gather(1, res.targets).cpu()
-    for b, (it, k) in enumerate(zip(its, ks)):
+    targets, scores, valid = res.targets.cpu(), res.scores.detach().float().cpu(), res.valid.cpu()
+    for b, it in enumerate(its):
+        k = int(valid[b].sum())  # valid columns come first (MultiLabel pads at the end)
         writer.put({"item": it, "error": None, "keys": targets[b, :k].tolist(),
-                    "scores": [round(v, 6) for v in vals[b, :k].tolist()],
+                    "scores": [round(v, 6) for v in scores[b, :k].tolist()],
                     "cam": cams[b, :k], "maps": maps[b, :k], "size": group[b][2]})
 
 
