@@ -23,17 +23,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download the official archive and datasplits.mat (needs the internet)")
     p.add_argument("--epochs", type=int, default=None, help="default 40 (3 with --quick)")
     p.add_argument("--lrs", default=None, help="comma-separated, default 1e-5,5e-5,1e-4,2e-4")
-    p.add_argument("--models", default=None, help="comma-separated subset of cam,recam_minmax,recam_sigmoid,recam_relu")
-    p.add_argument("--out", default=None, help="results folder (default benchmarks/results/flower17/<backbone>; "
+    p.add_argument("--models", default=None,
+                   help="comma-separated subset of cam,recam_minmax,recam_sigmoid,recam_relu,paper_recam (default all)")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results/flower17/<backbone>[/<variant>]; "
                    "<run-dir>/results with --quick)")
-    p.add_argument("--run-dir", default=None, help="feature cache and checkpoints (default runs/flower17/<backbone>, "
-                   "runs/flower17/<backbone>/quick with --quick)")
-    p.add_argument("--seed", type=int, default=0, help="augmentation / shuffling / initialization seed")
+    p.add_argument("--run-dir", default=None, help="feature cache (default runs/flower17/<backbone>, "
+                   "runs/flower17/<backbone>/quick with --quick); checkpoints under it, in <variant>/ for a supplement")
+    p.add_argument("--seed", type=int, default=0, help="augmentation seed of the feature cache")
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds (initial weights, batch order); "
+                   "default 0,1,2 (0 with --quick)")
+    p.add_argument("--mask", default="top1", choices=("top1", "label"),
+                   help="class whose CAM masks a ReCAM head's maps in training: top1 = the plain head's top-1 (the "
+                        "study's code; default), label = the label (supplementary variant)")
+    p.add_argument("--lam", type=float, default=1.0, help="paper ReCAM: weight of the predictor's loss (Chen et al.: 1)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--loss", default="recam", choices=("recam", "joint"),
-                   help="recam: the study's (cross-entropy of each head's output, ReCAM target = label); joint: "
-                        "supplementary variant adding the plain CAM logits' cross-entropy for ReCAM heads "
-                        "(checkpoints under <run-dir>/joint)")
+                   help="recam: the study's (cross-entropy of each head's output); joint: supplementary variant adding "
+                        "the plain CAM logits' cross-entropy for ReCAM heads")
     p.add_argument("--threads", type=int, default=2, help="torch threads for feature extraction (big convolutions)")
     p.add_argument("--train-threads", type=int, default=1,
                    help="torch threads for head training (small matrix products: on a shared 2-core machine one "
@@ -43,23 +49,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild the feature cache")
     p.add_argument("--no-fast", action="store_true", help="extract features with the eager backbone (no tracing)")
     p.add_argument("--float32", action="store_true", help="cache float32 features instead of float16")
+    p.add_argument("--fig-seed", type=int, default=1090, help="seed that draws the 12 validation images of the figures "
+                   "(1090: the study's Figure 20 command)")
+    p.add_argument("--overlays", default="jet,red", help="Figure 20 overlay styles: jet (colormap), red (the study's "
+                   "red channel blended 50%%), comma-separated")
     p.add_argument("--study-images", type=int, default=48, help="images timed for the study's-way extrapolation")
     return p
 
 
+def variant(mask: str, loss: str) -> str:
+    """Folder name of a supplementary training variant ("" for the study's protocol)."""
+    return "_".join(([f"{mask}_mask"] if mask != "top1" else []) + ([f"{loss}_loss"] if loss != "recam" else []))
+
+
 def resolve(args) -> argparse.Namespace:
     from .models import default_run_dir
-    from .train import DEFAULT_LRS
+    from .train import DEFAULT_LRS, DEFAULT_SEEDS
 
     # --quick runs keep their cache, checkpoints and results apart from the study's.
     args.run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.backbone) / ("quick" if args.quick else "")
+    args.variant = variant(args.mask, args.loss)
+    args.ckpt_dir = args.run_dir / args.variant if args.variant else args.run_dir
     if args.out:
         args.out = Path(args.out)
+    elif args.quick:
+        args.out = args.run_dir / "results" / args.variant
     else:
-        args.out = args.run_dir / "results" if args.quick else REPO_ROOT / "benchmarks" / "results" / "flower17" / args.backbone
+        args.out = REPO_ROOT / "benchmarks" / "results" / "flower17" / args.backbone / args.variant
     args.epochs = args.epochs if args.epochs is not None else (QUICK["epochs"] if args.quick else 40)
     args.lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else list(QUICK["lrs"] if args.quick else DEFAULT_LRS)
+    args.seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else ([0] if args.quick else list(DEFAULT_SEEDS))
     args.models = args.models.split(",") if args.models else None
+    args.overlays = tuple(args.overlays.split(","))
+    if not set(args.overlays) <= {"jet", "red"}:
+        raise SystemExit(f"--overlays takes jet and/or red, got {args.overlays}")
     if args.per_class is not None and not args.quick:
         raise SystemExit("--per-class goes with --quick")
     args.per_class = (args.per_class or QUICK["per_class"]) if args.quick else None
@@ -90,33 +113,36 @@ def cmd_prepare(args) -> dict:
 def cmd_train(args) -> dict:
     import torch
 
-    from . import cache, data
-    from .models import MODEL_NAMES
-    from .train import save_results, train_grid
+    from benchmarks.provenance import provenance
 
+    from . import cache, data
+    from .models import ALL_MODELS, MODEL_NAMES
+    from .train import save_results, train_seeds
+
+    prov = provenance(args.argv, module="benchmarks.flower17")
     split = data.load_split(args.data_root)
     path = cache.cache_path(args.run_dir, split.name, args.seed, args.per_class)
     torch.set_num_threads(args.train_threads)
     if not path.exists():
         raise SystemExit(f"no feature cache at {path}; run `python -m benchmarks.flower17 prepare` first")
     blob = cache.load_cache(path)
-    ckpt_root = args.run_dir if args.loss == "recam" else args.run_dir / args.loss
-    res = train_grid(blob, ckpt_root, args.models or MODEL_NAMES, args.lrs, args.epochs, args.batch_size, args.seed,
-                     loss=args.loss)
-    res.update({"backbone": args.backbone, "split": split.name, "split_source": split.source,
-                "cache": {k: v for k, v in blob["meta"].items()}, "quick": args.quick,
-                "checkpoint_root": str(ckpt_root),
+    models = args.models or (ALL_MODELS if not args.variant else MODEL_NAMES[1:])
+    res = train_seeds(blob, args.ckpt_dir, args.seeds, models=models, lrs=args.lrs, epochs=args.epochs,
+                      batch_size=args.batch_size, mask=args.mask, loss=args.loss, lam=args.lam)
+    res.update({"provenance": prov, "backbone": args.backbone, "split": split.name, "split_source": split.source,
+                "cache": {k: v for k, v in blob["meta"].items()}, "cache_seed": args.seed, "quick": args.quick,
+                "variant": args.variant, "checkpoint_root": str(args.ckpt_dir.relative_to(args.run_dir)),
                 "threads": args.threads, "train_threads": args.train_threads, "load_average_at_end": os.getloadavg()})
     torch.set_num_threads(args.threads)
     save_results(res, args.out / "results.json")
     print(f"trained {len(res['runs'])} heads ({res['head_epochs']} head-epochs) in {res['train_seconds']:.1f} s; "
           f"wrote {args.out / 'results.json'}")
     for r in res["runs"]:
-        s = r["selected"]
+        s = r["study"]
         if s:
-            print(f"  {r['model']:14s} lr {r['lr_tag']:>7s}: epoch {s['epoch']:2d} top-1 {100 * s['val_top1']:.2f} "
-                  f"top-3 {100 * s['val_top3']:.2f} top-5 {100 * s['val_top5']:.2f} val loss {s['val_loss']:.4f}"
-                  f" (stopped at {r['stopped_at']})")
+            print(f"  {r['model']:14s} lr {r['lr_tag']:>7s} seed {r['seed']}: study rule epoch {s['epoch']:2d} top-1 "
+                  f"{100 * s['val_top1']:.2f}; today's rule "
+                  f"{100 * r['today']['val_top1'] if r['today'] else float('nan'):.2f} (stopped at {r['stopped_at']})")
     return res
 
 
@@ -133,6 +159,9 @@ def cmd_figures(args) -> dict:
 
 
 def cmd_all(args) -> dict:
+    from benchmarks.provenance import provenance
+
+    prov = provenance(args.argv, module="benchmarks.flower17")
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     prep = cmd_prepare(args)
@@ -143,7 +172,7 @@ def cmd_all(args) -> dict:
     t_eval = time.perf_counter() - t0
     cmd_figures(args)
     t_all = time.perf_counter() - t0
-    timing = {"prepare_seconds": t_prep, "prepare_plus_train_seconds": t_grid, "through_evaluate_seconds": t_eval,
+    timing = {"provenance": prov, "prepare_seconds": t_prep, "prepare_plus_train_seconds": t_grid, "through_evaluate_seconds": t_eval,
               "all_seconds": t_all, "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
               "cache_reused": "prepare_seconds" in prep and prep["prepare_seconds"] < 30}
     (args.out / "timing_all.json").write_text(json.dumps(timing, indent=1) + "\n")
@@ -173,6 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "quality":
         return run_quality(argv[1:])
     args = resolve(parser().parse_args(argv))
+    args.argv = argv
     import torch
 
     torch.set_num_threads(args.threads)

@@ -7,6 +7,7 @@ File: ``<run_dir>/features_<split>_seed<seed>[_quick<n>].pt`` holding, for
 """
 from __future__ import annotations
 
+import pickle
 import time
 import warnings
 from pathlib import Path
@@ -105,7 +106,7 @@ def prepare(backbone: str, run_dir: Path, data_root=None, seed: int = 0, quick: 
     split = load_split(data_root)
     path = cache_path(run_dir, split.name, seed, quick)
     if path.exists() and not force:
-        meta = torch.load(path, map_location="cpu", weights_only=False)["meta"]
+        meta = load_cache(path)["meta"]
         print(f"feature cache present: {path} ({meta.get('seconds', float('nan')):.1f} s to build)")
         return path
     Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,13 @@ def prepare(backbone: str, run_dir: Path, data_root=None, seed: int = 0, quick: 
 
 
 def load_cache(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The cache written by :func:`prepare`: tensors, numbers and strings only, read with
+    ``weights_only=True`` (a file holding anything else, such as pickled code, is refused)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: not a feature cache written by benchmarks.flower17 (it holds objects that "
+                         f"weights_only loading refuses: {e})") from None
 
 
 def time_study_way(backbone: str, data_root=None, n_images: int = 48, batch_size: int = 8, seed: int = 0) -> dict:

@@ -12,7 +12,9 @@ preprocessing (PIL image -> normalized tensor at 256 x 256), and ``C``:
   (conv_stem, bn1, blocks, conv_head, bn2), then ``AdaptiveAvgPool2d(7)`` so that
   the head sees the same 7x7 grid as the study's VGG16 (Lite0 also gives 8x8 at
   256 input); mean = std = 0.5; C = 1280. Layer names: ``stem``, ``bn1``,
-  ``blocks.0`` ... ``blocks.6``, ``conv_head``, ``bn2``, ``pool``.
+  ``blocks.0`` ... ``blocks.6``, ``conv_head``, ``bn2``, ``pool`` (output strides:
+  ``blocks.0`` 2, ``blocks.1`` 4, ``blocks.2`` 8, ``blocks.3``-``blocks.4`` 16,
+  ``blocks.5``-``blocks.6`` 32).
 """
 from __future__ import annotations
 
@@ -31,11 +33,24 @@ LITE0_MEAN = LITE0_STD = (0.5, 0.5, 0.5)
 
 #: Model names of the study, in table order, and the normalizer of each ReCAM head.
 MODEL_NAMES = ("cam", "recam_minmax", "recam_sigmoid", "recam_relu")
-MODEL_LABELS = {"cam": "CAM", "recam_minmax": "ReCAM minmax", "recam_sigmoid": "ReCAM sigmoid", "recam_relu": "ReCAM relu"}
+#: The supplementary head: ReCAM as Chen et al. (2022) define it (camkit.heads.PaperReCAMHead).
+PAPER_MODEL = "paper_recam"
+ALL_MODELS = MODEL_NAMES + (PAPER_MODEL,)
+MODEL_LABELS = {"cam": "CAM", "recam_minmax": "ReCAM minmax", "recam_sigmoid": "ReCAM sigmoid", "recam_relu": "ReCAM relu",
+                PAPER_MODEL: "Paper ReCAM (Chen et al.)"}
 NORMALIZER_OF = {"recam_minmax": "minmax", "recam_sigmoid": "sigmoid", "recam_relu": "relu_max"}
 
-#: Layers for LayerCAM on each backbone (names inside CAMModel) and the study's weights.
+#: LayerCAM's three levels as the study's code has them (``utils.py``, ``get_detail_cam``):
+#: two backbone stages (VGG16 pool3 and pool4, the outputs of ``features.16`` and
+#: ``features.23``; on Lite0 the ends of its stride-8 and stride-16 stages, ``blocks.2``
+#: (40 x 32 x 32 at 256 px) and ``blocks.4`` (112 x 16 x 16)) and the head's 17 class
+#: maps (``head.relu``), with the report's weights 0.4 / 0.4 / 0.2.
 LAYERCAM_LAYERS = {
+    "vgg16": ["backbone.features.16", "backbone.features.23", "head.relu"],
+    "tf_efficientnet_lite0": ["backbone.blocks.2", "backbone.blocks.4", "head.relu"],
+}
+#: The earlier variant, kept as a supplement: three backbone stages, the last one the backbone's output.
+LAYERCAM_BACKBONE_LAYERS = {
     "vgg16": ["backbone.features.15", "backbone.features.22", "backbone.features.29"],
     "tf_efficientnet_lite0": ["backbone.blocks.4", "backbone.blocks.5", "backbone.bn2"],
 }
@@ -104,15 +119,17 @@ def build_backbone(name: str) -> Tuple[nn.Module, Callable, int]:
     return net.eval(), preprocess_transform(mean, std), channels
 
 
-def make_head(model_name: str, channels: int, num_classes: int = NUM_CLASSES):
-    """A fresh CAMHead (``cam``) or ReCAMHead (``recam_<normalizer>``)."""
-    from camkit.heads import CAMHead, ReCAMHead
+def make_head(model_name: str, channels: int, num_classes: int = NUM_CLASSES, lam: float = 1.0):
+    """A fresh CAMHead (``cam``), ReCAMHead (``recam_<normalizer>``) or PaperReCAMHead (``paper_recam``)."""
+    from camkit.heads import CAMHead, PaperReCAMHead, ReCAMHead
 
     if model_name == "cam":
         return CAMHead(channels, num_classes)
     if model_name in NORMALIZER_OF:
         return ReCAMHead(channels, num_classes, normalize=NORMALIZER_OF[model_name])
-    raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
+    if model_name == PAPER_MODEL:
+        return PaperReCAMHead(channels, num_classes, lam=lam)
+    raise ValueError(f"unknown model {model_name!r}; choose one of {ALL_MODELS}")
 
 
 def default_run_dir(backbone: str) -> Path:
@@ -130,32 +147,35 @@ def lr_label(lr: float) -> str:
     return f"{m}e{int(e)}" if float(f"{lr:.0e}") == lr else f"{lr:g}"
 
 
-def checkpoint_path(run_dir: Union[str, os.PathLike], model_name: str, lr: float, which: str = "selected") -> Path:
-    """``<run_dir>/heads/<model>_lr<lr>/<which>.pt``; ``which`` is ``selected`` (the
-    epoch reported in the results: best val top-1 among eligible epochs) or
-    ``best_val_loss`` (the study's checkpoint, rewritten at each epoch that
-    improves the validation loss)."""
-    if which not in ("selected", "best_val_loss"):
-        raise ValueError(f"which must be 'selected' or 'best_val_loss', got {which!r}")
-    return Path(run_dir) / "heads" / f"{model_name}_lr{lr_tag(lr)}" / f"{which}.pt"
+CHECKPOINTS = ("study", "today", "best_val_loss")
+
+
+def checkpoint_path(run_dir: Union[str, os.PathLike], model_name: str, lr: float, which: str = "study",
+                    seed: int = 0) -> Path:
+    """``<run_dir>/heads/<model>_lr<lr>_seed<seed>/<which>.pt``; ``which`` is ``study``
+    (the epoch the study's rule reports), ``today`` (today's rule) or
+    ``best_val_loss`` (the study's last saved file: the lowest validation loss)."""
+    if which not in CHECKPOINTS:
+        raise ValueError(f"which must be one of {CHECKPOINTS}, got {which!r}")
+    return Path(run_dir) / "heads" / f"{model_name}_lr{lr_tag(lr)}_seed{seed}" / f"{which}.pt"
 
 
 _BACKBONE_CACHE: Dict[str, Tuple[nn.Module, Callable, int]] = {}
 
 
 def load_trained(backbone: str, model_name: str, lr: float, run_dir: Optional[Union[str, os.PathLike]] = None,
-                 which: str = "selected"):
+                 which: str = "study", seed: int = 0):
     """Rebuild ``camkit.CAMModel(backbone, trained head)`` from a checkpoint of ``train``.
 
-    ``model_name`` in :data:`MODEL_NAMES`; ``run_dir`` defaults to
+    ``model_name`` in :data:`ALL_MODELS`; ``run_dir`` defaults to
     ``runs/flower17/<backbone>``. The model is in eval mode; its input is the
     backbone's preprocessing of a 256 x 256 image (``build_backbone(backbone)[1]``).
     """
     from camkit.heads import CAMModel, load_head
 
-    if model_name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
-    path = checkpoint_path(run_dir or default_run_dir(backbone), model_name, lr, which)
+    if model_name not in ALL_MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {ALL_MODELS}")
+    path = checkpoint_path(run_dir or default_run_dir(backbone), model_name, lr, which, seed)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint {path}; run `python -m benchmarks.flower17 train --backbone {backbone}` first")
     if backbone not in _BACKBONE_CACHE:
