@@ -830,6 +830,10 @@ def versions() -> Dict[str, str]:
             out[dist] = version(dist)
         except PackageNotFoundError:
             out[dist] = "-"
+    if out["camkit"] == "-":  # run from a source tree that is not installed
+        import camkit
+
+        out["camkit"] = f"{camkit.__version__} (source tree)"
     return out
 
 
