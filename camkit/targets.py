@@ -315,11 +315,11 @@ def check_values(values: object, batch: int) -> Tensor:
     if not isinstance(values, Tensor):
         raise InputTypeError(f"the target function must return a tensor of shape (B,) or (B, K), "
                              f"got {type(values).__name__}")
+    shape = tuple(values.shape)
     if values.dim() == 1:
         values = values[:, None]
     if values.dim() != 2 or values.shape[0] != batch or values.shape[1] == 0:
-        raise InputError(f"the target function must return shape ({batch},) or ({batch}, K), "
-                         f"got {tuple(values.shape)}")
+        raise InputError(f"the target function must return shape ({batch},) or ({batch}, K), got {shape}")
     if not values.is_floating_point():
         raise InputTypeError(f"the target function must return floating-point scores, got {values.dtype}")
     return values

@@ -95,21 +95,40 @@ def test_model_untouched_after_exception(inside_with):
     assert cam._recorder.activations == {}
 
 
-def test_no_reference_to_activations_after_call(vgg64, img64):
-    refs = []
+@pytest.mark.parametrize("method", ["layercam", "cam"])
+@pytest.mark.parametrize("inside_with", [False, True])
+def test_no_recorded_activation_outlives_the_call(monkeypatch, method, inside_with):
+    """Every tensor the recorder stored (for gradient methods: the leaf that
+    replaces the first hooked output, and the graph it roots) is freed when the
+    call returns, in or out of a ``with`` block."""
+    stored = []
+    make_hook = ActivationRecorder._hook_for
 
-    def spy(module, inp, out):
-        refs.append(weakref.ref(out))
+    def tracking(self, name):
+        hook = make_hook(self, name)
 
-    h = vgg64.features[22].register_forward_hook(spy)
-    try:
-        with camkit.LayerCAM(vgg64, layers=["features.22"]) as cam:
-            res = cam(img64)
+        def wrapped(module, inp, out):
+            res = hook(module, inp, out)
+            if name in self.activations:
+                stored.append(weakref.ref(self.activations[name]))
+            return res
+        return wrapped
+
+    monkeypatch.setattr(ActivationRecorder, "_hook_for", tracking)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    cam = (camkit.CAM(model) if method == "cam" else camkit.LayerCAM(model, layers=["layer3", "layer4"]))
+    if inside_with:
+        with cam:
+            res = cam(x, topk=2)
             gc.collect()
-            assert refs and refs[-1]() is None, "the captured activation outlived the call"
-    finally:
-        h.remove()
-    assert res.maps.shape == (2, 1, 64, 64)
+            assert len(stored) == len(cam.layers) and all(r() is None for r in stored), "an activation outlived the call"
+    else:
+        res = cam(x, topk=2)
+    gc.collect()
+    assert len(stored) == len(cam.layers) and all(r() is None for r in stored), "an activation outlived the call"
+    assert res.maps.shape == (2, 2, 32, 32)
 
 
 class CountBackward(torch.autograd.Function):
