@@ -330,8 +330,11 @@ class Outputs:
         return paths
 
     def write(self, path: Path, save: Callable[[Path], Any]) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(path)
+        except OSError as e:  # a full disk, a folder made read-only meanwhile: not a bug in camkit
+            raise CLIError(f"cannot write {path}: {e.strerror or e}") from None
         self.written.append(path)
         return path
 
@@ -584,12 +587,15 @@ def _explain_all(args: argparse.Namespace, items: Sequence[Tuple[str, str]], tru
                             tile.thumbnail((224, 224))
                             row_tiles.append(tile)
                             short = name if len(name) <= 24 else name[:23] + "~"
-                            what = (f"{short} ({100 * info[k]:.0f}% of pixels)" if segmentation
-                                    else f"{short} {100 * info[k]:.0f}%")
-                            head = "map" if K == 1 else f"map {k + 1}"
-                            lines = ([f"truth: {truth}"] if truth and segmentation else [])
-                            title = ov.tile_title(preds, truth) if k == 0 and not segmentation else "\n".join(lines)
-                            row_titles.append((title + "\n" if title else "") + f"{head}: {what}")
+                            if segmentation:
+                                title = "\n".join(([f"truth: {truth}"] if truth else []) +
+                                                  [f"map: {short} ({100 * info[k]:.0f}% of pixels)"])
+                            else:  # the top-3 once per image; the map's class where it is not the top-1
+                                title = ov.tile_title(preds, truth) if k == 0 else ""
+                                if K > 1 or target_class is not None:
+                                    head = "map" if K == 1 else f"map {k + 1}"
+                                    title += ("\n" if title else "") + f"{head}: {short} {100 * info[k]:.0f}%"
+                            row_titles.append(title)
                             row_labels.append(f"{m}: {name}")
                     if figures:
                         tiles[m].append(row_tiles)
