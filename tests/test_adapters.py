@@ -519,3 +519,35 @@ def test_resolve_and_list_layers_in_the_models_dtype(dtype):
     assert infos["layer4"] == (1, 512, 2, 2) and infos["fc"] == (1, NUM_CLASSES)
     assert torch.equal(torch.get_rng_state(), rng)
     assert resolve(_ShiftedResNet("offset").to(dtype).eval()).cam_layer is None
+
+
+def test_segmentation_preset_end_to_end_against_autograd():
+    """Grad-CAM and LayerCAM with the preset's layers and output="out" on a region's summed class
+    score equal a hand computation: forward hooks and torch.autograd.grad of that score."""
+    from camkit.targets import SegmentationRegion
+
+    torch.manual_seed(0)
+    model = tvm.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=5).eval()
+    p = resolve(model)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(48, 48, dtype=torch.bool)
+    mask[8:30, 10:40] = True
+
+    acts = {}
+    mods = dict(model.named_modules())
+    handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o)) for n in p.layers]
+    score = (model(x)["out"][:, 3] * mask).sum(dim=(-2, -1))  # (B,)
+    for h in handles:
+        h.remove()
+    grads = dict(zip(p.layers, torch.autograd.grad(score.sum(), [acts[n] for n in p.layers])))
+
+    gradcam = METHODS["gradcam"](model, **p.method_kwargs("gradcam"))(x, targets=SegmentationRegion(3, mask))
+    A, G = acts["backbone.layer4"].detach(), grads["backbone.layer4"]
+    ref = torch.relu((G.mean(dim=(-2, -1), keepdim=True) * A).sum(1))
+    torch.testing.assert_close(gradcam.layer_maps["backbone.layer4"][:, 0], ref, rtol=1e-4, atol=1e-6)
+    assert gradcam.maps.shape == (2, 1, 48, 48) and gradcam.targets.tolist() == [[3], [3]]
+
+    layercam = METHODS["layercam"](model, **p.method_kwargs("layercam"))(x, targets=SegmentationRegion(3, mask))
+    for n in p.layers:
+        ref = torch.relu((grads[n].clamp(min=0) * acts[n].detach()).sum(1))
+        torch.testing.assert_close(layercam.layer_maps[n][:, 0], ref, rtol=1e-4, atol=1e-6)
