@@ -551,3 +551,28 @@ def test_segmentation_preset_end_to_end_against_autograd():
     for n in p.layers:
         ref = torch.relu((grads[n].clamp(min=0) * acts[n].detach()).sum(1))
         torch.testing.assert_close(layercam.layer_maps[n][:, 0], ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("entry", ["resolve", "list_layers"])
+def test_dry_runs_wait_while_another_camkit_call_holds_the_model(entry):
+    """Dry runs go through camkit.hooks.eval_mode, so they take turns with every other camkit call."""
+    import threading
+
+    from camkit.hooks import model_lock
+
+    model = timm.create_model("resnet10t", num_classes=NUM_CLASSES)
+    ran, errors = threading.Event(), []
+    model.register_forward_pre_hook(lambda m, i: ran.set())
+
+    def call():
+        try:
+            resolve(model) if entry == "resolve" else list_layers(model, (SIZE, SIZE))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    with model_lock(model):
+        thread = threading.Thread(target=call)
+        thread.start()
+        assert not ran.wait(0.3), f"{entry} ran the model while another camkit call held it"
+    thread.join(60)
+    assert ran.is_set() and not thread.is_alive() and not errors
