@@ -38,6 +38,17 @@ How the defaults are chosen (documented here once, tested in tests/test_adapters
   linear layers) and ConvNeXt (LayerNorm after pooling) have no CAM layer.
 * :class:`camkit.heads.CAMModel`: the CAM head's maps (``head.relu``) with the
   backbone's two coarsest stages before it for LayerCAM; CAM/ReCAM use the head.
+* **torchvision segmentation** (FCN, DeepLabV3, LR-ASPP): ``task="segmentation"``
+  and ``output="out"`` (their forward returns a dict; ``out`` is
+  ``(B, num_classes, H, W)``); ResNet backbones ``backbone.layer2``-``4``
+  (Grad-CAM ``backbone.layer4``), MobileNetV3 backbones the end of their three
+  coarsest stages; no CAM. Class names come with the weights (VOC), else
+  ``"class k"``.
+
+Dry runs: one :func:`camkit.hooks.dry_run` of the whole model per question, on
+an input in the model's dtype and device with the channels of the first
+``Conv2d`` that actually runs (:func:`stem_channels`), from a private RNG; a
+model with uninitialized lazy modules is dry-run as a copy.
 """
 from __future__ import annotations
 
