@@ -502,6 +502,40 @@ def cmd_explain(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
 
 
+def _file_base(key: str, method: str, k: int, K: int, name: str, one_class: bool) -> str:
+    """``key_method`` for the top-1; ``key_method_2-football_helmet`` for target 2 of K; ``key_method_tabby``
+    for a class asked for by name or index."""
+    if K > 1:
+        return f"{key}_{method}_{k + 1}-{_slug(name)}"
+    return f"{key}_{method}_{_slug(name)}" if one_class else f"{key}_{method}"
+
+
+def _shares(scores: Any, segmentation: bool) -> Any:
+    """Per class: the probability (classification, scores (C,)) or the share of pixels predicted as
+    that class (segmentation, scores (C, H, W))."""
+    import torch
+
+    if segmentation:
+        pred = scores.argmax(0).flatten()
+        return torch.bincount(pred, minlength=scores.shape[0]).double() / pred.numel()
+    return scores.detach().float().softmax(0)
+
+
+def _title(preds: Sequence[Tuple[str, float]], truth: Optional[str], name: str, value: float, k: int, K: int,
+           segmentation: bool, one_class: bool) -> str:
+    """A grid tile's title: the top-3 once per image, then the map's class where it is not the top-1."""
+    from .overlay import tile_title
+
+    short = name if len(name) <= 24 else name[:23] + "~"
+    if segmentation:
+        return "\n".join(([f"truth: {truth}"] if truth else []) + [f"map: {short} ({100 * value:.0f}% of pixels)"])
+    title = tile_title(preds, truth) if k == 0 else ""
+    if K > 1 or one_class:
+        head = "map" if K == 1 else f"map {k + 1}"
+        title += ("\n" if title else "") + f"{head}: {short} {100 * value:.0f}%"
+    return title
+
+
 def _explain_all(args: argparse.Namespace, items: Sequence[Tuple[str, str]], truths: Dict[str, str],
                  methods: Sequence[str], explainers: Dict[str, Any], call: Callable[[Any, Any], Any], preset: Any,
                  target_class: Optional[int], segmentation: bool, outputs: Outputs) -> int:
@@ -516,6 +550,7 @@ def _explain_all(args: argparse.Namespace, items: Sequence[Tuple[str, str]], tru
 
     raw = args.normalize is not None and args.normalize.lower() == "none"
     figures = not args.no_figures
+    one_class = target_class is not None
     tiles: Dict[str, List[List[Any]]] = {m: [] for m in methods}   # per method, per image: K tiles
     titles: Dict[str, List[List[str]]] = {m: [] for m in methods}
     labels: Dict[str, List[List[str]]] = {m: [] for m in methods}  # strip captions
@@ -526,14 +561,11 @@ def _explain_all(args: argparse.Namespace, items: Sequence[Tuple[str, str]], tru
     def note(s: str) -> None:
         tqdm.write(s, file=sys.stderr)
 
-    def prepare(photo):
-        return preset.transform(photo)
-
     bs = args.batch_size
     for start in range(0, len(items), bs):
         chunk = items[start:start + bs]
         photos = [_load_image(p, note) for p, _ in chunk]
-        xs = [prepare(ph) for ph in photos]
+        xs = [preset.transform(ph) for ph in photos]
         for run in _same_shape_runs(xs):
             x = torch.stack([xs[i] for i in run])
             results = {m: call(explainers[m], x) for m in methods}
@@ -550,34 +582,23 @@ def _explain_all(args: argparse.Namespace, items: Sequence[Tuple[str, str]], tru
                 for m in methods:
                     res = results[m]
                     K = int(res.maps.shape[1])
-                    classes = [target_class] * K if target_class is not None else res.targets[j].tolist()
-                    if segmentation:
-                        pred = res.logits[j].argmax(0).flatten()
-                        share = torch.bincount(pred, minlength=len(categories)).double() / pred.numel()
-                        info = [float(share[c]) for c in classes]
-                        top = share.topk(min(3, len(categories)))
-                    else:
-                        probs = res.logits[j].detach().float().softmax(0)
-                        info = [float(probs[c]) for c in classes]
-                        top = probs.topk(min(3, len(categories)))
+                    classes = [target_class] * K if one_class else res.targets[j].tolist()
+                    share = _shares(res.logits[j], segmentation)
+                    info = [float(share[c]) for c in classes]
+                    top = share.topk(min(3, len(categories)))
                     preds = [(categories[c], float(v)) for v, c in zip(top.values, top.indices.tolist())]
                     back = to_original(res.maps[j].detach(), photo, preset.transform, fill=float("nan"))
                     row_tiles, row_titles, row_labels = [], [], []
                     for k in range(K):
                         name = categories[classes[k]]
-                        base = f"{key}_{m}"
-                        if K > 1:
-                            base += f"_{k + 1}-{_slug(name)}"
-                        elif target_class is not None:
-                            base += f"_{_slug(name)}"
                         lo, hi = _display_range(res.maps[j, k], raw)
                         kw = {"alpha": args.alpha, "cmap": args.cmap, "postprocess": args.postprocess,
                               "vmin": lo, "vmax": hi}
                         img = ov.overlay(photo, back[k], **kw)
                         if args.colorbar:
                             img = ov.with_colorbar(img, args.cmap, lo, hi)
-                        exts = (".png", ".npy") if args.save_maps else (".png",)
-                        paths = outputs.reserve(base, *exts)
+                        paths = outputs.reserve(_file_base(key, m, k, K, name, one_class),
+                                                *((".png", ".npy") if args.save_maps else (".png",)))
                         outputs.write(paths[0], img.save)
                         if args.save_maps:
                             arr = back[k].nan_to_num(0.0).cpu().numpy().astype(np.float32)
@@ -586,16 +607,7 @@ def _explain_all(args: argparse.Namespace, items: Sequence[Tuple[str, str]], tru
                             tile = ov.overlay(shown, res.maps[j, k].detach(), **kw)
                             tile.thumbnail((224, 224))
                             row_tiles.append(tile)
-                            short = name if len(name) <= 24 else name[:23] + "~"
-                            if segmentation:
-                                title = "\n".join(([f"truth: {truth}"] if truth else []) +
-                                                  [f"map: {short} ({100 * info[k]:.0f}% of pixels)"])
-                            else:  # the top-3 once per image; the map's class where it is not the top-1
-                                title = ov.tile_title(preds, truth) if k == 0 else ""
-                                if K > 1 or target_class is not None:
-                                    head = "map" if K == 1 else f"map {k + 1}"
-                                    title += ("\n" if title else "") + f"{head}: {short} {100 * info[k]:.0f}%"
-                            row_titles.append(title)
+                            row_titles.append(_title(preds, truth, name, info[k], k, K, segmentation, one_class))
                             row_labels.append(f"{m}: {name}")
                     if figures:
                         tiles[m].append(row_tiles)
