@@ -155,6 +155,9 @@ def _find_gap_input(model: nn.Module, fc: nn.Linear, output: Output = None) -> s
 
     kept, out = dry_run(model, batch=2, keep=keep)
     logits = select_output(out, output)
+    if not bool(torch.isfinite(logits).all()):
+        raise InputError("the model's output is NaN or Inf on a random input (check the weights); "
+                         "cannot search for the layer that feeds its linear head: pass layer=...")
     for name in reversed(list(kept)):
         if kept[name] is not None and not bool(gap_linear_mismatch(kept[name], logits, fc)):
             return name
