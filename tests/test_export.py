@@ -84,11 +84,26 @@ def _records(out: Path, drop=("run", "rank", "path", "scores")):
     return [{k: v for k, v in r.items() if k not in drop} for r in recs]
 
 
-def _assert_same_outputs(a: Path, b: Path):
+def _assert_same_outputs(a: Path, b: Path, threshold: float = 0.15, tol: float = 2e-3):
+    """The same files, maps equal up to float16 rounding of batch-dependent float sums (a batch of
+    another size may round a value the other way), masks equal wherever the rule is not decided by
+    such a rounding (a map within ``tol`` of the threshold, or two maps within ``tol``)."""
     assert _files(a) == _files(b)
     for rel in _files(a):
-        if rel.startswith(("cams/", "masks/")):
-            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+        if not rel.startswith("cams/"):
+            continue
+        name = rel[len("cams/"):-len(".npz")]
+        za, zb = read_cams(a, name), read_cams(b, name)
+        np.testing.assert_array_equal(za["keys"], zb["keys"])
+        for k in ("cam", "high_res"):
+            assert za[k].dtype == zb[k].dtype == np.float16 and za[k].shape == zb[k].shape
+            np.testing.assert_allclose(za[k].astype(np.float32), zb[k].astype(np.float32), atol=tol, rtol=0)
+        ma, mb = (np.asarray(Image.open(output_paths(d, name)[1])) for d in (a, b))
+        h = np.sort(za["high_res"].astype(np.float64), axis=0)
+        near = np.abs(h[-1] - threshold) <= tol
+        if h.shape[0] > 1:
+            near |= (h[-1] - h[-2]) <= tol
+        assert not ((ma != mb) & ~near).any(), name
     assert _records(a) == _records(b)
     for ra, rb in zip(_records(a, drop=()), _records(b, drop=())):  # logits: batch-dependent float rounding
         np.testing.assert_allclose(ra.get("scores", []), rb.get("scores", []), rtol=1e-5, atol=1e-5)
@@ -176,7 +191,7 @@ def _descendant_with_rank(root_pid: int, rank: int):
 @pytest.mark.skipif(not Path("/proc").is_dir() or not hasattr(os, "mkfifo"), reason="needs /proc and FIFOs")
 def test_killed_rank_then_rerun_completes_identically(reference, src, weights, tmp_path):
     """Rank 1 blocks on an image that is a FIFO (deterministically mid-run), is SIGKILLed; the rerun
-    finishes only what is missing and gives the reference's files, byte for byte."""
+    finishes only what is missing, leaves the finished files alone and gives the reference's results."""
     ref, _ = reference
     src2 = tmp_path / "src"
     shutil.copytree(src, src2)
@@ -319,6 +334,25 @@ def test_labels_errors_name_the_problem(src, weights, tmp_path, capsys):
     rc = cli.main(["export", str(lst), "--out", str(tmp_path / "o"), "--weights", weights, "--labels", str(csv),
                    "--threads", "1"])
     assert rc == 2 and "has no labels for 1 of 2 images" in capsys.readouterr().err
+
+
+def test_outputs_are_renamed_into_place_only_when_complete(tmp_path, monkeypatch):
+    """A write that fails half-way leaves neither a partial output nor its temporary file."""
+    h = np.random.default_rng(0).random((2, 5, 7)).astype(np.float16)
+    write_outputs(tmp_path, "ok", np.array([1, 4]), h[:, :2, :2], h, 0.5)
+    assert all(p.is_file() for p in output_paths(tmp_path, "ok"))
+    real = np.lib.format.write_array
+
+    def half_then_fail(f, a, **kw):
+        if a.dtype == np.float16 and a.ndim == 3 and a.shape[1] > 2:  # high_res: after keys and cam
+            raise OSError("disk full")
+        return real(f, a, **kw)
+
+    monkeypatch.setattr(np.lib.format, "write_array", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_outputs(tmp_path, "sub/broken", np.array([1, 4]), h[:, :2, :2], h, 0.5)
+    assert not output_paths(tmp_path, "sub/broken")[0].exists() and not output_paths(tmp_path, "sub/broken")[1].exists()
+    assert [p.name for p in (tmp_path / "cams").rglob("*")] == ["ok.npz", "sub"]
 
 
 def test_list_images_folder_and_list(tmp_path):
