@@ -476,7 +476,11 @@ class _GradientMethod(_Method):
                     raise InputError(_NO_PATH.format(names=[name]))
                 A = _as_4d(name, a.detach(), self.reshape)
                 G = g if self.reshape is None else self.reshape(g.flatten(0, 1)).unflatten(0, g.shape[:2])
-                out[name] = type(self).formula(work_dtype(A), work_dtype(G))
+                out[name] = self._formula(work_dtype(A), work_dtype(G))
         return out
+
+    def _formula(self, A: Tensor, G: Tensor) -> Tensor:
+        """One layer's raw maps (B, K, h, w): the class's formula (options such as eigen_smooth override this)."""
+        return type(self).formula(A, G)
 
 
