@@ -39,7 +39,14 @@ TRANSFORMS = {
     "timm-squash": lambda: _timm_transform("squash"),
     "timm-border": lambda: _timm_transform("border"),
     "compose": lambda: T.Compose([T.Resize(200), T.CenterCrop((160, 180)), T.ToTensor()]),
+    "v2": lambda: _v2(),
 }
+
+
+def _v2():
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToImage(), v2.Resize(190), v2.CenterCrop(170), v2.ToDtype(torch.float32, scale=True)])
 # (photo H, W), square (top, left, size): inside the center crop of every transform above
 PHOTOS = {"portrait": ((330, 210), (150, 60, 40)), "landscape": ((200, 320), (70, 170, 36))}
 
