@@ -336,23 +336,31 @@ def test_labels_errors_name_the_problem(src, weights, tmp_path, capsys):
     assert rc == 2 and "has no labels for 1 of 2 images" in capsys.readouterr().err
 
 
-def test_outputs_are_renamed_into_place_only_when_complete(tmp_path, monkeypatch):
-    """A write that fails half-way leaves neither a partial output nor its temporary file."""
-    h = np.random.default_rng(0).random((2, 5, 7)).astype(np.float16)
-    write_outputs(tmp_path, "ok", np.array([1, 4]), h[:, :2, :2], h, 0.5)
-    assert all(p.is_file() for p in output_paths(tmp_path, "ok"))
-    real = np.lib.format.write_array
+_KILLED_MID_WRITE = """
+import os, signal, sys
+import numpy as np
+from camkit import export
+real = np.lib.format.write_array
+def write_half_then_die(f, a, **kw):
+    if a.ndim == 3 and a.shape[1] > 2:  # high_res, after keys and cam: half of it, then SIGKILL
+        f.write(np.ascontiguousarray(a).tobytes()[: a.nbytes // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(f, a, **kw)
+np.lib.format.write_array = write_half_then_die
+h = np.random.default_rng(0).random((2, 50, 70)).astype(np.float16)
+export.write_outputs(sys.argv[1], "sub/img", np.array([1, 4]), h[:, :2, :2], h, 0.5)
+"""
 
-    def half_then_fail(f, a, **kw):
-        if a.dtype == np.float16 and a.ndim == 3 and a.shape[1] > 2:  # high_res: after keys and cam
-            raise OSError("disk full")
-        return real(f, a, **kw)
 
-    monkeypatch.setattr(np.lib.format, "write_array", half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        write_outputs(tmp_path, "sub/broken", np.array([1, 4]), h[:, :2, :2], h, 0.5)
-    assert not output_paths(tmp_path, "sub/broken")[0].exists() and not output_paths(tmp_path, "sub/broken")[1].exists()
-    assert [p.name for p in (tmp_path / "cams").rglob("*")] == ["ok.npz", "sub"]
+def test_a_process_killed_mid_write_leaves_no_output(tmp_path):
+    """Outputs are renamed into place only once complete: SIGKILL half-way through the .npz leaves
+    no .npz and no .png under their final names (only the temporary file, removed by the next run)."""
+    p = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(tmp_path)], capture_output=True)
+    assert p.returncode == -signal.SIGKILL
+    npz, png = output_paths(tmp_path, "sub/img")
+    assert not npz.exists() and not png.exists()
+    assert [q.name.endswith(".camkit-tmp") for q in (tmp_path / "cams" / "sub").iterdir()] == [True]
 
 
 def test_list_images_folder_and_list(tmp_path):
