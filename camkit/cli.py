@@ -115,7 +115,10 @@ def _check_normalize(name: Optional[str]) -> None:
         return
     from .normalize import get_normalizer
 
-    get_normalizer(name)  # InputError naming the known ones
+    try:
+        get_normalizer(name)
+    except InputError as e:
+        raise CLIError(f"--normalize: {e}, or none (raw maps)") from None
 
 
 def _methods(names: Sequence[str]) -> List[str]:
@@ -634,7 +637,8 @@ def _explain_all(args: argparse.Namespace, items: Sequence[Tuple[str, str]], tru
     if figures:
         first_grid = _write_figures(args, items, methods, tiles, titles, labels, inputs, preset, raw, outputs, ov)
     shows = f" ({first_grid.relative_to(outputs.root).as_posix()} shows them all)" if first_grid else ""
-    print(f"wrote {len(outputs.written)} files to {outputs.root}/{shows}")
+    n = len(outputs.written)
+    print(f"wrote {n} file{'' if n == 1 else 's'} to {outputs.root}/{shows}")
     return 0
 
 
