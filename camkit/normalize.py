@@ -43,7 +43,7 @@ def _finite_maps(m: Tensor) -> Tensor:
 
 def _nan_where_not_finite(out: Tensor, m: Tensor) -> Tensor:
     """``out`` with every map whose input ``m`` holds a NaN or Inf set to NaN (no host sync)."""
-    return torch.where(_finite_maps(m), out, torch.full_like(out, float("nan")))
+    return torch.where(_finite_maps(m), out, float("nan"))
 
 
 def check_finite(m: Tensor, what: str = "maps") -> Tensor:
