@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-threads", type=int, default=1,
                    help="torch threads for head training (small matrix products: on a shared 2-core machine one "
                         "thread measured about 4x faster than two)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds trained at once, one process each (--train-threads "
+                   "threads each)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK['per_class']} images per class, {QUICK['epochs']} epochs")
     p.add_argument("--per-class", type=int, default=None, help=f"images per class and split part with --quick (default {QUICK['per_class']})")
     p.add_argument("--force", action="store_true", help="rebuild the feature cache")
@@ -127,8 +129,11 @@ def cmd_train(args) -> dict:
         raise SystemExit(f"no feature cache at {path}; run `python -m benchmarks.flower17 prepare` first")
     blob = cache.load_cache(path)
     models = args.models or (ALL_MODELS if not args.variant else MODEL_NAMES[1:])
-    res = train_seeds(blob, args.ckpt_dir, args.seeds, models=models, lrs=args.lrs, epochs=args.epochs,
+    t0 = time.perf_counter()
+    res = train_seeds(blob if args.jobs <= 1 else {"meta": blob["meta"]}, args.ckpt_dir, args.seeds, jobs=args.jobs,
+                      cache_path=path, threads=args.train_threads, models=models, lrs=args.lrs, epochs=args.epochs,
                       batch_size=args.batch_size, mask=args.mask, loss=args.loss, lam=args.lam)
+    res["train_wall_seconds"] = time.perf_counter() - t0
     res.update({"provenance": prov, "backbone": args.backbone, "split": split.name, "split_source": split.source,
                 "cache": {k: v for k, v in blob["meta"].items()}, "cache_seed": args.seed, "quick": args.quick,
                 "variant": args.variant, "checkpoint_root": str(args.ckpt_dir.relative_to(args.run_dir)),

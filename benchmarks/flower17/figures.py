@@ -120,49 +120,61 @@ def selected(res: dict) -> Dict[str, dict]:
     return {m: {"lr": best_lr(res, m), "seed": seed} for m in MODEL_NAMES + (PAPER_MODEL,) if m in present}
 
 
-@torch.no_grad()
-def _plain_top1(model, x: torch.Tensor) -> torch.Tensor:
-    from camkit.hooks import eval_mode
+def _up(maps: torch.Tensor, size) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W), bilinear, clipped to [0, 1]."""
+    import torch.nn.functional as F
 
-    with eval_mode(model):
-        f = model.backbone(x)
-        return model.head(f).argmax(1) if type(model.head).__name__ != "ReCAMHead" else model.head.plain_logits(f).argmax(1)
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0].clamp_(0, 1)
 
 
 def map_rows(args, res: dict, x: torch.Tensor) -> List[dict]:
     """One dict per row: key, label, maps (B, H, W) in [0, 1], logits (B, N) of the row's
-    model (captions), shown (B,) the class each map shows (the plain top-1)."""
+    model (captions), shown (B,) the class each map shows (the plain top-1).
+
+    The frozen backbone runs once; the heads' own methods run on its features (the
+    same maps as on the whole model, up to the upsampling, which is the same
+    bilinear resize to the input)."""
     import camkit
+    from camkit.heads import CAMModel
+    from camkit.hooks import eval_mode
 
     from .methods import paper_recam, study_layercam
     from .models import load_trained
+
+    def on_features(model):
+        return CAMModel(torch.nn.Identity(), model.head, freeze=True).eval()
 
     sel = selected(res)
     rows = []
     c = sel["cam"]
     cam_model = load_trained(args.backbone, "cam", c["lr"], args.run_dir, "study", c["seed"])
+    size = x.shape[-2:]
+    with torch.no_grad(), eval_mode(cam_model):
+        feats = cam_model.backbone(x)
+    head = on_features(cam_model)
     for norm in ("minmax", "sigmoid", "relu_max"):
-        r = camkit.CAM(cam_model, normalize=norm)(x)
-        rows.append({"key": f"cam_{norm}", "label": f"CAM {norm} (lr {lr_tag(c['lr'])})", "maps": r.maps[:, 0],
+        r = camkit.CAM(head, normalize=norm)(feats)
+        rows.append({"key": f"cam_{norm}", "label": f"CAM {norm} (lr {lr_tag(c['lr'])})", "maps": _up(r.maps[:, 0], size),
                      "logits": r.logits, "shown": r.targets[:, 0]})
     for m in MODEL_NAMES[1:]:
         if m not in sel:
             continue
         s = sel[m]
-        model = load_trained(args.backbone, m, s["lr"], args.run_dir, "study", s["seed"])
-        top1 = _plain_top1(model, x)
-        r = camkit.ReCAM(model)(x, targets=top1[:, None])  # the map of the plain top-1 class, as get_recam
-        rows.append({"key": m, "label": f"{MODEL_LABELS[m]} (lr {lr_tag(s['lr'])})", "maps": r.maps[:, 0],
+        model = on_features(load_trained(args.backbone, m, s["lr"], args.run_dir, "study", s["seed"]))
+        with torch.no_grad():
+            top1 = model.head.plain_logits(feats).argmax(1)
+        r = camkit.ReCAM(model)(feats, targets=top1[:, None])  # the map of the plain top-1 class, as get_recam
+        rows.append({"key": m, "label": f"{MODEL_LABELS[m]} (lr {lr_tag(s['lr'])})", "maps": _up(r.maps[:, 0], size),
                      "logits": r.logits, "shown": top1})
     r = study_layercam(cam_model, args.backbone)(x)
     rows.append({"key": "layercam", "label": "LayerCAM 0.4/0.4/0.2", "maps": r.maps[:, 0], "logits": r.logits,
                  "shown": r.targets[:, 0]})
     if PAPER_MODEL in sel:
         s = sel[PAPER_MODEL]
-        model = load_trained(args.backbone, PAPER_MODEL, s["lr"], args.run_dir, "study", s["seed"])
-        maps, logits, t = paper_recam(model, x)
+        model = on_features(load_trained(args.backbone, PAPER_MODEL, s["lr"], args.run_dir, "study", s["seed"]))
+        maps, logits, t = paper_recam(model, feats)
         rows.append({"key": PAPER_MODEL, "label": f"Paper ReCAM (lr {lr_tag(s['lr'])}), supplement",
-                     "maps": maps[:, 0], "logits": logits, "shown": t[:, 0]})
+                     "maps": _up(maps[:, 0], size), "logits": logits, "shown": t[:, 0]})
     return rows
 
 

@@ -362,9 +362,32 @@ def train_grid(cache: dict, run_dir: Path, models: Sequence[str] = ALL_MODELS, l
             "head_epochs": sum(len(h) for h in history)}
 
 
-def train_seeds(cache: dict, run_dir: Path, seeds: Sequence[int] = DEFAULT_SEEDS, **kw) -> dict:
-    """:func:`train_grid` for each seed; runs merged, times per seed."""
-    parts = [train_grid(cache, run_dir, seed=s, **kw) for s in seeds]
+def _train_from_file(cache_path: str, run_dir: Path, seed: int, threads: int, kw: dict) -> dict:
+    """One seed in a worker process: its own cache read, ``threads`` torch threads."""
+    from .cache import load_cache
+
+    torch.set_num_threads(threads)
+    return train_grid(load_cache(Path(cache_path)), run_dir, seed=seed, **kw)
+
+
+def train_seeds(cache: dict, run_dir: Path, seeds: Sequence[int] = DEFAULT_SEEDS, jobs: int = 1,
+                cache_path: Optional[Path] = None, threads: int = 1, **kw) -> dict:
+    """:func:`train_grid` for each seed; runs merged in seed order, times per seed.
+
+    ``jobs > 1`` trains that many seeds at once, each in its own process (spawned,
+    reading the cache from ``cache_path``, ``threads`` torch threads): the same
+    results as one after the other, since each seed's computation is the same."""
+    if jobs > 1 and len(seeds) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        if cache_path is None:
+            raise ValueError("jobs > 1 needs cache_path")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            futures = [ex.submit(_train_from_file, str(cache_path), run_dir, s, threads, kw) for s in seeds]
+            parts = [f.result() for f in futures]
+    else:
+        parts = [train_grid(cache, run_dir, seed=s, **kw) for s in seeds]
     out = {k: v for k, v in parts[0].items() if k not in ("runs", "train_seconds", "seed", "head_epochs")}
     out.update({"seeds": list(seeds), "runs": [r for p in parts for r in p["runs"]],
                 "train_seconds": sum(p["train_seconds"] for p in parts),
