@@ -283,7 +283,12 @@ class _Dist:
         want = device or "auto"
         if want == "auto":
             want = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(want)
+        try:
+            dev = torch.device(want)
+        except RuntimeError:
+            raise InputError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", self.local_rank % max(1, torch.cuda.device_count()))
         if dev.type == "cuda":

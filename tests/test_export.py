@@ -320,6 +320,16 @@ def test_labels_with_several_classes_per_image(src, weights, tmp_path, request):
     assert recs["img01"]["keys"] == [5, 7, 9] and len(recs["img01"]["scores"]) == 3
 
 
+def test_bad_arguments_name_the_problem(src, weights, tmp_path, capsys):
+    for extra, msg in ((["--device", "gpu0"], "'gpu0' is not a device"), (["--topk", "0"], "positive integer"),
+                       (["--bg-threshold", "1.5"], "must lie in [0, 1]"), (["--normalize", "none"], "not available")):
+        assert cli.main(["export", str(src), "--out", str(tmp_path / "o"), "--weights", weights, *extra]) == 2
+        assert msg in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli.main(["export", str(src), "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+        assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
 def test_labels_errors_name_the_problem(src, weights, tmp_path, capsys):
     csv = tmp_path / "labels.csv"
     csv.write_text(f"{src}/a/img00.png,tench;great white sharc\n")
