@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from camkit.errors import InputError
-from camkit.hooks import dry_run
+from camkit.hooks import dry_model, dry_run, dry_run_input
 
-from .presets import Preset, dry_input, dry_model, resolve
+from .presets import Preset, resolve
 
 OFFLINE_MODEL = "efficientnet_lite0"
 
@@ -192,14 +192,14 @@ class LayerInfo:
 
 def list_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) -> List[LayerInfo]:
     """Every named submodule with its output shape for one (1, C, H, W) input
-    (``camkit.presets.dry_input``: the stem's channels, the model's dtype and device).
+    (``camkit.hooks.dry_run_input``: the stem's channels, the model's dtype and device).
 
     Modules that did not run or returned no tensor have ``shape=None``. The
     model is left exactly as found (one ``camkit.hooks.dry_run``).
     """
     mods = [(n, m) for n, m in model.named_modules() if n]
     with dry_model(model) as probe:
-        shapes, _ = dry_run(probe, dry_input(probe, input_size), keep=lambda name, out: tuple(out.shape))
+        shapes, _ = dry_run(probe, dry_run_input(probe, input_size), keep=lambda name, out: tuple(out.shape))
     return [LayerInfo(n, type(m).__name__, shapes.get(n)) for n, m in mods]
 
 

@@ -52,16 +52,14 @@ model with uninitialized lazy modules is dry-run as a copy.
 """
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from camkit.errors import InputError
-from camkit.hooks import dry_run, dry_run_input, input_channels
+from camkit.hooks import dry_model, dry_run, dry_run_input
 from camkit.methods import gap_linear_mismatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -250,66 +248,10 @@ def _modules(model: nn.Module) -> Dict[str, nn.Module]:
     return dict(model.named_modules())
 
 
-class _StemFound(Exception):
-    def __init__(self, channels: int) -> None:
-        self.channels = channels
-
-
-def stem_channels(model: nn.Module, x: Tensor) -> int:
-    """``in_channels`` of the first ``Conv2d`` that runs on ``x`` (B, C, H, W): the channels the model takes.
-
-    A forward pre-hook on every ``Conv2d`` stops the dry run before the first
-    one computes, so the order in which modules were registered does not matter.
-    A lazy stem (channels not known yet) is taken to take 3; where no ``Conv2d``
-    runs first or the run fails before one, ``camkit.hooks.input_channels``.
-    """
-    def stop(m: nn.Module, args: Tuple[Any, ...]) -> None:
-        raise _StemFound(int(m.in_channels) or 3)
-
-    handles = [m.register_forward_pre_hook(stop, prepend=True) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        dry_run(model, x, names=[])
-    except _StemFound as found:
-        return found.channels
-    except Exception:  # something before the stem needs other input: trust the registered order
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return input_channels(model)
-
-
-def dry_input(model: nn.Module, size: Sequence[int] = (64, 64)) -> Tensor:
-    """``camkit.hooks.dry_run_input`` (1, C, H, W) with C the stem's channels (:func:`stem_channels`)."""
-    x = dry_run_input(model, size)
-    c = stem_channels(model, x)
-    if c != x.shape[1]:  # the first registered Conv2d is not the stem: the same private draw, c channels
-        x = dry_run_input(model, size, batch=c)[:, 0].unsqueeze(0)
-    return x
-
-
-def _uninitialized(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
-               for m in model.modules())
-
-
-@contextmanager
-def dry_model(model: nn.Module) -> Iterator[nn.Module]:
-    """The model to dry-run: ``model`` itself, or a deep copy when lazy modules are
-    not initialized yet (a forward would create their parameters and draw from
-    the global RNG), initialized under a forked RNG. Names and structure are the same."""
-    if not _uninitialized(model):
-        yield model
-        return
-    cuda = sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda):
-        yield copy.deepcopy(model)
-
-
 def _dry(model: nn.Module, names: Sequence[str], size: int = 64,
          run: Optional[Callable[[Tensor], Any]] = None) -> Tuple[Dict[str, Tensor], Any]:
     """One dry run at (size, size): the named modules' outputs and the output."""
-    return dry_run(model, dry_input(model, (size, size)), names=names, run=run)
+    return dry_run(model, dry_run_input(model, (size, size)), names=names, run=run)
 
 
 def _stage_ends(kept: Mapping[str, Tensor], names: Sequence[str], count: int = 3) -> Tuple[str, ...]:
@@ -436,7 +378,7 @@ def _timm_convnet(model: nn.Module) -> Preset:
     # a half-size dry run is cheaper; models with a fixed input size need theirs
     for size in ((max(64, h // 2), max(64, w // 2)), (h, w)):
         try:
-            got, feats = dry_run(model, dry_input(model, size), run=model.forward_features)
+            got, feats = dry_run(model, dry_run_input(model, size), run=model.forward_features)
             break
         except Exception:
             if size == (h, w):

@@ -8,6 +8,7 @@ overwrite what was captured. Outside a recording the hooks do nothing.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import threading
 import weakref
@@ -83,17 +84,70 @@ def input_channels(model: nn.Module) -> int:
     return 3
 
 
+class _StemFound(Exception):
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+
+def stem_channels(model: nn.Module, x: Tensor) -> int:
+    """``in_channels`` of the first ``Conv2d`` that runs on ``x``: the channels the model takes.
+
+    A forward pre-hook on every ``Conv2d`` stops the dry run before the first
+    one computes, so the order in which modules were registered does not
+    matter. A lazy stem (channels not known yet) counts as 3; where no
+    ``Conv2d`` runs first, or the run fails before one, :func:`input_channels`.
+    """
+    def stop(m: nn.Module, args: Tuple[Any, ...]) -> None:
+        raise _StemFound(int(m.in_channels) or 3)
+
+    handles = [m.register_forward_pre_hook(stop, prepend=True) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        dry_run(model, x, names=[])
+    except _StemFound as found:
+        return found.channels
+    except Exception:  # something before the stem needs other input: trust the registered order
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return input_channels(model)
+
+
 def dry_run_input(model: nn.Module, size: Sequence[int] = (224, 224), batch: int = 1, seed: int = 0) -> Tensor:
     """A random ``(batch, C, H, W)`` input on the model's device and in its dtype,
-    drawn from a private generator (the global RNG is not consumed)."""
+    C the stem's channels (:func:`stem_channels`), drawn from a private
+    generator (the global RNG is not consumed)."""
     if len(size) != 2 or any(int(s) < 1 for s in size):
         raise InputError(f"the input size must be two positive integers (H, W), got {tuple(size)}")
     ref = _first_float(model)
     dtype = ref.dtype if ref is not None else torch.float32
     device = ref.device if ref is not None else torch.device("cpu")
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, input_channels(model), int(size[0]), int(size[1]), generator=g)
-    return x.to(device=device, dtype=dtype)
+
+    def draw(channels: int) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, channels, int(size[0]), int(size[1]), generator=g).to(device=device, dtype=dtype)
+
+    x = draw(input_channels(model))
+    c = stem_channels(model, x[:1])
+    return x if c == x.shape[1] else draw(c)
+
+
+def _uninitialized(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
+               for m in model.modules())
+
+
+@contextmanager
+def dry_model(model: nn.Module) -> Iterator[nn.Module]:
+    """The model to dry-run: ``model`` itself, or a deep copy when lazy modules are
+    not initialized yet (a forward would create their parameters and draw from
+    the global RNG), initialized under a forked RNG. Names and structure are the same."""
+    if not _uninitialized(model):
+        yield model
+        return
+    cuda = sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        yield copy.deepcopy(model)
 
 
 def dry_run(
