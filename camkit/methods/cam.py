@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError
-from ..heads import CAMHead, CAMModel, ReCAMHead
-from ..hooks import ActivationRecorder, LayerSpec, dry_run
+from ..heads import CAMHead, CAMModel, PaperReCAMHead, ReCAMHead
+from ..hooks import ActivationRecorder, LayerSpec, dry_model, dry_run
 from ..normalize import Normalizer, get_normalizer
 from ..targets import Target
 from .base import Output, Reshape, _as_4d, _check_model, _Method, float32_math, select_output, work_dtype
@@ -153,7 +153,8 @@ def _find_gap_input(model: nn.Module, fc: nn.Linear, output: Output = None) -> s
     def keep(name: str, o: Tensor) -> Optional[Tensor]:
         return o if o.dim() == 4 and o.shape[1] == fc.in_features and o.shape[-2:].numel() > 1 else None
 
-    kept, out = dry_run(model, batch=2, keep=keep)
+    with dry_model(model) as probe:
+        kept, out = dry_run(probe, batch=2, keep=keep)
     logits = select_output(out, output)
     if not bool(torch.isfinite(logits).all()):
         raise InputError("the model's output is NaN or Inf on a random input (check the weights); "
@@ -201,3 +202,33 @@ class ReCAM(_Method):
         with float32_math(scores.device.type):
             raw, _ = self.model.head.recam(acts["backbone"], classes.clamp(min=0), normalized=False)
         return {"head": work_dtype(raw)}
+
+
+class PaperReCAM(_Method):
+    """ReCAM as Chen et al. (CVPR 2022) define it, on a :class:`camkit.CAMModel` whose
+    head is a trained :class:`camkit.heads.PaperReCAMHead`.
+
+    The map of class c is the head's ``recam_maps``: ``ReLU(sum_k W'[c, k] W[c, k] M_k)``
+    (the CAM head's maps M weighted by the element-wise product of its classifier W
+    and the ReCAM predictor W'), normalized by ``normalize`` (default ``"relu_max"``:
+    divided by its max, the paper's; None: raw, in ``layer_maps["head"]``). ``logits``
+    are the CAM head's plain logits. Targets must be classes.
+    """
+
+    def __init__(self, model: nn.Module, normalize: Union[str, Normalizer, None] = "relu_max") -> None:
+        if not isinstance(model, CAMModel) or not isinstance(model.head, PaperReCAMHead):
+            raise InputError("PaperReCAM needs a camkit.CAMModel whose head is a camkit.heads.PaperReCAMHead (trained)")
+        self.model = model
+        self.layers = [("head", model.head)]
+        self.fusion, self.weights, self.reshape, self.channels_last, self.output = "max", None, None, False, None
+        self.normalize = None if normalize is None else get_normalizer(normalize)
+        self._recorder = ActivationRecorder(model, [("backbone", model.backbone)])
+
+    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
+                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
+        classes = target.classes(scores) if target.logit else None
+        if classes is None:
+            raise InputError(f"PaperReCAM maps classes: targets must be class indices, topk, 'all', ClassScore or "
+                             f"MultiLabel, not {type(target).__name__}")
+        with float32_math(scores.device.type):
+            return {"head": work_dtype(self.model.head.recam_maps(acts["backbone"], classes.clamp(min=0)))}

@@ -1,0 +1,68 @@
+"""Eigen-CAM and the channel reductions every map formula ends with.
+
+A map is a layer's per-channel contributions ``E (B, K, C, h, w)`` reduced
+over the channels, then ReLU: by their sum (every method's default) or, with
+``eigen=True`` (the ``eigen_smooth`` option), by their projection on their
+first principal direction (:func:`eigen_projection`). Channel-weight methods
+(Grad-CAM, Score-CAM ...) have ``E = w_k A_k``; :func:`channel_map` forms the
+sum without building E.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..targets import Target
+from .base import _as_4d, _Method, float32_math, work_dtype
+from .options import SmoothOptions
+
+
+def eigen_projection(E: Tensor) -> Tensor:
+    """Each position's channel vector projected on the first principal direction:
+    ``(..., C, h, w) -> (..., h, w)``.
+
+    The ``h * w`` vectors are centered (their mean over the positions
+    removed) before the SVD, as pytorch-grad-cam does. The sign of a
+    principal direction is arbitrary; here it is the one whose loadings sum
+    to >= 0, so that the map correlates positively with the (centered) sum
+    of the channels.
+    """
+    M = E.flatten(-2).transpose(-1, -2)  # (..., hw, C)
+    M = M - M.mean(dim=-2, keepdim=True)
+    _, _, vh = torch.linalg.svd(M, full_matrices=False)
+    v = vh[..., 0, :]  # (..., C)
+    v = torch.where(v.sum(dim=-1, keepdim=True) < 0, -v, v)
+    return (M @ v.unsqueeze(-1)).squeeze(-1).unflatten(-1, E.shape[-2:])
+
+
+def element_map(E: Tensor, eigen: bool = False) -> Tensor:
+    """``ReLU(sum_k E_k)`` (or ``ReLU(eigen_projection(E))``): ``(B, K, C, h, w) -> (B, K, h, w)``."""
+    return (eigen_projection(E) if eigen else E.sum(dim=2)).clamp_(min=0)
+
+
+def channel_map(w: Tensor, A: Tensor, eigen: bool = False) -> Tensor:
+    """``ReLU(sum_k w_k A_k)`` (or its eigen projection): w ``(B, K, C)``, A ``(B, C, h, w)`` -> ``(B, K, h, w)``."""
+    if eigen:
+        return element_map(w[..., None, None] * A[:, None], eigen=True)
+    return torch.einsum("bkc,bchw->bkhw", w, A).clamp_(min=0)
+
+
+def eigencam_formula(A: Tensor) -> Tensor:
+    """Eigen-CAM (Muhammad and Yeasin, 2020): ``ReLU(eigen_projection(A))``, ``(B, C, h, w) -> (B, h, w)``."""
+    return eigen_projection(A).clamp_(min=0)
+
+
+class EigenCAM(SmoothOptions, _Method):
+    """Eigen-CAM: the first principal component of a layer's output (no gradients).
+    Class-agnostic: every target of an image gets the same map."""
+
+    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
+                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
+        out: Dict[str, Tensor] = {}
+        for name in self.layer_names:
+            A = _as_4d(name, acts[name], self.reshape)
+            with float32_math(A.device.type):
+                out[name] = eigencam_formula(work_dtype(A))[:, None].expand(-1, values.shape[1], -1, -1)
+        return out
