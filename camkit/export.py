@@ -22,11 +22,15 @@ list of image paths into, per image, mirroring its path relative to SRC
 
 Each file is written under a temporary name and renamed, so an output that
 exists is complete: a rerun skips the images whose two outputs exist and
-computes the rest; a killed run loses at most the images in flight. Under
-``torchrun`` each rank takes a contiguous share of the sorted work list
-(sizes differ by at most one), appends its records to
-``DIR/parts/<run>.rank<r>.jsonl`` and rank 0 merges them into
-``manifest.jsonl`` at the end (gloo on CPU, NCCL on GPU). ``DIR``
+computes the rest; a killed run loses at most the images in flight. The
+sorted work list is cut into batches of ``--batch-size`` images, and under
+``torchrun`` each rank takes a contiguous run of whole batches (counts differ
+by at most one), appends its records to ``DIR/parts/<run>.rank<r>.jsonl`` and
+rank 0 merges them into ``manifest.jsonl`` at the end (gloo on CPU, NCCL on
+GPU). Every image is computed in the same batch whatever the number of
+processes, and a batch with a missing output is recomputed whole (only the
+missing outputs are written), so with the same ``--batch-size`` and
+``--threads`` the files are byte for byte those of one process. ``DIR``
 must be one shared folder for all ranks (on several machines: a shared
 filesystem).
 """
@@ -211,6 +215,13 @@ def share(n: int, rank: int, world: int) -> range:
     per, extra = divmod(n, world)
     start = rank * per + min(rank, extra)
     return range(start, start + per + (rank < extra))
+
+
+def rank_batches(n: int, batch_size: int, rank: int, world: int) -> List[range]:
+    """Rank ``rank``'s batches: the work list ``0..n-1`` cut into batches of ``batch_size``,
+    a contiguous :func:`share` of the batches per rank."""
+    cuts = [range(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    return [cuts[b] for b in share(len(cuts), rank, world)]
 
 
 # --------------------------------------------------------------------------- outputs
@@ -625,16 +636,18 @@ def run(src: PathLike, out: PathLike, *, model: Any = "efficientnet_lite0", weig
             raise InputError(plan["error"])
         items = [Item(d["path"], d["rel"], tuple(d["labels"]) if d["labels"] is not None else None)
                  for d in plan["items"]]
-        mine = [items[i] for i in share(len(items), dist.rank, dist.world)]
-        pending = mine if overwrite else [it for it in mine if not is_complete(out_p, it.rel)]
+        batches = rank_batches(len(items), batch_size, dist.rank, dist.world)
+        mine = [i for b in batches for i in b]
+        pending = set(mine) if overwrite else {i for i in mine if not is_complete(out_p, items[i].rel)}
         skipped = len(mine) - len(pending)
+        batches = [list(b) for b in batches if any(i in pending for i in b)]  # recomputed whole
 
         t0 = time.perf_counter()
         writer = _Writer(out_p, out_p / "parts" / f"{plan['run']}.rank{dist.rank}.jsonl", float(bg_threshold),
                          tf, dist.rank, plan["run"], maxsize=4 * batch_size)
         try:
             with explainer:
-                _compute(pending, explainer, tf, writer, run_device, batch_size, workers, topk,
+                _compute(items, batches, pending, explainer, tf, writer, run_device, workers, topk,
                          progress and dist.rank == 0, dist)
         finally:
             writer.close()
@@ -656,15 +669,16 @@ def run(src: PathLike, out: PathLike, *, model: Any = "efficientnet_lite0", weig
             torch.set_num_threads(old_threads)
 
 
-def _compute(pending: Sequence[Item], explainer, transform: Callable, writer: _Writer, device, batch_size: int,
-             workers: int, topk: int, progress: bool, dist: _Dist) -> None:
-    """Decode in DataLoader workers, batch same-size inputs, compute maps, hand them to the writer."""
+def _compute(items: Sequence[Item], batches: Sequence[List[int]], pending: set, explainer, transform: Callable,
+             writer: _Writer, device, workers: int, topk: int, progress: bool, dist: _Dist) -> None:
+    """Decode in DataLoader workers, compute each batch's maps (same-size inputs together), hand the
+    pending images' maps to the writer."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    if not pending:
+    if not batches:
         return
-    loader = DataLoader(_Decode(pending, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+    loader = DataLoader(_Decode(items, transform), batch_sampler=batches, num_workers=workers,
                         collate_fn=_as_list, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     bar = tqdm(total=len(pending), unit="img", desc=f"camkit export rank 0/{dist.world}", disable=not progress or None,
@@ -675,26 +689,30 @@ def _compute(pending: Sequence[Item], explainer, transform: Callable, writer: _W
             groups: Dict[Tuple[int, ...], List[Tuple[int, Any, Tuple[int, int]]]] = {}
             for i, x, size, err in batch:
                 if err is not None:
-                    writer.put({"item": pending[i], "error": err})
+                    if i in pending:
+                        writer.put({"item": items[i], "error": err})
                 else:
                     groups.setdefault(tuple(x.shape), []).append((i, x, size))
             for group in groups.values():
-                _explain_group(group, pending, explainer, writer, device, dtype, topk)
-            bar.update(len(batch))
+                _explain_group(group, items, pending, explainer, writer, device, dtype, topk)
+            bar.update(sum(i in pending for i, *_ in batch))
     finally:
         bar.close()
 
 
-def _explain_group(group, pending: Sequence[Item], explainer, writer: _Writer, device, dtype, topk: int) -> None:
+def _explain_group(group, items: Sequence[Item], pending: set, explainer, writer: _Writer, device, dtype,
+                   topk: int) -> None:
     import torch
 
     from .targets import MultiLabel
 
-    its = [pending[g[0]] for g in group]
+    its = [items[g[0]] for g in group]
+    write = [g[0] in pending for g in group]
     if its[0].labels is not None and not any(it.labels for it in its):  # nothing to explain: all background
-        for it, g in zip(its, group):
-            writer.put({"item": it, "error": None, "keys": [], "scores": [], "size": g[2],
-                        "cam": torch.zeros(0, 1, 1), "maps": torch.zeros(0, 1, 1)})
+        for it, g, w in zip(its, group, write):
+            if w:
+                writer.put({"item": it, "error": None, "keys": [], "scores": [], "size": g[2],
+                            "cam": torch.zeros(0, 1, 1), "maps": torch.zeros(0, 1, 1)})
         return
     x = torch.stack([g[1] for g in group]).to(device=device, dtype=dtype, non_blocking=True)
     x = x.contiguous(memory_format=torch.channels_last)  # faster convolutions (the methods' channels_last=True)
@@ -708,6 +726,8 @@ def _explain_group(group, pending: Sequence[Item], explainer, writer: _Writer, d
     maps = res.maps.float().cpu()
     targets, scores, valid = res.targets.cpu(), res.scores.detach().float().cpu(), res.valid.cpu()
     for b, it in enumerate(its):
+        if not write[b]:  # computed only to keep the batch as it was: its outputs are already there
+            continue
         k = int(valid[b].sum())  # valid columns come first (MultiLabel pads at the end)
         writer.put({"item": it, "error": None, "keys": targets[b, :k].tolist(),
                     "scores": [round(v, 6) for v in scores[b, :k].tolist()],
