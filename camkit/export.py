@@ -99,6 +99,11 @@ def list_images(src: PathLike, exclude: Optional[PathLike] = None) -> List[Tuple
     src_p = Path(src)
     if src_p.is_dir():
         out = _folder_images(src_p, Path(exclude) if exclude is not None else None)
+        if not out:
+            from .cli import image_extensions
+
+            raise InputError(f"no image files in folder {src} (searched recursively for "
+                             f"{', '.join(image_extensions())})")
     elif src_p.is_file():
         try:
             text = src_p.read_text()

@@ -383,6 +383,9 @@ def test_list_images_folder_and_list(tmp_path):
     (tmp_path / "d" / "b.png").write_bytes(b"")
     with pytest.raises(ValueError, match="would write the same outputs"):
         list_images(tmp_path / "d", exclude=tmp_path / "d" / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files in folder"):
+        list_images(tmp_path / "empty")
 
 
 @given(n=st.integers(0, 300), world=st.integers(1, 9))
