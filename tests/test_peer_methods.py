@@ -31,12 +31,20 @@ Definition differences, one line each (the README's methods table says the same)
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 from model_state import assert_as_found, mixed, snapshot
-from peer_reference import pgc, pgc_maps, pgc_upsampling_align_corners_false, torchcam_maps, torchcam_methods
+from peer_reference import (
+    ClassifierOutputTarget,
+    pgc,
+    pgc_maps,
+    pgc_upsampling_align_corners_false,
+    torchcam_maps,
+    torchcam_methods,
+)
 from torch import nn
 
 import camkit.methods as cm
@@ -62,8 +70,18 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def rn18():
+    """ResNet18, random weights; BatchNorm's affine weights and running statistics drawn too
+    (a fresh BatchNorm is the identity, whose effective bias FullGrad would read as 0)."""
     torch.manual_seed(0)
-    return torchvision.models.resnet18().double().eval()
+    model = torchvision.models.resnet18().double().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(1 + 0.2 * torch.randn_like(m.weight))
+                m.bias.copy_(0.2 * torch.randn_like(m.bias))
+                m.running_mean.copy_(0.2 * torch.randn_like(m.running_mean))
+                m.running_var.copy_(0.5 + torch.rand_like(m.running_var))
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +94,12 @@ def x64():
 def x32():
     torch.manual_seed(3)
     return torch.randn(2, 3, 32, 32, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def x16():
+    torch.manual_seed(4)
+    return torch.randn(1, 3, 16, 16, dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")
@@ -178,15 +202,42 @@ def test_aug_smooth_averages_flipped_back_maps(rn18, x32):
         assert torch.equal(cam(x32, topk=2).targets, t)
 
 
+def test_aug_smooth_keeps_the_plain_images_top_classes():
+    """A model whose top class flips with the image: the flipped augmentations keep class 0."""
+
+    class LeftRight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            a = torch.relu(self.conv(x))
+            half = a.shape[-1] // 2
+            return torch.stack([a[..., :half].mean((1, 2, 3)), a[..., half:].mean((1, 2, 3))], 1)
+
+    torch.manual_seed(0)
+    net = LeftRight().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    x[..., :4] *= 4
+    with torch.no_grad():
+        assert (net(x).argmax(1) == 0).all() and (net(x.flip(-1)).argmax(1) == 1).all()
+    with cm.GradCAM(net, layers=["conv"], aug_smooth=True) as cam:
+        close(cam(x, topk=1).maps, cam(x, targets=0).maps, 1e-12)
+
+
 # --------------------------------------------------------------------------- Score-CAM family
 
 
-def test_scorecam_matches_both_peers(rn18, x8):
+def test_scorecam_matches_both_peers(rn18, x8, x16):
+    """pytorch-grad-cam on a 4x4 layer (it normalizes after upsampling, as camkit does),
+    torchcam on a 2x2 one (it normalizes before; equal there)."""
+    t = top2(rn18, x16)[:, 1:]
+    ours = camkit_raw(cm.ScoreCAM, rn18, "layer1", x16, t)
+    with pgc_upsampling_align_corners_false():
+        ref = pgc_maps(pgc.ScoreCAM, rn18, rn18.layer1, x16, t)["raw"].clamp(min=0)
+    close(ours, ref, 1e-5)  # pytorch-grad-cam's scores are float32
     t = top2(rn18, x8)[:, 1:]
     ours = camkit_raw(cm.ScoreCAM, rn18, "layer1", x8, t)
-    with pgc_upsampling_align_corners_false():
-        ref = pgc_maps(pgc.ScoreCAM, rn18, rn18.layer1, x8, t)["raw"].clamp(min=0)
-    close(ours, ref, 1e-5)  # pytorch-grad-cam's scores are float32
     close(ours, torchcam_maps(torchcam_methods.ScoreCAM, rn18, "layer1", x8, t), 1e-7)
 
 
@@ -397,3 +448,69 @@ def test_paper_recam_is_the_heads_maps_divided_by_their_max():
     close(res.maps, up, 1e-12)
     close(res.logits, head(f), 1e-12)
     assert cm.METHODS["paper_recam"] is cm.PaperReCAM
+
+
+# --------------------------------------------------------------------------- FullGrad
+
+
+def test_fullgrad_per_channel_matches_pytorch_grad_cam(rn18, x32):
+    """At input resolution (pytorch-grad-cam's FullGrad cannot stay at a layer's): its cv2
+    resize in float32 against camkit's bilinear upsampling; its 1e-7 in each min-max
+    (which moves maps by 1e-3 where a channel's term is tiny) patched to 0."""
+    import pytorch_grad_cam.utils.image as pgc_image
+
+    t = top2(rn18, x32)
+    with cm.FullGrad(rn18, per_channel=True) as cam:
+        res = cam(x32, targets=t)
+    orig = pgc_image.scale_cam_image
+
+    def no_eps(cam, target_size=None):
+        out = orig(cam, target_size)  # (c - min) / (1e-7 + max) per map, resized: redo it without the 1e-7
+        rng = [float(c.max() - c.min()) for c in cam]
+        return out * np.float32([[[(r + 1e-7) / r if r > 0 else 1.0]] for r in rng])
+
+    pgc_image.scale_cam_image = no_eps
+    try:
+        for k in range(2):
+            ref = pgc.FullGrad(rn18, [])
+            try:
+                out = torch.as_tensor(ref(x32, [ClassifierOutputTarget(int(c)) for c in t[:, k]]))
+            finally:
+                ref.activations_and_grads.release()
+            close(res.maps[:, k], out, 1e-5)
+    finally:
+        pgc_image.scale_cam_image = orig
+    assert set(res.layer_maps) == {"input"} | {n for n, m in rn18.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+def test_fullgrad_matches_the_authors_normalization(rn18, x32):
+    """The authors' code (idiap/fullgrad-saliency, saliency/fullgrad.py): per image and layer, |b G| shifted by
+    its min and divided by its max over all channels and positions (they add 1e-6, camkit none), summed over
+    the channels, upsampled (they use align_corners=True, camkit False, as for every map), summed."""
+    t = top2(rn18, x32)[:, :1]
+    res = cm.FullGrad(rn18, normalize=None)(x32, targets=t)
+    mods = {n: m for n, m in rn18.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    acts = {}
+    def keep(n):  # downstream gets a copy: the in-place ReLU after each BatchNorm must not become its output
+        return lambda mod, i, o: (acts.__setitem__(n, o), o.clone())[1]
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in mods.items()]
+    try:
+        xg = x32.clone().requires_grad_(True)
+        y = rn18(xg).gather(1, t).sum()
+        grads = torch.autograd.grad(y, [xg] + [acts[n] for n in mods])
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def post(v):  # their _postProcess without the eps
+        v = v.abs()
+        v = v - v.flatten(1).min(1).values[:, None, None, None]
+        return v / v.flatten(1).max(1).values[:, None, None, None]
+
+    total = post(grads[0] * x32).sum(1)
+    for m, g in zip(mods.values(), grads[1:]):
+        b = m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
+        term = post(g * b[:, None, None]).sum(1, keepdim=True)
+        total = total + F.interpolate(term, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    close(res.maps[:, 0], total, 1e-10)

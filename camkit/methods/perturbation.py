@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError
 from ..hooks import LayerSpec
-from ..normalize import Normalizer
+from ..normalize import Normalizer, minmax
 from ..targets import Target, check_values
 from .base import Output, Reshape, _as_4d, _Method, float32_math, select_output, work_dtype
 from .eigen import channel_map
@@ -64,18 +64,11 @@ def ablationcam_formula(A: Tensor, y: Tensor, S: Tensor, eigen: bool = False) ->
     return channel_map((y - S) / torch.where(y != 0, y, torch.ones_like(y)), A, eigen)
 
 
-def minmax_maps(a: Tensor) -> Tensor:
-    """Each map ``(..., h, w)`` min-max normalized to [0, 1]; 0 for a constant map."""
-    lo = a.amin(dim=(-2, -1), keepdim=True)
-    rng = a.amax(dim=(-2, -1), keepdim=True) - lo
-    return torch.where(rng > 0, (a - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(a))
-
-
 def score_masks(a: Tensor, size: Sequence[int]) -> Tensor:
     """Score-CAM's masks: each map ``(N, h, w)`` upsampled (bilinear) to ``size`` and
     min-max normalized to [0, 1] (0 for a constant map): ``(N, H, W)``."""
     up = F.interpolate(a[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    return minmax_maps(up)
+    return minmax(up)
 
 
 # --------------------------------------------------------------------------- targets on perturbed copies
@@ -247,7 +240,7 @@ class ScoreCAM(_PerturbationMethod):
         """S (B, K, C): the targets' values on the input masked by each channel of A."""
         B, C, h, w = A.shape
         size = x.shape[-2:]
-        low = minmax_maps(work_dtype(A))
+        low = minmax(work_dtype(A))
         S = []
         for b in range(B):
             if self.dedupe:

@@ -1,0 +1,130 @@
+"""FullGrad (Srinivas and Fleuret, 2019): input-gradient and bias-gradient terms of the whole network.
+
+The map of a target y is ``psi(|dy/dx * x|) + sum_l sum_c psi(|b_lc * dy/dz_lc|)``,
+where l runs over the layers that add a bias per channel, ``z_l`` is the
+layer's output and ``b_lc`` its bias (a BatchNorm's effective bias in eval
+mode, ``beta - gamma * mean / sqrt(var + eps)``), and ``psi`` takes the absolute
+value, min-max-normalizes and upsamples (bilinear) to the input: by default the
+C maps of a layer together (one min and max per image and layer, the authors'
+code), with ``per_channel=True`` each channel's map on its own
+(pytorch-grad-cam's). The layers are the ``nn.Conv2d`` with a bias and the
+``nn.BatchNorm2d`` with affine weights and running statistics (exact types: a
+fused norm + activation module's output is not the bias's), and the total is
+normalized at the end (``normalize``, default min-max).
+
+It fits camkit's hooks: every such layer is hooked, the forward records the
+whole graph from the input (a leaf that requires grad; the model's
+parameters are not touched), and one batched backward gives the gradients
+of the K targets with respect to the input and to every hooked output.
+Each layer's term is summed over its channels at the layer's resolution
+(upsampling is linear, so it commutes with that sum): ``layer_maps`` holds
+one ``(B, K, h, w)`` map per layer plus ``"input"``, and the maps are their
+sum upsampled, then normalized.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InputError
+from ..normalize import Normalizer, minmax
+from ..targets import Target
+from .base import _NO_PATH, Output, _GradientMethod, float32_math, target_gradients, work_dtype
+
+
+def fullgrad_term(G: Tensor, b: Tensor, per_channel: bool = False) -> Tensor:
+    """One layer's FullGrad term ``sum_c psi(|b_c G_c|)``: G ``(B, K, C, h, w)``, b broadcast to it
+    (the bias ``(C, 1, 1)``; for the input term the input ``(B, 1, C, H, W)``) -> ``(B, K, h, w)``.
+    ``psi``: min-max over the layer's C maps together, or over each map (``per_channel``)."""
+    m = (G * b).abs()
+    if per_channel:
+        return minmax(m).sum(dim=2)
+    return minmax(m.flatten(-3, -2)).unflatten(-2, m.shape[-3:-1]).sum(dim=2)
+
+
+def bias_of(layer: nn.Module) -> Tensor:
+    """The per-channel bias a layer adds: a Conv2d's bias, a BatchNorm2d's effective bias in eval mode."""
+    if isinstance(layer, nn.BatchNorm2d):
+        return layer.bias - layer.running_mean * layer.weight / torch.sqrt(layer.running_var + layer.eps)
+    return layer.bias
+
+
+def bias_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The model's ``nn.Conv2d`` with a bias and ``nn.BatchNorm2d`` with affine weights and running statistics."""
+    out = []
+    for name, m in model.named_modules():
+        if type(m) is nn.Conv2d and m.bias is not None:
+            out.append((name, m))
+        elif type(m) is nn.BatchNorm2d and m.affine and m.running_mean is not None:
+            out.append((name, m))
+    return out
+
+
+class FullGrad(_GradientMethod):
+    """FullGrad maps of any target (see the module's notes); no ``layers``: every bias layer
+    is hooked. ``normalize`` applies to the total (default min-max); None gives the raw sum.
+    ``per_channel``: normalize each channel's term on its own (pytorch-grad-cam) instead of
+    each layer's (the authors' code)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        normalize: Union[str, Normalizer, None] = "minmax",
+        channels_last: bool = False,
+        batched_backward: bool = True,
+        output: Output = None,
+        per_channel: bool = False,
+    ) -> None:
+        self.per_channel = bool(per_channel)
+        layers = bias_layers(model) if isinstance(model, nn.Module) else []
+        if isinstance(model, nn.Module) and not layers:
+            raise InputError(f"{type(model).__name__} has no nn.Conv2d with a bias nor nn.BatchNorm2d: FullGrad "
+                             "needs the layers whose biases it explains")
+        super().__init__(model, [m for _, m in layers], normalize=normalize, channels_last=channels_last,
+                         batched_backward=batched_backward, output=output)
+        self._leaf: Optional[Tensor] = None
+
+    def _run_model(self, x: Tensor) -> object:
+        with torch.enable_grad():  # the graph from the input: dy/dx is one of the terms
+            self._leaf = x.detach().requires_grad_(True)
+            return super()._run_model(self._leaf)
+
+    def __call__(self, x: Tensor, targets=None, topk: Optional[int] = None):  # type: ignore[override]
+        try:
+            return super().__call__(x, targets, topk)
+        finally:
+            self._leaf = None
+
+    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
+                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
+        x, self._leaf = self._leaf, None
+        names = self.layer_names
+        if not values.requires_grad:
+            raise InputError(_NO_PATH.format(names=names))
+        grads = target_gradients(values, [x] + [acts[n] for n in names], self.batched_backward)
+        out: Dict[str, Tensor] = {}
+        with float32_math(values.device.type):
+            gx = grads[0]
+            out["input"] = fullgrad_term(work_dtype(gx), work_dtype(x.detach())[:, None], self.per_channel)
+            for (name, layer), g in zip(self.layers, grads[1:]):
+                if g is None:
+                    raise InputError(_NO_PATH.format(names=[name]))
+                b = work_dtype(bias_of(layer).detach())[:, None, None]
+                out[name] = fullgrad_term(work_dtype(g), b, self.per_channel)
+        return out
+
+    @staticmethod
+    def _combine(layer_maps: Dict[str, Tensor], size: Tuple[int, ...], normalize: Optional[Normalizer],
+                 fusion: str, weights: Optional[Sequence[float]], valid: Optional[Tensor] = None) -> Tensor:
+        """The terms upsampled (bilinear) to the input and summed, then normalized."""
+        first = next(iter(layer_maps.values()))
+        with float32_math(first.device.type):
+            total = sum(F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+                        for m in layer_maps.values())
+            out = total if normalize is None else normalize(total)  # type: ignore[arg-type]
+            if valid is not None:
+                out = out * valid[..., None, None]
+        return out
