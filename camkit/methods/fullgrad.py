@@ -23,6 +23,7 @@ sum upsampled, then normalized.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -64,14 +65,16 @@ def bias_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
 
 
 class FullGrad(_GradientMethod):
-    """FullGrad maps of any target (see the module's notes); no ``layers``: every bias layer
-    is hooked. ``normalize`` applies to the total (default min-max); None gives the raw sum.
+    """FullGrad maps of any target (see the module's notes). Every bias layer is hooked:
+    ``layers`` is accepted so that every method takes the same call, and ignored with a
+    warning (as pytorch-grad-cam does). ``normalize`` applies to the total (default min-max); None gives the raw sum.
     ``per_channel``: normalize each channel's term on its own (pytorch-grad-cam) instead of
     each layer's (the authors' code)."""
 
     def __init__(
         self,
         model: nn.Module,
+        layers: object = None,
         normalize: Union[str, Normalizer, None] = "minmax",
         channels_last: bool = False,
         batched_backward: bool = True,
@@ -79,6 +82,8 @@ class FullGrad(_GradientMethod):
         per_channel: bool = False,
     ) -> None:
         self.per_channel = bool(per_channel)
+        if layers is not None:
+            warnings.warn("FullGrad uses every bias layer of the model; layers= is ignored", stacklevel=2)
         layers = bias_layers(model) if isinstance(model, nn.Module) else []
         if isinstance(model, nn.Module) and not layers:
             raise InputError(f"{type(model).__name__} has no nn.Conv2d with a bias nor nn.BatchNorm2d: FullGrad "
