@@ -41,11 +41,10 @@ def find_head(explicit: Optional[str]) -> Path:
 
         res = json.loads((REPO / "benchmarks/results/flower17" / BACKBONE / "results.json").read_text())
         lr = evaluate.best_lr(res, "cam")
-        for which in ("study", "selected"):
-            p = models.checkpoint_path(models.default_run_dir(BACKBONE), "cam", lr, which, 0)
-            looked.append(str(p))
-            if p.is_file():
-                return p
+        p = models.checkpoint_path(models.default_run_dir(BACKBONE), "cam", lr, "study", 0)
+        looked.append(str(p))
+        if p.is_file():
+            return p
     except Exception as e:  # the flower17 code or results changed shape: fall through to the cache
         looked.append(f"benchmarks.flower17 checkpoint lookup ({type(e).__name__}: {e})")
     cache = sorted((REPO / "benchmarks" / "cache").rglob("cam*.pt")) if (REPO / "benchmarks/cache").is_dir() else []
@@ -156,7 +155,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     truth = {q.stem: label_of(int(q.stem.split("_")[1])) for q in images}
     rng = np.random.default_rng(args.figure_seed)
     shown = [rels[i] for i in sorted(rng.choice(len(rels), size=24, replace=False))]
-    data: Dict[str, Any] = {"head": str(head_path), "images": len(images), "bg_threshold": args.bg_threshold,
+    import hashlib
+
+    data: Dict[str, Any] = {"head": str(head_path), "head_sha256": hashlib.sha256(head_path.read_bytes()).hexdigest(),
+                            "images": len(images), "bg_threshold": args.bg_threshold,
                             "figure_images": shown, "runs": {}}
     rows = []
     for name, kw in runs.items():
