@@ -514,3 +514,10 @@ def test_fullgrad_matches_the_authors_normalization(rn18, x32):
         term = post(g * b[:, None, None]).sum(1, keepdim=True)
         total = total + F.interpolate(term, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
     close(res.maps[:, 0], total, 1e-10)
+
+
+def test_eigen_projection_of_non_finite_contributions_is_nan():
+    E = torch.randn(2, 3, 4, 2, 2, dtype=torch.float64)
+    E[1, 0, 2, 1, 0] = float("nan")
+    p = cm.eigen_projection(E)
+    assert torch.isnan(p[1, 0]).all() and torch.isfinite(p[0]).all() and torch.isfinite(p[1, 1:]).all()

@@ -27,14 +27,19 @@ def eigen_projection(E: Tensor) -> Tensor:
     removed) before the SVD, as pytorch-grad-cam does. The sign of a
     principal direction is arbitrary; here it is the one whose loadings sum
     to >= 0, so that the map correlates positively with the (centered) sum
-    of the channels.
+    of the channels. A map whose contributions hold a NaN or an Inf comes out
+    all NaN (camkit's non-finite policy).
     """
     M = E.flatten(-2).transpose(-1, -2)  # (..., hw, C)
+    finite = torch.isfinite(M)
+    M = torch.where(finite, M, torch.zeros_like(M))  # the SVD cannot take them; such maps come out NaN
     M = M - M.mean(dim=-2, keepdim=True)
     _, _, vh = torch.linalg.svd(M, full_matrices=False)
     v = vh[..., 0, :]  # (..., C)
     v = torch.where(v.sum(dim=-1, keepdim=True) < 0, -v, v)
-    return (M @ v.unsqueeze(-1)).squeeze(-1).unflatten(-1, E.shape[-2:])
+    proj = (M @ v.unsqueeze(-1)).squeeze(-1)
+    proj = torch.where(finite.all(dim=-1).all(dim=-1, keepdim=True), proj, torch.full_like(proj, float("nan")))
+    return proj.unflatten(-1, E.shape[-2:])
 
 
 def element_map(E: Tensor, eigen: bool = False) -> Tensor:
