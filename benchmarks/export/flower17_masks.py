@@ -98,7 +98,7 @@ def figure(out_png: Path, export_dir: Path, rels: Sequence[str], images: Dict[st
         ax.set_title(f"{names[c]}  fg {100 * (mask > 0).mean():.0f}%", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=100, pil_kwargs={"quality": 85})
     plt.close(fig)
 
 
@@ -169,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         keys = {r["rel"]: r["keys"] for r in recs}
         assert all(keys[r] == [truth[r]] for r in rels), "every image's key is its true class"
         fg = foreground(d, rels, truth, CLASSES)
-        png = out / f"flower17_masks_{name}.png"
+        png = out / f"flower17_masks_{name}.jpg"
         title = (f"Flower-17 pseudo-masks: {'the study LayerCAM (0.4/0.4/0.2)' if name == 'layercam' else 'CAM'} of the "
                  f"trained Lite0 CAM head, true class, background below {args.bg_threshold:g}")
         figure(png, d, shown, paths, CLASSES, keys, title)
@@ -200,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "",
         markdown_table(["class", *runs], per_class),
         "",
-        f"Figures: {', '.join(f'`flower17_masks_{n}.png`' for n in runs)} (24 images drawn with "
+        f"Figures: {', '.join(f'`flower17_masks_{n}.jpg`' for n in runs)} (24 images drawn with "
         f"`numpy.random.default_rng({args.figure_seed})`; the foreground tinted in the class's VOC-palette "
         "colour and outlined).",
     ])
