@@ -28,6 +28,14 @@ Definition differences, one line each (the README's methods table says the same)
   and against a hand reference.
 - aug_smooth: with top-1 targets pytorch-grad-cam re-picks the class per augmentation,
   camkit keeps the un-augmented image's (the comparison gives the classes).
+- FullGrad: pytorch-grad-cam min-max-normalizes each channel's |b G| (so a channel's bias
+  value cancels) with 1e-7, then resizes with cv2; the authors' code (camkit's default)
+  normalizes each layer's C maps together with 1e-6 and upsamples with
+  align_corners=True; camkit has no eps and align_corners=False (``per_channel=True``
+  gives pytorch-grad-cam's, compared with its eps patched out).
+- Equivalent by construction (no test can tell them apart): Score-CAM's masks are
+  min-max-normalized after upsampling, which makes the low-resolution normalization
+  (done first, for the de-duplication of equal channels) a no-op on the result.
 """
 from __future__ import annotations
 
