@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 import camkit
-from camkit.heads import CAMModel, ReCAMHead
+from camkit.heads import CAMModel, PaperReCAMHead, ReCAMHead
 from camkit.methods import METHODS
 
 
@@ -52,17 +52,18 @@ def mixed_resnet() -> nn.Module:
 def explainer(name: str, model: nn.Module):
     if name == "cam":
         return camkit.CAM(model)
-    if name == "recam":
-        return camkit.ReCAM(model)
+    if name in ("recam", "paper_recam"):
+        return METHODS[name](model)
     return METHODS[name](model, layers=["layer3", "layer4"] if not isinstance(model, CAMModel) else ["head.relu"])
 
 
 def model_for(name: str) -> nn.Module:
-    if name == "recam":
+    if name in ("recam", "paper_recam"):
         torch.manual_seed(0)
         back = torchvision.models.resnet18().train()
         back.layer1.eval()
-        model = CAMModel(nn.Sequential(*list(back.children())[:-2]), ReCAMHead(512, 5), freeze=False)
+        head = ReCAMHead(512, 5) if name == "recam" else PaperReCAMHead(512, 5)
+        model = CAMModel(nn.Sequential(*list(back.children())[:-2]), head, freeze=False)
         model.train()
         model.head.eval()
         return model
