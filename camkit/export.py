@@ -726,8 +726,7 @@ def _explain_group(group, items: Sequence[Item], pending: set, explainer, writer
     else:
         res = explainer(x, topk=topk)
     finest = max((tuple(m.shape[-2:]) for m in res.layer_maps.values()), key=lambda hw: hw[0] * hw[1])
-    cams = explainer._combine(res.layer_maps, finest, explainer.normalize, explainer.fusion, explainer.weights,
-                              res.valid).clamp_(0.0, 1.0).half().cpu()
+    cams = res.maps_at(finest).clamp_(0.0, 1.0).half().cpu()
     maps = res.maps.float().cpu()
     targets, scores, valid = res.targets.cpu(), res.scores.detach().float().cpu(), res.valid.cpu()
     for b, it in enumerate(its):

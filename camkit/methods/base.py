@@ -84,11 +84,12 @@ class CAMResult:
         *,
         scores: Optional[Tensor] = None,
         valid: Optional[Tensor] = None,
-        make_maps: Optional[Callable[[], Tensor]] = None,
+        make_maps: Optional[Callable[[Tuple[int, int]], Tensor]] = None,
+        size: Optional[Tuple[int, int]] = None,
     ) -> None:
-        if maps is None and make_maps is None:
-            raise InputError("CAMResult needs maps or make_maps")
-        self._maps, self._make_maps = maps, make_maps
+        if maps is None and (make_maps is None or size is None):
+            raise InputError("CAMResult needs maps, or make_maps and the input size")
+        self._maps, self._make_maps, self._size = maps, make_maps, size
         self.targets = targets
         self.logits = logits
         self.scores = scores
@@ -99,9 +100,15 @@ class CAMResult:
     def maps(self) -> Tensor:
         """(B, K, H, W) at the input's resolution (computed on first access)."""
         if self._maps is None:
-            self._maps = self._make_maps()  # type: ignore[misc]
-            self._make_maps = None
+            self._maps = self._make_maps(self._size)  # type: ignore[misc]
         return self._maps
+
+    def maps_at(self, size: Tuple[int, int]) -> Tensor:
+        """(B, K, h, w): the layer maps normalized, upsampled to ``size`` and fused, as
+        ``maps`` is at the input's size (e.g. at the finest layer's resolution)."""
+        if self._make_maps is None:
+            raise InputError("this result holds finished maps only (e.g. aug_smooth's average); use .maps")
+        return self._make_maps((int(size[0]), int(size[1])))
 
     def __repr__(self) -> str:
         shapes = {n: tuple(m.shape) for n, m in self.layer_maps.items()}
@@ -357,7 +364,7 @@ class _Method:
         return CAMResult(
             targets=classes, logits=scores.detach(), layer_maps=layer_maps, scores=values.detach(),
             valid=valid if valid is not None else torch.ones(values.shape, dtype=torch.bool, device=values.device),
-            make_maps=lambda: combine(layer_maps, size, normalize, fusion, weights, valid),
+            make_maps=lambda at: combine(layer_maps, at, normalize, fusion, weights, valid), size=size,
         )
 
     def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
