@@ -3,7 +3,8 @@
 element-wise, Eigen-Grad-CAM), ``cam`` (CAM, ReCAM, the paper's ReCAM),
 ``perturbation`` (Score-CAM, SS-CAM, IS-CAM, Ablation-CAM), ``eigen``
 (Eigen-CAM and the channel reductions), ``smooth`` (Smooth Grad-CAM++),
-``fullgrad`` (FullGrad), ``options`` (``aug_smooth`` / ``eigen_smooth``).
+``fullgrad`` (FullGrad), ``options`` (``aug_smooth`` / ``eigen_smooth``),
+``rerun`` (the call's input, for the methods that run the model again).
 
 ``METHODS`` maps each method's name (as the CLI spells it) to its class.
 """

@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..normalize import Normalizer, minmax
 from ..targets import Target
 from .base import _NO_PATH, Output, _GradientMethod, float32_math, target_gradients, work_dtype
+from .rerun import KeepInput
 
 
 def fullgrad_term(G: Tensor, b: Tensor, per_channel: bool = False) -> Tensor:
@@ -64,7 +65,7 @@ def bias_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return out
 
 
-class FullGrad(_GradientMethod):
+class FullGrad(KeepInput, _GradientMethod):
     """FullGrad maps of any target (see the module's notes). Every bias layer is hooked:
     ``layers`` is accepted so that every method takes the same call, and ignored with a
     warning (as pytorch-grad-cam does). ``normalize`` applies to the total (default min-max); None gives the raw sum.
@@ -90,22 +91,14 @@ class FullGrad(_GradientMethod):
                              "needs the layers whose biases it explains")
         super().__init__(model, [m for _, m in layers], normalize=normalize, channels_last=channels_last,
                          batched_backward=batched_backward, output=output)
-        self._leaf: Optional[Tensor] = None
 
     def _run_model(self, x: Tensor) -> object:
         with torch.enable_grad():  # the graph from the input: dy/dx is one of the terms
-            self._leaf = x.detach().requires_grad_(True)
-            return super()._run_model(self._leaf)
-
-    def __call__(self, x: Tensor, targets=None, topk: Optional[int] = None):  # type: ignore[override]
-        try:
-            return super().__call__(x, targets, topk)
-        finally:
-            self._leaf = None
+            return super()._run_model(x.detach().requires_grad_(True))
 
     def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
                     problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        x, self._leaf = self._leaf, None
+        x = self._take_input()
         names = self.layer_names
         if not values.requires_grad:
             raise InputError(_NO_PATH.format(names=names))

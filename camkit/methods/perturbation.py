@@ -45,6 +45,7 @@ from ..targets import Target, check_values
 from .base import Output, Reshape, _as_4d, _Method, float32_math, select_output, work_dtype
 from .eigen import channel_map
 from .options import SmoothOptions
+from .rerun import KeepInput
 
 # --------------------------------------------------------------------------- formulas
 
@@ -145,7 +146,7 @@ def _check_batch_size(batch_size: object) -> int:
     return batch_size
 
 
-class _PerturbationMethod(SmoothOptions, _Method):
+class _PerturbationMethod(KeepInput, SmoothOptions, _Method):
     """Gradient-free methods that run the model on perturbed copies of the input.
     ``batch_size``: perturbed copies per forward (default: the class's ``default_batch_size``)."""
 
@@ -169,23 +170,6 @@ class _PerturbationMethod(SmoothOptions, _Method):
         super().__init__(model, layers, fusion, weights, normalize, reshape, channels_last, output,
                          aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
         self.batch_size = _check_batch_size(type(self).default_batch_size if batch_size is None else batch_size)
-        self._input: Optional[Tensor] = None
-
-    def _run_model(self, x: Tensor) -> object:
-        self._input = x  # the call's input, read by _layer_maps (under the model's lock)
-        return super()._run_model(x)
-
-    def __call__(self, x: Tensor, targets=None, topk: Optional[int] = None):  # type: ignore[override]
-        try:
-            return super().__call__(x, targets, topk)
-        finally:
-            self._input = None
-
-    def _take_input(self) -> Tensor:
-        x, self._input = self._input, None
-        if x is None:  # pragma: no cover - _run_model always ran first
-            raise RuntimeError("no input recorded")
-        return x.contiguous()
 
     def _scores(self, raw: object, n: int) -> Tensor:
         out = select_output(raw, self.output)
@@ -264,7 +248,7 @@ class ScoreCAM(_PerturbationMethod):
 
     def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
                     problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        x = self._take_input()
+        x = self._take_input().contiguous()
         fn = perturbed_values(target, scores)
         out: Dict[str, Tensor] = {}
         with self._recorder.paused():
@@ -386,7 +370,7 @@ class AblationCAM(_PerturbationMethod):
 
     def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
                     problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        x = self._take_input()
+        x = self._take_input().contiguous()
         fn = perturbed_values(target, scores)
         y = values.detach()
         state = {"reuse": self.reuse_below}

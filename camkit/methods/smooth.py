@@ -30,6 +30,7 @@ from .base import (
 from .eigen import channel_map
 from .gradient import gradcampp_weights
 from .options import SmoothOptions
+from .rerun import KeepInput
 
 
 def smoothgradcampp_formula(A: Tensor, D1: Tensor, D2: Tensor, D3: Tensor, eigen: bool = False) -> Tensor:
@@ -40,7 +41,7 @@ def smoothgradcampp_formula(A: Tensor, D1: Tensor, D2: Tensor, D3: Tensor, eigen
     return channel_map(gradcampp_weights(A, D2, D3, D1), A, eigen)
 
 
-class SmoothGradCAMpp(SmoothOptions, _GradientMethod):
+class SmoothGradCAMpp(KeepInput, SmoothOptions, _GradientMethod):
     """Smooth Grad-CAM++: Grad-CAM++ with the gradients averaged over ``num_samples``
     noisy copies of the input (Gaussian noise of standard deviation ``std``, in
     the input's units; ``seed`` seeds a private generator). Targets: class
@@ -72,17 +73,6 @@ class SmoothGradCAMpp(SmoothOptions, _GradientMethod):
         if not float(std) >= 0.0:
             raise InputError(f"std must be a number >= 0, got {std!r}")
         self.num_samples, self.std, self.seed = num_samples, float(std), int(seed)
-        self._input: Optional[Tensor] = None
-
-    def _run_model(self, x: Tensor) -> object:
-        self._input = x  # read by _layer_maps (under the model's lock)
-        return super()._run_model(x)
-
-    def __call__(self, x: Tensor, targets=None, topk: Optional[int] = None):  # type: ignore[override]
-        try:
-            return super().__call__(x, targets, topk)
-        finally:
-            self._input = None
 
     def _grads(self, g: Optional[Tensor], name: str) -> Tensor:
         if g is None:
@@ -92,7 +82,7 @@ class SmoothGradCAMpp(SmoothOptions, _GradientMethod):
 
     def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
                     problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        x, self._input = self._input, None
+        x = self._take_input()
         names = self.layer_names
         classes = target.classes(scores) if target.logit else None
         fixed = ClassScore(classes.clamp(min=0)) if classes is not None else target
