@@ -6,13 +6,35 @@ from typing import Any
 
 from . import errors, fusion, heads, hooks, normalize, targets
 from .errors import InputError
-from .heads import CAMHead, CAMModel, ReCAMHead, load_head, save_head
-from .methods import CAM, CAMResult, GradCAM, GradCAMpp, LayerCAM, ReCAM
+from .heads import CAMHead, CAMModel, PaperReCAMHead, ReCAMHead, load_head, save_head
+from .methods import (
+    CAM,
+    ISCAM,
+    METHODS,
+    SSCAM,
+    AblationCAM,
+    CAMResult,
+    EigenCAM,
+    EigenGradCAM,
+    FullGrad,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMpp,
+    HiResCAM,
+    LayerCAM,
+    PaperReCAM,
+    ReCAM,
+    ScoreCAM,
+    SmoothGradCAMpp,
+    XGradCAM,
+)
 
 __version__ = "0.1.0"
 __all__ = [
-    "CAM", "GradCAM", "GradCAMpp", "LayerCAM", "ReCAM", "CAMResult",
-    "CAMHead", "ReCAMHead", "CAMModel", "save_head", "load_head", "InputError",
+    "CAM", "GradCAM", "GradCAMpp", "LayerCAM", "ReCAM", "PaperReCAM", "HiResCAM", "XGradCAM",
+    "GradCAMElementWise", "EigenGradCAM", "EigenCAM", "ScoreCAM", "SSCAM", "ISCAM", "AblationCAM",
+    "SmoothGradCAMpp", "FullGrad", "METHODS", "CAMResult",
+    "CAMHead", "ReCAMHead", "PaperReCAMHead", "CAMModel", "save_head", "load_head", "InputError",
     "normalize", "fusion", "heads", "hooks", "targets", "errors",
     "metrics", "overlay", "adapters", "geometry", "export",
 ]

@@ -26,7 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import InputError
 
-METHOD_NAMES = ("cam", "gradcam", "gradcampp", "layercam", "recam")
+METHOD_NAMES = ("cam", "gradcam", "gradcampp", "layercam", "recam", "hirescam", "xgradcam", "gradcamelementwise",
+                "eigengradcam", "eigencam", "scorecam", "ablationcam", "smoothgradcampp", "fullgrad")
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
@@ -412,12 +413,12 @@ def _explainer(method: str, model, preset, args: argparse.Namespace):
         kwargs["normalize"] = None if norm.lower() == "none" else norm
     elif method != "recam":
         kwargs["normalize"] = "minmax"
-    if method not in ("cam", "recam"):
+    if method not in ("cam", "recam", "fullgrad"):
         kwargs["fusion"] = args.fusion
         if args.layer_weights is not None:
             kwargs["weights"] = args.layer_weights
     elif args.fusion != "max" or args.layer_weights is not None:
-        raise CLIError(f"--fusion/--layer-weights do not apply to {method} (one layer)")
+        raise CLIError(f"--fusion/--layer-weights do not apply to {method} (one layer, or FullGrad's sum)")
     return METHODS[method](model, **kwargs)
 
 

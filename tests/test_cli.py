@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import urllib.error
+import warnings
 import zlib
 from pathlib import Path
 
@@ -171,6 +172,23 @@ def test_saved_maps_are_the_library_maps_on_the_original_photo(small, images, tm
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
             if norm == "none":
                 assert got.max() > 0 and not np.allclose(got.max(), 1.0)  # raw values, not rescaled to [0, 1]
+
+
+@pytest.mark.parametrize("method", [m for m in cli.METHOD_NAMES if m != "recam"])
+def test_every_method_maps_equal_the_librarys(method, small, images, tmp_path, capsys):
+    """Each --method name is the registry's method with the preset's default layers (ReCAM needs a
+    head: test_recam_with_a_saved_head); the saved map is that method's map on the photo."""
+    model, preset = small
+    rc, _, err = _run(capsys, "explain", images[0], "--method", method, "--save-maps", "--no-figures",
+                      "--out", str(tmp_path))
+    assert rc == 0, err
+    photo = Image.open(images[0]).convert("RGB")
+    x = preset.transform(photo)[None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FullGrad: layers= ignored
+        res = camkit.METHODS[method](model, normalize="minmax", **preset.method_kwargs(method))(x)
+    ref = to_original(res.maps[0, 0], photo, preset.transform).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / f"img0_{method}.npy"), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_folder_input_recursive_sorted_images_only_mirrored(small, tmp_path, capsys):

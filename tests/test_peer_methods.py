@@ -531,3 +531,26 @@ def test_eigen_projection_of_non_finite_contributions_is_nan():
     E[1, 0, 2, 1, 0] = float("nan")
     p = cm.eigen_projection(E)
     assert torch.isnan(p[1, 0]).all() and torch.isfinite(p[0]).all() and torch.isfinite(p[1, 1:]).all()
+
+
+def test_fullgrad_hooks_timm_batchnormact_before_its_activation():
+    """timm's BatchNormAct2d returns act(bn(x)): FullGrad's bias term needs the gradient at bn(x),
+    which its ``drop`` submodule returns; checked against plain autograd at bn(x)."""
+    BatchNormAct2d = pytest.importorskip("timm.layers").BatchNormAct2d
+    torch.manual_seed(0)
+    bn = BatchNormAct2d(4, act_layer=nn.ReLU6)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    nn.init.uniform_(bn.bias, -1, 1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), bn, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    res = cm.FullGrad(model, normalize=None)(x, targets=[1, 2])
+    assert set(res.layer_maps) == {"input", "1.drop"}
+    z = F.batch_norm(model[0](x), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    y = model[2:](F.relu6(z)).gather(1, torch.tensor([[1], [2]])).sum()  # not bn.act: in place
+    (g,) = torch.autograd.grad(y, [z])
+    b = bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    m = (g * b[:, None, None]).abs().flatten(1)
+    m = ((m - m.min(1, keepdim=True).values) / (m.max(1, keepdim=True).values - m.min(1, keepdim=True).values))
+    close(res.layer_maps["1.drop"][:, 0], m.view(2, 4, 6, 6).sum(1), 1e-10)

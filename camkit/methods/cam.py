@@ -172,8 +172,44 @@ def _find_gap_input(model: nn.Module, fc: nn.Linear, output: Output = None) -> s
 # --------------------------------------------------------------------------- ReCAM
 
 
-class ReCAM(_Method):
-    """ReCAM maps of a :class:`camkit.CAMModel` whose head is a :class:`camkit.ReCAMHead`.
+class _HeadMethod(_Method):
+    """A method that reads its maps from a trained camkit head: the backbone's
+    output is recorded and ``_head_maps(features, classes)`` returns the raw
+    maps ``(B, K, h, w)``. Subclasses set ``head_type`` and ``default_normalize``."""
+
+    head_type: type = CAMHead
+    default_normalize: Union[str, Normalizer, None] = "minmax"
+
+    def __init__(self, model: nn.Module, normalize: Union[str, Normalizer, None] = "default") -> None:
+        name = type(self).__name__
+        if not isinstance(model, CAMModel) or not isinstance(model.head, self.head_type):
+            raise InputError(f"{name} needs a camkit.CAMModel whose head is a camkit.heads."
+                             f"{self.head_type.__name__} (trained)")
+        self.model = model
+        self.layers = [("head", model.head)]
+        self.fusion, self.weights, self.reshape, self.channels_last, self.output = "max", None, None, False, None
+        if normalize == "default":
+            normalize = self.default_normalize
+        if normalize == "head":
+            normalize = model.head.normalize
+        self.normalize = None if normalize is None else get_normalizer(normalize)
+        self._recorder = ActivationRecorder(model, [("backbone", model.backbone)])
+
+    def _head_maps(self, features: Tensor, classes: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
+                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
+        classes = target.classes(scores) if target.logit else None
+        if classes is None:
+            raise InputError(f"{type(self).__name__} maps classes: targets must be class indices, topk, 'all', "
+                             f"ClassScore or MultiLabel, not {type(target).__name__}")
+        with float32_math(scores.device.type):
+            return {"head": work_dtype(self._head_maps(acts["backbone"], classes.clamp(min=0)))}
+
+
+class ReCAM(_HeadMethod):
+    """ReCAM maps of a :class:`camkit.CAMModel` whose head is a :class:`camkit.ReCAMHead` (the study's).
 
     For each target c the head's maps are masked by the normalized CAM of c,
     and the map is the class-c score of the masked maps at each position (see
@@ -183,28 +219,15 @@ class ReCAM(_Method):
     target.
     """
 
-    def __init__(self, model: nn.Module, normalize: Union[str, Normalizer, None] = "head") -> None:
-        if not isinstance(model, CAMModel) or not isinstance(model.head, ReCAMHead):
-            raise InputError("ReCAM needs a camkit.CAMModel whose head is a camkit.ReCAMHead (trained)")
-        self.model = model
-        self.layers = [("head", model.head)]
-        self.fusion, self.weights, self.reshape, self.channels_last, self.output = "max", None, None, False, None
-        self.normalize = model.head.normalize if normalize == "head" else (
-            None if normalize is None else get_normalizer(normalize))
-        self._recorder = ActivationRecorder(model, [("backbone", model.backbone)])
+    head_type = ReCAMHead
+    default_normalize = "head"
 
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        classes = target.classes(scores) if target.logit else None
-        if classes is None:
-            raise InputError(f"ReCAM maps classes: targets must be class indices, topk, 'all', ClassScore or "
-                             f"MultiLabel, not {type(target).__name__}")
-        with float32_math(scores.device.type):
-            raw, _ = self.model.head.recam(acts["backbone"], classes.clamp(min=0), normalized=False)
-        return {"head": work_dtype(raw)}
+    def _head_maps(self, features: Tensor, classes: Tensor) -> Tensor:
+        raw, _ = self.model.head.recam(features, classes, normalized=False)
+        return raw
 
 
-class PaperReCAM(_Method):
+class PaperReCAM(_HeadMethod):
     """ReCAM as Chen et al. (CVPR 2022) define it, on a :class:`camkit.CAMModel` whose
     head is a trained :class:`camkit.heads.PaperReCAMHead`.
 
@@ -215,20 +238,8 @@ class PaperReCAM(_Method):
     are the CAM head's plain logits. Targets must be classes.
     """
 
-    def __init__(self, model: nn.Module, normalize: Union[str, Normalizer, None] = "relu_max") -> None:
-        if not isinstance(model, CAMModel) or not isinstance(model.head, PaperReCAMHead):
-            raise InputError("PaperReCAM needs a camkit.CAMModel whose head is a camkit.heads.PaperReCAMHead (trained)")
-        self.model = model
-        self.layers = [("head", model.head)]
-        self.fusion, self.weights, self.reshape, self.channels_last, self.output = "max", None, None, False, None
-        self.normalize = None if normalize is None else get_normalizer(normalize)
-        self._recorder = ActivationRecorder(model, [("backbone", model.backbone)])
+    head_type = PaperReCAMHead
+    default_normalize = "relu_max"
 
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        classes = target.classes(scores) if target.logit else None
-        if classes is None:
-            raise InputError(f"PaperReCAM maps classes: targets must be class indices, topk, 'all', ClassScore or "
-                             f"MultiLabel, not {type(target).__name__}")
-        with float32_math(scores.device.type):
-            return {"head": work_dtype(self.model.head.recam_maps(acts["backbone"], classes.clamp(min=0)))}
+    def _head_maps(self, features: Tensor, classes: Tensor) -> Tensor:
+        return self.model.head.recam_maps(features, classes)

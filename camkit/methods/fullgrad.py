@@ -9,8 +9,9 @@ C maps of a layer together (one min and max per image and layer, the authors'
 code), with ``per_channel=True`` each channel's map on its own
 (pytorch-grad-cam's). The layers are the ``nn.Conv2d`` with a bias and the
 ``nn.BatchNorm2d`` with affine weights and running statistics (exact types: a
-fused norm + activation module's output is not the bias's), and the total is
-normalized at the end (``normalize``, default min-max).
+fused norm + activation module's output is not the bias's; timm's ``BatchNormAct2d``
+is hooked on its ``drop`` submodule, which returns the batch norm's output), and
+the total is normalized at the end (``normalize``, default min-max).
 
 It fits camkit's hooks: every such layer is hooked, the forward records the
 whole graph from the input (a leaf that requires grad; the model's
@@ -55,14 +56,26 @@ def bias_of(layer: nn.Module) -> Tensor:
 
 
 def bias_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """The model's ``nn.Conv2d`` with a bias and ``nn.BatchNorm2d`` with affine weights and running statistics."""
+    """``(hooked name, module whose bias it adds)``: each ``nn.Conv2d`` with a bias and
+    ``nn.BatchNorm2d`` with affine weights and running statistics, hooked at its output;
+    for timm's ``BatchNormAct2d`` (batch norm, then ``drop``, then ``act``) the hook is
+    on ``drop``, whose output is the batch norm's (the module's own output is after the
+    activation)."""
     out = []
     for name, m in model.named_modules():
         if type(m) is nn.Conv2d and m.bias is not None:
             out.append((name, m))
-        elif type(m) is nn.BatchNorm2d and m.affine and m.running_mean is not None:
-            out.append((name, m))
+        elif isinstance(m, nn.BatchNorm2d) and m.affine and m.running_mean is not None:
+            if type(m) is nn.BatchNorm2d:
+                out.append((name, m))
+            elif _is_timm_norm_act(m):
+                out.append((f"{name}.drop" if name else "drop", m))
     return out
+
+
+def _is_timm_norm_act(m: nn.Module) -> bool:
+    return (type(m).__name__ == "BatchNormAct2d" and type(m).__module__.startswith("timm.")
+            and isinstance(getattr(m, "drop", None), nn.Module) and isinstance(getattr(m, "act", None), nn.Module))
 
 
 class FullGrad(KeepInput, _GradientMethod):
@@ -89,7 +102,8 @@ class FullGrad(KeepInput, _GradientMethod):
         if isinstance(model, nn.Module) and not layers:
             raise InputError(f"{type(model).__name__} has no nn.Conv2d with a bias nor nn.BatchNorm2d: FullGrad "
                              "needs the layers whose biases it explains")
-        super().__init__(model, [m for _, m in layers], normalize=normalize, channels_last=channels_last,
+        self._bias_of = dict(layers)
+        super().__init__(model, [n for n, _ in layers], normalize=normalize, channels_last=channels_last,
                          batched_backward=batched_backward, output=output)
 
     def _run_model(self, x: Tensor) -> object:
@@ -107,10 +121,10 @@ class FullGrad(KeepInput, _GradientMethod):
         with float32_math(values.device.type):
             gx = grads[0]
             out["input"] = fullgrad_term(work_dtype(gx), work_dtype(x.detach())[:, None], self.per_channel)
-            for (name, layer), g in zip(self.layers, grads[1:]):
+            for name, g in zip(names, grads[1:]):
                 if g is None:
                     raise InputError(_NO_PATH.format(names=[name]))
-                b = work_dtype(bias_of(layer).detach())[:, None, None]
+                b = work_dtype(bias_of(self._bias_of[name]).detach())[:, None, None]
                 out[name] = fullgrad_term(work_dtype(g), b, self.per_channel)
         return out
 

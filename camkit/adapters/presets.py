@@ -177,7 +177,9 @@ class Preset:
         method = method.lower()
         if method == "layercam":
             return self.layers
-        if method in ("gradcam", "gradcampp"):
+        if method == "fullgrad":
+            return ()  # every bias layer
+        if method in _LAST_LAYER_METHODS:
             return (self.gradcam_layer,)
         if method == "cam":
             if self.cam_layer is None:
@@ -190,7 +192,8 @@ class Preset:
             if not self.recam:
                 raise InputError("ReCAM needs a camkit.CAMModel with a ReCAMHead (see camkit.heads)")
             return ()
-        raise InputError(f"unknown method {method!r}; choose one of cam, gradcam, gradcampp, layercam, recam")
+        raise InputError(f"unknown method {method!r}; choose one of cam, recam, layercam, "
+                         f"{', '.join(_LAST_LAYER_METHODS)}, fullgrad")
 
     def expand_layers(self, layers: Sequence[str]) -> List[str]:
         """Replace names of layer sets (``"convs"``, ``"pools"``, ``"default"``) by their layers."""
@@ -222,6 +225,8 @@ class Preset:
             if self.cam_reshape is not None and chosen[0] == self.cam_layer:
                 kw["reshape"] = self.cam_reshape
             return {**kw, **out}
+        if method == "fullgrad":
+            return out
         if method == "recam":
             if layers:
                 raise InputError("ReCAM uses the CAM head's maps; it takes no layers")
@@ -242,6 +247,11 @@ class Preset:
 # Every dry run here is one camkit.hooks.dry_run of the whole model (eval mode
 # and every flag restored exactly, under the model's lock, no_grad) on an input
 # from camkit.hooks.dry_run_input (the model's dtype and device, a private RNG).
+
+
+# Methods that hook the last feature layer by default (as the peers do).
+_LAST_LAYER_METHODS = ("gradcam", "gradcampp", "hirescam", "xgradcam", "gradcamelementwise", "eigengradcam",
+                       "eigencam", "scorecam", "ablationcam", "smoothgradcampp")
 
 
 def _modules(model: nn.Module) -> Dict[str, nn.Module]:
