@@ -394,17 +394,19 @@ def test_quality_maps_from_features_equal_the_methods_on_the_whole_model(quick):
     run, _ = quick
     reg = dict(camkit.methods.METHODS)
     reg["hirescam"] = camkit.GradCAM  # any new gradient method joins through the registry
-    rows = quality.choose(quality.rows(reg), "default")
+    # one row of each kind (the heads' own methods, both LayerCAM variants, gradient methods on the features,
+    # one that smooths the input and so must run on the images)
+    rows = quality.choose(quality.rows(reg), "cam,recam,paper_recam,layercam,gradcam,hirescam,smoothgradcampp")
     load = lambda m: load_trained("tf_efficientnet_lite0", m, 1e-3, run)  # noqa: E731
     cam_model = load("cam")
     maker = quality.MapMaker(rows, reg, cam_model, {m: load(m) for m in ("recam_minmax", "recam_sigmoid", "recam_relu")},
                              load("paper_recam"), "tf_efficientnet_lite0", map_batch=2)
-    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     err = maker.calibrate(x, torch.tensor([[3], [11]]))
     assert set(err) == {r.key for r in rows}
     # every shortcut is exact, except generic methods that perturb the input, which then run on the images
     assert all(e < 1e-4 for k, e in err.items() if maker.on_features.get(k, True)), err
-    assert maker.on_features["hirescam"] and maker.on_features["gradcam"]
+    assert maker.on_features["hirescam"] and maker.on_features["gradcam"] and not maker.on_features["smoothgradcampp"]
 
 
 def test_quality_subcommand_dispatches_lazily(monkeypatch):

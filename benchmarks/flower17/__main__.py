@@ -134,6 +134,7 @@ def cmd_train(args) -> dict:
                       cache_path=path, threads=args.train_threads, models=models, lrs=args.lrs, epochs=args.epochs,
                       batch_size=args.batch_size, mask=args.mask, loss=args.loss, lam=args.lam)
     res["train_wall_seconds"] = time.perf_counter() - t0
+    res["jobs"] = args.jobs
     res.update({"provenance": prov, "backbone": args.backbone, "split": split.name, "split_source": split.source,
                 "cache": {k: v for k, v in blob["meta"].items()}, "cache_seed": args.seed, "quick": args.quick,
                 "variant": args.variant, "checkpoint_root": str(args.ckpt_dir.relative_to(args.run_dir)),

@@ -411,10 +411,15 @@ def write_timing(L: List[str], res: dict, prep: dict, timing: Optional[dict], ca
                  f"({cache_meta.get('threads')} threads).")
     per_seed = res.get("train_seconds_per_seed")
     load = res.get("provenance", {}).get("load_avg_1min_at_start")
+    wall = res.get("train_wall_seconds")
     L.append(f"- Training all {len(res['runs'])} heads on the cache ({res['head_epochs']} head-epochs): "
-             f"{res['train_seconds']:.1f} s" + (f" ({', '.join(f'{s:.0f}' for s in per_seed)} s per seed)" if per_seed else "")
+             + (f"{wall:.0f} s wall (seeds in parallel processes when the command says --jobs), " if wall else "")
+             + f"{res['train_seconds']:.1f} s summed over seeds"
+             + (f" ({', '.join(f'{s:.0f}' for s in per_seed)} s per seed)" if per_seed else "")
              + (f"; load average {load:.1f} at start, {res['load_average_at_end'][0]:.1f} at end on "
-                f"{res['provenance']['cpu_cores']} cores (above the core count: other jobs shared them)"
+                f"{res['provenance']['cpu_cores']} cores"
+                + (" (a load above the core count means the cores were shared)"
+                   if max(load, res['load_average_at_end'][0]) > res['provenance']['cpu_cores'] else "")
                 if load is not None and res.get("load_average_at_end") else "") + ".")
     if timing:
         L.append(f"- `all` end to end: prepare {timing['prepare_seconds']:.1f} s, prepare + train "
@@ -426,7 +431,7 @@ def write_timing(L: List[str], res: dict, prep: dict, timing: Optional[dict], ca
     if st and res["head_epochs"]:
         per_epoch = st["seconds_per_image"] * (N_TRAIN_FULL + N_VAL_FULL)
         total = per_epoch * res["head_epochs"]
-        head_epoch = res["train_seconds"] / res["head_epochs"]
+        head_epoch = res["train_seconds"] / res["head_epochs"]  # per process
         L.append(f"- The study's way (EXTRAPOLATION): the eager backbone on every image every epoch measured at "
                  f"{1e3 * st['seconds_per_image']:.1f} ms/image ({st['images']} augmented training images, batch "
                  f"{st['batch_size']}) -> about {per_epoch / 60:.1f} min per head-epoch, about {total / 3600:.1f} h for "

@@ -371,15 +371,6 @@ METRICS = [  # key, column label, higher is better
 ]
 
 
-METRICS = [  # key, column label, higher is better
-    ("deletion_auc", "deletion AUC (lower better)", False),
-    ("insertion_auc", "insertion AUC (higher better)", True),
-    ("average_drop", "average drop % (lower better)", False),
-    ("increase", "increase in confidence % (higher better)", True),
-    ("grid_score", "grid pointing game (higher better)", True),
-]
-
-
 def verdict(summary: Dict[str, Dict[str, dict]], per_image: Dict[str, Dict[str, Tensor]], labels: Dict[str, str]) -> List[str]:
     """Plain sentences on the study's conclusion (LayerCAM best, ReCAM worst), from the numbers.
 
@@ -504,7 +495,9 @@ def write_table(info: dict, summary: Dict[str, Dict[str, dict]], per_image, path
     L.append(markdown_header(info["provenance"]))
     L.append(f"Run: {info['seconds']['total']:.0f} s on {a['threads']} threads; load average "
              f"{info['load_average_start'][0]:.1f} at start, {info['load_average_end'][0]:.1f} at end on "
-             f"{info['provenance']['cpu_cores']} cores (above the core count: other jobs shared them).")
+             f"{info['provenance']['cpu_cores']} cores" + (" (a load above the core count means the cores were shared)"
+             if max(info['load_average_start'][0], info['load_average_end'][0]) > info['provenance']['cpu_cores']
+             else "") + ".")
     L.append("")
     L.append("Setup:")
     L.append("")
