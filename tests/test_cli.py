@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import camkit
@@ -442,12 +443,19 @@ def test_only_camkit_user_errors_are_one_line(monkeypatch, capsys):
     (["explain", "IMG", "--model", "resnet18", "--weights", "none", "--fusion", "weighted",
       "--layer-weights", "0.5", "0.5"], "one weight per layer"),
     (["explain", "IMG", "--model", "resnet18", "--weights", "NOFILE.pt"], "weights file not found"),
+    (["explain", "IMG", "--model", "resnet18", "--weights", "WRONGKEYS"], "122 of the model's 122 keys missing"),
+    (["explain", "IMG", "--model", "resnet18", "--weights", "NANWEIGHTS"], "NaN or Inf"),
     (["layers", "--model", "nosuchnet"], "unknown model"),
 ])
 def test_bad_input_gives_one_line_and_status_2(argv, expect, images, tmp_path, capsys):
     trunc = tmp_path / "trunc.png"
     trunc.write_bytes(Path(images[0]).read_bytes()[:200])  # a valid header, then nothing
-    subst = {"IMG": images[0], "TRUNC": str(trunc)}
+    wrong, nan = tmp_path / "wrong.pt", tmp_path / "nan.pt"
+    torch.save({"foo.weight": torch.zeros(2)}, wrong)
+    state = torchvision.models.resnet18().state_dict()
+    state["fc.bias"][:] = float("nan")
+    torch.save(state, nan)
+    subst = {"IMG": images[0], "TRUNC": str(trunc), "WRONGKEYS": str(wrong), "NANWEIGHTS": str(nan)}
     argv = [subst.get(a, a) for a in argv]
     rc, _, err = _run(capsys, *argv, *(["--out", str(tmp_path / "o")] if argv[0] == "explain" else []))
     assert rc == 2

@@ -316,6 +316,19 @@ def test_labels_with_several_classes_per_image(src, weights, tmp_path, request):
     assert recs["img01"]["keys"] == [5, 7, 9] and len(recs["img01"]["scores"]) == 3
 
 
+def test_labels_from_the_command_line(src, weights, tmp_path, capsys):
+    """`camkit export LIST --labels CSV`: each image's keys are its labels (names or indices), in class order."""
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{src}/a/img01.jpg\n{src}/a/img02.jpg\n")
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"path,labels\n{src}/a/img01.jpg,goldfish;0\n{src}/a/img02.jpg,7\n")
+    out = tmp_path / "out"
+    assert _export(lst, out, weights, "--labels", str(csv)) == 0
+    assert "2 ok" in capsys.readouterr().out
+    assert read_cams(out, "img01")["keys"].tolist() == [0, 1]
+    assert read_cams(out, "img02")["keys"].tolist() == [7]
+
+
 def test_bad_arguments_name_the_problem(src, weights, tmp_path, capsys):
     for extra, msg in ((["--device", "gpu0"], "'gpu0' is not a device"), (["--topk", "0"], "positive integer"),
                        (["--bg-threshold", "1.5"], "must lie in [0, 1]"), (["--normalize", "none"], "not available")):
@@ -455,6 +468,17 @@ def test_evaluate_masks_known_answers(tmp_path, capsys):
     assert cli.main(["evaluate-masks", str(out), "--gt", str(gt), "--threshold", "0.1", "--json", str(js)]) == 0
     r = json.loads(js.read_text())["best"]
     assert r["iou"][:2] == [pytest.approx(12 / 17), pytest.approx(10 / 15)] and r["recall"][0] == pytest.approx(12 / 17)
+    # --ignore: the same ground truth with 200 where it had 255 gives the same answers only when told so
+    g = np.asarray(Image.open(gt / "sub/two.png")).copy()
+    g[g == 255] = 200
+    Image.fromarray(g).save(gt / "sub/two.png")
+    sweep = ["--sweep", "0.05:0.95:0.05", "--json", str(js)]
+    assert cli.main(["evaluate-masks", str(out), "--gt", str(gt), "--ignore", "200", *sweep]) == 0
+    assert json.loads(js.read_text())["miou"] == res["miou"]
+    js.unlink()
+    cli.main(["evaluate-masks", str(out), "--gt", str(gt), *sweep])
+    capsys.readouterr()
+    assert not js.exists() or json.loads(js.read_text())["miou"] != res["miou"]
 
 
 def test_evaluate_masks_errors(tmp_path, capsys):

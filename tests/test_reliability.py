@@ -250,8 +250,9 @@ def test_output_batch_must_match_the_input():
 def test_lazy_stem_and_a_stem_registered_after_other_convs():
     torch.manual_seed(0)
     lazy = nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    lazy(torch.randn(1, 2, 8, 8))  # materialized on a 2-channel input
-    res = camkit.GradCAM(lazy, ["0"])(torch.randn(1, 2, 8, 8))
+    res = camkit.GradCAM(lazy, ["0"])(torch.randn(1, 2, 8, 8))  # not materialized yet: in_channels unknown
+    assert res.maps.shape == (1, 1, 8, 8)
+    res = camkit.GradCAM(lazy, ["0"])(torch.randn(1, 2, 8, 8))  # materialized by the first call, on 2 channels
     assert res.maps.shape == (1, 1, 8, 8)
 
     class LateStem(nn.Module):
@@ -276,6 +277,9 @@ def test_torchscript_and_checkpointing_are_named():
     traced = torch.jit.trace(model, torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match="TorchScript.*do not run Python forward hooks"):
         camkit.GradCAM(traced, ["layer4"])
+    scripted = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    with pytest.raises(ValueError, match="TorchScript.*do not run Python forward hooks"):
+        camkit.GradCAM(scripted, ["0"])
     tm = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
     tm.set_grad_checkpointing(True)
     with pytest.raises(ValueError, match=r"gradient checkpointing is on.*set_grad_checkpointing\(False\)"):

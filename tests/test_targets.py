@@ -103,6 +103,9 @@ def test_multilabel_pads_and_masks(net, x):
     torch.testing.assert_close(res.maps[res.valid], single.maps[res.valid])
     assert res.maps[1, 1].abs().max() == 0 and res.layer_maps["layer4"][1, 1].abs().max() == 0
     assert res.scores[1, 1] == 0
+    ref, values = hand_maps(net, ["layer4"], x, lambda s: s[[[0], [1]], [[1, 3], [2, 2]]], gradcam_hand)
+    torch.testing.assert_close(res.layer_maps["layer4"][res.valid], ref["layer4"][res.valid])  # plain autograd
+    torch.testing.assert_close(res.scores[res.valid], values[res.valid])
     sig = camkit.GradCAM(net, layers=["layer4"], normalize="sigmoid")(x, targets=MultiLabel([[3, 1], [2]]))
     assert sig.maps[1, 1].abs().max() == 0  # padding stays zero whatever the normalizer
     cams = camkit.CAM(net)(x, targets=MultiLabel([[3, 1], [2]]))  # CAM reads the same classes
@@ -221,6 +224,13 @@ def test_segmentation_region_equals_hand_computation(fcn, method, formula):
     res = cam(x, targets=SegmentationRegion(classes, mask=mask))
     ref, _ = hand_maps(fcn, layers, x, lambda out: region(out, mask), formula)
     torch.testing.assert_close(res.layer_maps["backbone.layer4"], ref["backbone.layer4"], rtol=1e-4, atol=1e-10)
+    per_image = torch.zeros(2, 32, 32, dtype=torch.bool)  # (B, H, W): a different region per image
+    per_image[0, :16] = True
+    per_image[1, :, 8:] = True
+    res = cam(x, targets=SegmentationRegion(classes, mask=per_image))
+    ref, values = hand_maps(fcn, layers, x, lambda out: region(out, per_image), formula)
+    torch.testing.assert_close(res.layer_maps["backbone.layer4"], ref["backbone.layer4"], rtol=1e-4, atol=1e-10)
+    torch.testing.assert_close(res.scores, values)
     with pytest.raises(ValueError, match=r"mask of shape \(3, 3\) does not fit"):
         cam(x, targets=SegmentationRegion(1, mask=torch.ones(3, 3, dtype=torch.bool)))
 
