@@ -244,7 +244,7 @@ def test_unknown_model_class_has_no_preset():
     with pytest.raises(ValueError, match="no preset"):
         resolve(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
     with pytest.raises(ValueError, match="unknown method"):
-        resolve(_tv("resnet18")).default_layers("scorecam")
+        resolve(_tv("resnet18")).default_layers("nosuchcam")
 
 
 def test_weights_enum_gives_transform_and_categories():

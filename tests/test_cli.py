@@ -373,7 +373,7 @@ def _bomb_png(path: Path, w: int = 20000, h: int = 20000) -> None:
     (["--batch-size", "0"], "argument --batch-size: must be >= 1"),
     (["--alpha", "1.5"], "argument --alpha: must lie in [0, 1]"),
     (["--normalize", "softmax"], "--normalize: unknown normalizer 'softmax'"),
-    (["--method", "scorecam"], "unknown method"),
+    (["--method", "nosuchcam"], "unknown method"),
     (["--target", "top0"], "k must be at least 1"),
     (["--target", "-1"], "a class index is >= 0"),
     (["--target", ""], "--target is empty"),
