@@ -319,13 +319,23 @@ class _Dist:
         self.world = dist.get_world_size() if self.on else 1
 
     def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` (JSON-serializable) on every rank, sent as JSON bytes: no pickle."""
         if not self.on:
             return obj
+        import numpy as np
+        import torch
         import torch.distributed as dist
 
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        dev = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        data = json.dumps(obj).encode() if self.rank == 0 else b""
+        n = torch.tensor([len(data)], dtype=torch.int64, device=dev)
+        dist.broadcast(n, src=0)
+        if self.rank == 0:
+            buf = torch.tensor(np.frombuffer(data, dtype=np.uint8), device=dev)
+        else:
+            buf = torch.empty(int(n.item()), dtype=torch.uint8, device=dev)
+        dist.broadcast(buf, src=0)
+        return json.loads(buf.cpu().numpy().tobytes())
 
     def sum(self, values: Sequence[float]) -> List[float]:
         if not self.on:
