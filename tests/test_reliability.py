@@ -125,6 +125,33 @@ def test_two_threads_two_explainers_one_model():
             torch.testing.assert_close(m, expected[i])
 
 
+@pytest.mark.parametrize("name", ["scorecam", "ablationcam", "smoothgradcampp", "fullgrad"])
+def test_one_method_object_serves_two_threads(name):
+    """The methods that run the model again keep the call's input per thread (camkit.methods.rerun)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Slow(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    cam = METHODS[name](model, layers=None if name == "fullgrad" else ["3"])
+    x = torch.randn(1, 3, 12, 12)
+    expected = cam(x).maps
+    errors, results = [], []
+
+    def work():
+        try:
+            for _ in range(4):
+                results.append(cam(x).maps)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 8 and all(torch.equal(m, expected) for m in results)
+
+
 def test_a_foreign_forward_in_another_thread_is_not_recorded():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), Slow(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
