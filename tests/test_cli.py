@@ -175,6 +175,11 @@ def test_saved_maps_are_the_library_maps_on_the_original_photo(small, images, tm
                 assert got.max() > 0 and not np.allclose(got.max(), 1.0)  # raw values, not rescaled to [0, 1]
 
 
+def test_method_names_are_the_registry_but_the_papers_recam():
+    """The CLI spells its choices out (no torch import to build the parser): they must stay the registry's."""
+    assert set(cli.METHOD_NAMES) == set(camkit.METHODS) - {"paper_recam"}
+
+
 @pytest.mark.parametrize("method", [m for m in cli.METHOD_NAMES if m != "recam"])
 def test_every_method_maps_equal_the_librarys(method, small, images, tmp_path, capsys):
     """Each --method name is the registry's method with the preset's default layers (ReCAM needs a

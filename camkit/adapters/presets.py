@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from camkit.errors import InputError
 from camkit.hooks import dry_model, dry_run, dry_run_input
-from camkit.methods import gap_linear_mismatch
+from camkit.methods import METHODS, gap_linear_mismatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -249,9 +249,9 @@ class Preset:
 # from camkit.hooks.dry_run_input (the model's dtype and device, a private RNG).
 
 
-# Methods that hook the last feature layer by default (as the peers do).
-_LAST_LAYER_METHODS = ("gradcam", "gradcampp", "hirescam", "xgradcam", "gradcamelementwise", "eigengradcam",
-                       "eigencam", "scorecam", "ablationcam", "smoothgradcampp")
+# Methods that hook the last feature layer by default (as the peers do): every registered
+# method but those with their own layers (CAM's, the heads', LayerCAM's several, FullGrad's biases).
+_LAST_LAYER_METHODS = tuple(m for m in METHODS if m not in ("cam", "recam", "paper_recam", "layercam", "fullgrad"))
 
 
 def _modules(model: nn.Module) -> Dict[str, nn.Module]:
