@@ -195,17 +195,39 @@ def _trace(hw: Tuple[int, int], transform: Any) -> Tuple[Box, Tuple[int, int]]:
 # --------------------------------------------------------------------------- public
 
 def crop_box(image_size_hw: SizeLike, transform: Any) -> Box:
-    """The network input's field of view in the original image: ``(top, left, height, width)``.
+    """The network input's field of view in the original image.
 
-    In original-pixel coordinates (floats; pixel ``i`` spans ``[i, i + 1)``);
-    ``top`` / ``left`` are negative and the box larger than the image where
-    the transform pads. ``image_size_hw``: ``(H, W)`` or the image itself.
+    Args:
+        image_size_hw (sequence of int, or an image): ``(H, W)``, or the image
+            itself (PIL image, ``(H, W, C)`` array, ``(C, H, W)`` tensor).
+        transform (callable or None): What made the network input from the image (e.g.
+            ``preset.transform``); ``None``: the image itself.
+
+    Returns:
+        *tuple of float*: ``(top, left, height, width)`` in original-pixel
+        coordinates (pixel ``i`` spans ``[i, i + 1)``); ``top`` / ``left`` are
+        negative and the box larger than the image where the transform pads.
+
+    Raises:
+        InputError: A bad image or size, or a transform step camkit cannot
+            invert (random crops, flips, a ``Lambda``, ...).
     """
     return _trace(_image_hw(image_size_hw), transform)[0]
 
 
 def input_size(image_size_hw: SizeLike, transform: Any) -> Tuple[int, int]:
-    """``(h, w)`` of the network input ``transform`` makes from an image of this size."""
+    """The size of the network input ``transform`` makes from an image of this size.
+
+    Args:
+        image_size_hw (sequence of int, or an image): As in :func:`crop_box`.
+        transform (callable or None): As in :func:`crop_box`.
+
+    Returns:
+        *tuple of int*: ``(h, w)``.
+
+    Raises:
+        InputError: As :func:`crop_box`.
+    """
     return _trace(_image_hw(image_size_hw), transform)[1]
 
 
@@ -213,15 +235,24 @@ def to_original(cam: Union[Tensor, np.ndarray], image_or_size: SizeLike, transfo
                 fill: float = 0.0) -> Tensor:
     """Maps on the network input, resampled onto the original image's pixel grid.
 
-    cam: ``(..., h, w)``, any leading dims (e.g. ``res.maps`` ``(B, K, H, W)``
-    of one image size); it covers the network input's field of view (any
-    resolution: a ``7x7`` layer map works too). image_or_size: the original
-    image (PIL image, ``(H0, W0, C)`` array, ``(C, H0, W0)`` tensor) or
-    ``(H0, W0)``. transform: the one that made the network input from it
-    (``preset.transform``); ``None`` means the input was the image itself.
-    Returns ``(..., H0, W0)``, bilinear inside the field of view, ``fill``
-    outside it (e.g. ``float("nan")`` to mark "not seen"); float32 (float64
-    kept), on the map's device.
+    Args:
+        cam (Tensor or np.ndarray): ``(..., h, w)``, any leading dims (e.g.
+            ``res.maps`` ``(B, K, H, W)`` of one image size), covering the
+            network input's field of view at any resolution (a ``7x7`` layer
+            map works too).
+        image_or_size (image or sequence of int): The original image (PIL
+            image, ``(H0, W0, C)`` array, ``(C, H0, W0)`` tensor) or ``(H0, W0)``.
+        transform (callable or None): The one that made the network input from it
+            (``preset.transform``); ``None``: the input was the image itself.
+        fill (float, optional): The value outside the field of view (e.g.
+            ``float("nan")`` to mark "not seen"). Default: 0.0.
+
+    Returns:
+        *Tensor*: ``(..., H0, W0)``, bilinear inside the field of view;
+        float32 (float64 kept), on the map's device.
+
+    Raises:
+        InputError: ``cam`` is not ``(..., h, w)``, or what :func:`crop_box` refuses.
     """
     t = torch.as_tensor(cam)
     if t.dim() < 2 or t.shape[-2] < 1 or t.shape[-1] < 1:

@@ -27,6 +27,14 @@ class CAMHead(nn.Module):
     The study's head on VGG16 ``features`` + ``AdaptiveAvgPool2d(7)``. Because the
     head ends in GAP + linear, ``cam(features)`` is exactly the class score at
     each position: ``logits == cam(features).mean((2, 3))``.
+
+    Args:
+        in_channels (int): ``C``, the features' channels.
+        num_classes (int): ``N``.
+
+    Raises:
+        InputError: ``in_channels`` or ``num_classes`` not positive; from the
+            methods, features not ``(B, C, h, w)``.
     """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
@@ -46,17 +54,42 @@ class CAMHead(nn.Module):
                 f"expected features of shape (B, {self.in_channels}, h, w), got {tuple(f.shape)}"
             )
 
+    def _check_classes(self, t: Tensor) -> None:
+        if t.numel() and (t.min() < 0 or t.max() >= self.num_classes):
+            raise InputError(f"target classes must lie in [0, {self.num_classes - 1}]")
+
     def maps(self, f: Tensor) -> Tensor:
-        """Class maps after the ReLU: ``(B, C, h, w) -> (B, N, h, w)``, values >= 0."""
+        """Class maps after the ReLU.
+
+        Args:
+            f (Tensor): Features ``(B, C, h, w)``.
+
+        Returns:
+            *Tensor*: ``(B, N, h, w)``, values >= 0.
+        """
         self._check(f)
         return self.relu(self.conv(f))
 
     def cam(self, f: Tensor) -> Tensor:
-        """CAM of every class: the linear layer applied at each position, ``(B, N, h, w)``."""
+        """CAM of every class: the linear layer applied at each position.
+
+        Args:
+            f (Tensor): Features ``(B, C, h, w)``.
+
+        Returns:
+            *Tensor*: ``(B, N, h, w)``.
+        """
         return torch.einsum("nk,bkhw->bnhw", self.fc.weight, self.maps(f))
 
     def forward(self, f: Tensor) -> Tensor:
-        """Logits ``(B, N)``."""
+        """Logits.
+
+        Args:
+            f (Tensor): Features ``(B, C, h, w)``.
+
+        Returns:
+            *Tensor*: ``(B, N)``.
+        """
         return self.fc(self.pool(self.maps(f)).flatten(1))
 
 
@@ -74,6 +107,15 @@ class ReCAMHead(CAMHead):
     ``forward(f)`` masks by the CAM of the plain CAM head's top-1 class, which is
     what the study's code (``recam_features``) does in training and in evaluation;
     ``forward(f, target=labels)`` masks by the given classes instead.
+
+    Args:
+        in_channels (int): ``C``, the features' channels.
+        num_classes (int): ``N``.
+        normalize (str or callable, optional): The mask's normalizer
+            (:func:`camkit.normalize.get_normalizer`). Default: ``"minmax"``.
+
+    Raises:
+        InputError: As :class:`CAMHead`, or an unknown normalizer name.
     """
 
     def __init__(self, in_channels: int, num_classes: int, normalize: Union[str, Normalizer] = "minmax") -> None:
@@ -82,13 +124,25 @@ class ReCAMHead(CAMHead):
         self.normalize = get_normalizer(normalize)
 
     def plain_logits(self, f: Tensor) -> Tensor:
-        """The CAM head's logits before re-activation, ``(B, N)``."""
+        """The CAM head's logits before re-activation.
+
+        Args:
+            f (Tensor): Features ``(B, C, h, w)``.
+
+        Returns:
+            *Tensor*: ``(B, N)``.
+        """
         return super().forward(f)
 
     def masked(self, maps: Tensor, targets: Tensor) -> Tensor:
-        """``maps`` (B, N, h, w) masked by the normalized CAM of each target.
+        """``maps`` masked by the normalized CAM of each target.
 
-        targets: (B, K) long -> (B, K, N, h, w).
+        Args:
+            maps (Tensor): Class maps ``(B, N, h, w)`` (:meth:`maps`).
+            targets (Tensor): ``(B, K)`` long class indices.
+
+        Returns:
+            *Tensor*: ``(B, K, N, h, w)``.
         """
         w = self.fc.weight[targets]  # (B, K, N)
         cams = torch.einsum("bkn,bnhw->bkhw", w, maps)
@@ -96,11 +150,18 @@ class ReCAMHead(CAMHead):
         return maps.unsqueeze(1) * mask.unsqueeze(2)
 
     def recam(self, f: Tensor, targets: Tensor, normalized: bool = True) -> tuple[Tensor, Tensor]:
-        """ReCAM maps and logits for ``targets`` (B, K).
+        """ReCAM maps and logits for each target.
 
-        Returns ``(maps, logits)``: maps ``(B, K, h, w)``, in [0, 1] when
-        ``normalized`` (else the raw class scores of the masked maps), and
-        logits ``(B, K, N)`` of the re-activated features for each target.
+        Args:
+            f (Tensor): Features ``(B, C, h, w)``.
+            targets (Tensor): ``(B, K)`` long class indices.
+            normalized (bool, optional): Normalize the maps. Default: True.
+
+        Returns:
+            *tuple of Tensor*: ``(maps, logits)``: maps ``(B, K, h, w)``, in
+            [0, 1] when ``normalized`` (else the raw class scores of the masked
+            maps), and logits ``(B, K, N)`` of the re-activated features for
+            each target.
         """
         m = self.masked(self.maps(f), targets)  # (B, K, N, h, w)
         logits = self.fc(m.mean(dim=(-2, -1)))  # (B, K, N)
@@ -109,7 +170,19 @@ class ReCAMHead(CAMHead):
         return (self.normalize(raw) if normalized else raw), logits
 
     def forward(self, f: Tensor, target: Optional[Tensor] = None) -> Tensor:
-        """Re-activated logits ``(B, N)`` for ``target`` (B,) (default: plain top-1)."""
+        """Re-activated logits.
+
+        Args:
+            f (Tensor): Features ``(B, C, h, w)``.
+            target (Tensor, optional): ``(B,)`` class indices; default the
+                plain head's top-1.
+
+        Returns:
+            *Tensor*: ``(B, N)``.
+
+        Raises:
+            InputError: ``target`` not ``(B,)`` or a class outside ``0..N-1``.
+        """
         maps = self.maps(f)
         if target is None:
             with torch.no_grad():
@@ -117,8 +190,7 @@ class ReCAMHead(CAMHead):
         target = torch.as_tensor(target, device=f.device).long().reshape(-1, 1)
         if target.shape[0] != f.shape[0]:
             raise InputError(f"expected target of shape ({f.shape[0]},), got {tuple(target.shape)}")
-        if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
-            raise InputError(f"target classes must lie in [0, {self.num_classes - 1}]")
+        self._check_classes(target)
         m = self.masked(maps, target)[:, 0]
         return self.fc(self.pool(m).flatten(1))
 
@@ -130,6 +202,11 @@ class CAMModel(nn.Module):
     the study: VGG16 ``features`` then ``AdaptiveAvgPool2d(7)``). With
     ``freeze=True`` its parameters stop requiring gradients and it stays in eval
     mode even when the joined module is put in training mode.
+
+    Args:
+        backbone (nn.Module): Images ``(B, 3, H, W)`` -> features ``(B, C, h, w)``.
+        head (CAMHead): Any camkit head.
+        freeze (bool, optional): Default: True.
     """
 
     def __init__(self, backbone: nn.Module, head: CAMHead, freeze: bool = True) -> None:
@@ -143,12 +220,14 @@ class CAMModel(nn.Module):
             self.backbone.eval()
 
     def train(self, mode: bool = True) -> CAMModel:
+        """As ``nn.Module.train``; a frozen backbone stays in eval mode. Returns ``self``."""
         super().train(mode)
         if self.frozen:
             self.backbone.eval()
         return self
 
     def forward(self, x: Tensor) -> Tensor:
+        """Images ``(B, 3, H, W)`` -> logits ``(B, N)``."""
         return self.head(self.backbone(x))
 
 
@@ -174,6 +253,15 @@ class PaperReCAMHead(CAMHead):
     two weight matrices, as ``CAM.forward2`` in the authors' ``net/resnet50_cam.py``.
     Chen et al. add 1e-5 to the max; :func:`camkit.normalize.relu_max` gives 0 for a map
     with no positive value instead.
+
+    Args:
+        in_channels (int): ``C``, the features' channels.
+        num_classes (int): ``N``.
+        lam (float, optional): The predictor loss's weight, finite and >= 0. Default: 1.0.
+
+    Raises:
+        InputError: As :class:`CAMHead`, or a bad ``lam``; from the methods,
+            targets that are not integer ``(B,)`` / ``(B, K)`` classes in ``0..N-1``.
     """
 
     def __init__(self, in_channels: int, num_classes: int, lam: float = 1.0) -> None:
@@ -196,14 +284,18 @@ class PaperReCAMHead(CAMHead):
             t = t[:, None]
         if t.dim() != 2 or t.shape[0] != f.shape[0]:
             raise InputError(f"targets must have shape ({f.shape[0]},) or ({f.shape[0]}, K), got {tuple(t.shape)}")
-        if t.numel() and (t.min() < 0 or t.max() >= self.num_classes):
-            raise InputError(f"target classes must lie in [0, {self.num_classes - 1}]")
+        self._check_classes(t)
         return t
 
     def pooled(self, f: Tensor, targets: Tensor) -> Tensor:
-        """``p`` of each target: the maps masked by its normalized CAM, pooled: ``(B, K, N)``.
+        """``p`` of each target: the maps masked by its normalized CAM, pooled.
 
-        f ``(B, C, h, w)``, targets ``(B,)`` or ``(B, K)`` class indices.
+        Args:
+            f (Tensor): Features ``(B, C, h, w)``.
+            targets (Tensor): ``(B,)`` or ``(B, K)`` class indices.
+
+        Returns:
+            *Tensor*: ``(B, K, N)``.
         """
         t = self._targets(f, targets)
         maps = self.maps(f)
@@ -212,11 +304,30 @@ class PaperReCAMHead(CAMHead):
         return torch.einsum("bkhw,bnhw->bkn", mask, maps) / (maps.shape[-2] * maps.shape[-1])
 
     def predictor_logits(self, f: Tensor, targets: Tensor) -> Tensor:
-        """``W' p`` of each target: ``(B, K, N)``."""
+        """``W' p`` of each target.
+
+        Args:
+            f (Tensor): Features ``(B, C, h, w)``.
+            targets (Tensor): ``(B,)`` or ``(B, K)`` class indices.
+
+        Returns:
+            *Tensor*: ``(B, K, N)``.
+        """
         return self.predictor(self.pooled(f, targets))
 
     def loss(self, f: Tensor, y: Tensor) -> Tensor:
-        """The paper's training loss (a 0-d tensor); ``y`` ``(B,)`` labels or ``(B, N)`` multi-hot."""
+        """The paper's training loss.
+
+        Args:
+            f (Tensor): Features ``(B, C, h, w)``.
+            y (Tensor): ``(B,)`` labels or ``(B, N)`` multi-hot.
+
+        Returns:
+            *Tensor*: 0-d.
+
+        Raises:
+            InputError: ``y`` of another shape, or labels outside ``0..N-1``.
+        """
         y = torch.as_tensor(y, device=f.device)
         logits = self(f)
         if y.dim() == 1:
@@ -234,10 +345,17 @@ class PaperReCAMHead(CAMHead):
         return cls + self.lam * per_image.sum() / f.shape[0]
 
     def recam_maps(self, f: Tensor, targets: Tensor) -> Tensor:
-        """Raw ReCAM maps ``ReLU(sum_k W'[c, k] W[c, k] M_k)`` of each target: ``(B, K, h, w)``, >= 0.
+        """Raw ReCAM maps ``ReLU(sum_k W'[c, k] W[c, k] M_k)`` of each target.
 
-        f ``(B, C, h, w)`` (the head's input), targets ``(B,)`` or ``(B, K)``; normalize
-        each map by its max (:func:`camkit.normalize.relu_max`) to get the paper's map.
+        Normalize each map by its max (:func:`camkit.normalize.relu_max`) to
+        get the paper's map.
+
+        Args:
+            f (Tensor): Features ``(B, C, h, w)`` (the head's input).
+            targets (Tensor): ``(B,)`` or ``(B, K)`` class indices.
+
+        Returns:
+            *Tensor*: ``(B, K, h, w)``, >= 0.
         """
         t = self._targets(f, targets)
         combined = self.predictor.weight * self.fc.weight  # (N, N), element-wise
@@ -253,6 +371,13 @@ def save_head(head: nn.Module, path: Union[str, os.PathLike]) -> None:
     A ReCAMHead's normalizer is stored by name, so it must be one of camkit's
     (:data:`camkit.normalize.NORMALIZERS`); a custom callable is refused here
     rather than written to a file that cannot be loaded.
+
+    Args:
+        head (nn.Module): A :class:`CAMHead`, :class:`ReCAMHead` or :class:`PaperReCAMHead`.
+        path (str or os.PathLike): The file to write.
+
+    Raises:
+        InputError: Another type of module, or a ReCAMHead with a custom normalizer.
     """
     if type(head) not in _HEADS.values():
         raise InputTypeError(f"save_head saves camkit heads ({', '.join(_HEADS)}), got {type(head).__name__}")
@@ -272,7 +397,19 @@ def save_head(head: nn.Module, path: Union[str, os.PathLike]) -> None:
 
 
 def load_head(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> CAMHead:
-    """Rebuild a head saved by :func:`save_head` (InputError for any other file)."""
+    """Rebuild a head saved by :func:`save_head`.
+
+    Args:
+        path (str or os.PathLike): The file.
+        map_location (str or torch.device, optional): Where to load the
+            weights. Default: ``"cpu"``.
+
+    Returns:
+        *CAMHead*: The head, of the saved class, with its weights.
+
+    Raises:
+        InputError: A missing file, or any file :func:`save_head` did not write.
+    """
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import threading
 import weakref
 from contextlib import contextmanager
@@ -34,6 +35,12 @@ def model_lock(model: nn.Module) -> threading.RLock:
     Every camkit entry point that changes a model's state for a while (mode
     flags, hooks that record) holds it, so two threads explaining one model
     take turns instead of interleaving their save / restore.
+
+    Args:
+        model (nn.Module): The model.
+
+    Returns:
+        *threading.RLock*: The same lock for the same model, as long as it lives.
     """
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
@@ -50,6 +57,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     The one save / restore of mode flags in camkit: methods, metrics, presets
     and dry runs all use it. Flags are set directly, so a ``train()`` override
     with side effects is not called.
+
+    Args:
+        model (nn.Module): The model.
+
+    Returns:
+        *context manager*: Yields ``model``.
     """
     with model_lock(model):
         flags = [(m, m.training) for m in model.modules()]
@@ -63,18 +76,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _first_float(model: nn.Module) -> Optional[Tensor]:
-    for t in model.parameters():
-        if t.is_floating_point():
-            return t
-    for t in model.buffers():
-        if t.is_floating_point():
-            return t
-    return None
+    """The first floating-point parameter, else buffer, of ``model``."""
+    return next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
 
 
 def input_channels(model: nn.Module) -> int:
-    """The channels the model's stem takes: timm's ``in_chans``, else the first
-    non-lazy ``Conv2d``'s ``in_channels``, else 3."""
+    """The channels the model's stem takes, read from its modules (no forward).
+
+    Args:
+        model (nn.Module): The model.
+
+    Returns:
+        *int*: timm's ``in_chans``, else the first registered non-lazy
+        ``Conv2d``'s ``in_channels``, else 3.
+    """
     in_chans = getattr(model, "in_chans", None)
     if isinstance(in_chans, int) and in_chans > 0:
         return in_chans
@@ -96,6 +111,13 @@ def stem_channels(model: nn.Module, x: Tensor) -> int:
     one computes, so the order in which modules were registered does not
     matter. A lazy stem (channels not known yet) counts as 3; where no
     ``Conv2d`` runs first, or the run fails before one, :func:`input_channels`.
+
+    Args:
+        model (nn.Module): The model.
+        x (Tensor): An input it accepts, ``(1, C, H, W)``.
+
+    Returns:
+        *int*: The stem's channels.
     """
     def stop(m: nn.Module, args: Tuple[Any, ...]) -> None:
         raise _StemFound(int(m.in_channels) or 3)
@@ -114,9 +136,23 @@ def stem_channels(model: nn.Module, x: Tensor) -> int:
 
 
 def dry_run_input(model: nn.Module, size: Sequence[int] = (224, 224), batch: int = 1, seed: int = 0) -> Tensor:
-    """A random ``(batch, C, H, W)`` input on the model's device and in its dtype,
-    C the stem's channels (:func:`stem_channels`), drawn from a private
-    generator (the global RNG is not consumed)."""
+    """A random input on the model's device and in its dtype, drawn from a
+    private generator (the global RNG is not consumed).
+
+    Args:
+        model (nn.Module): The model.
+        size (sequence of int, optional): ``(H, W)``. Default: ``(224, 224)``.
+        batch (int, optional): ``B``. Default: 1.
+        seed (int, optional): The generator's seed. Default: 0.
+
+    Returns:
+        *Tensor*: ``(B, C, H, W)``, C the stem's channels (:func:`stem_channels`);
+        the dtype of the model's first floating-point parameter or buffer
+        (float32 without one).
+
+    Raises:
+        InputError: ``size`` is not two positive integers.
+    """
     if len(size) != 2 or any(int(s) < 1 for s in size):
         raise InputError(f"the input size must be two positive integers (H, W), got {tuple(size)}")
     ref = _first_float(model)
@@ -141,7 +177,14 @@ def _uninitialized(model: nn.Module) -> bool:
 def dry_model(model: nn.Module) -> Iterator[nn.Module]:
     """The model to dry-run: ``model`` itself, or a deep copy when lazy modules are
     not initialized yet (a forward would create their parameters and draw from
-    the global RNG), initialized under a forked RNG. Names and structure are the same."""
+    the global RNG), initialized under a forked RNG. Names and structure are the same.
+
+    Args:
+        model (nn.Module): The model.
+
+    Returns:
+        *context manager*: Yields ``model`` or its copy.
+    """
     if not _uninitialized(model):
         yield model
         return
@@ -167,6 +210,25 @@ def dry_run(
     ``(kept, output)``: for each named module (``names``; default all) that
     returned a tensor, ``keep(name, output)`` of its first call, in the order
     the modules finished.
+
+    Args:
+        model (nn.Module): The model.
+        x (Tensor, optional): The input; default :func:`dry_run_input` of
+            ``size`` and ``batch``.
+        size (sequence of int, optional): ``(H, W)`` of the default input.
+        batch (int, optional): ``B`` of the default input. Default: 1.
+        names (sequence of str, optional): The modules to watch (dotted
+            names); default all but the root.
+        keep (callable, optional): ``(name, detached output) -> kept value``;
+            default the output itself.
+        run (callable, optional): What to run on ``x``; default ``model``.
+
+    Returns:
+        *tuple*: ``(kept, output)``: a dict ``name -> kept value`` and what
+        ``run(x)`` returned.
+
+    Raises:
+        KeyError: A name in ``names`` is not a module of ``model``.
     """
     mods = dict(model.named_modules())
     chosen = [n for n in mods if n] if names is None else list(names)
@@ -190,17 +252,33 @@ def dry_run(
     return kept, out
 
 
-
 def layer_names(model: nn.Module) -> List[str]:
-    """Dotted names of every submodule, in ``model.named_modules()`` order (root excluded)."""
+    """Dotted names of every submodule.
+
+    Args:
+        model (nn.Module): The model.
+
+    Returns:
+        *list of str*: In ``model.named_modules()`` order, the root excluded.
+    """
     return [name for name, _ in model.named_modules() if name]
 
 
 def resolve_layers(model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]]) -> List[Tuple[str, nn.Module]]:
     """Turn dotted names or module objects into ``(name, module)`` pairs.
 
-    Raises ValueError for an empty list, an unknown name (listing close
-    matches), a module that is not part of ``model``, or a repeated layer.
+    Args:
+        model (nn.Module): The model.
+        layers (str, nn.Module or a sequence of them): The layers, by dotted
+            name or as submodules of ``model``.
+
+    Returns:
+        *list of tuple*: ``(name, module)`` per layer, in the given order.
+
+    Raises:
+        InputError: ``layers`` is None or empty, an unknown name (the message
+            lists close matches), a module that is not a submodule of
+            ``model`` (or is ``model`` itself), another type, or a repeated layer.
     """
     if layers is None:
         raise InputError("layers is required: name at least one layer, e.g. layers=['features.29'] "
@@ -253,6 +331,17 @@ class ActivationRecorder:
     with respect to the hooked outputs are unchanged (nothing computed before
     a layer ran can depend on its output), but the forward saves no tensors
     for the part of the model below the hooked layers.
+
+    Args:
+        model (nn.Module): The model.
+        layers (sequence of tuple): ``(name, module)`` pairs, as from
+            :func:`resolve_layers`.
+        make_differentiable (bool, optional): Default: False.
+        grad_from_first_layer (bool, optional): Default: False.
+
+    Raises:
+        InputError: During a recording, a hooked layer returned something
+            other than a tensor.
     """
 
     def __init__(
@@ -274,14 +363,17 @@ class ActivationRecorder:
 
     @property
     def attached(self) -> bool:
+        """Whether the hooks are attached."""
         return bool(self._handles)
 
     def attach(self) -> ActivationRecorder:
+        """Attach the hooks (once); returns ``self``."""
         if not self._handles:
             self._handles = [m.register_forward_hook(self._hook_for(name)) for name, m in self.layers]
         return self
 
     def detach(self) -> None:
+        """Remove the hooks and drop the activations."""
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -315,7 +407,13 @@ class ActivationRecorder:
 
     @contextmanager
     def recording(self) -> Iterator[Dict[str, Tensor]]:
-        """Capture during the block; references are dropped when it ends."""
+        """Capture during the block (attaching the hooks for it if needed); references
+        are dropped when it ends.
+
+        Returns:
+            *context manager*: Yields ``activations``, a dict ``name -> Tensor``
+            filled as the layers run (in the recording thread only).
+        """
         attach_for_block = not self.attached
         if attach_for_block:
             self.attach()
@@ -340,7 +438,11 @@ class ActivationRecorder:
             self._recording = was
 
     def check_complete(self) -> None:
-        """After a forward: every layer ran exactly once."""
+        """After a forward: every layer ran exactly once.
+
+        Raises:
+            InputError: A layer did not run, or ran more than once.
+        """
         missing = [n for n, _ in self.layers if n not in self.activations]
         if missing:
             raise InputError(f"layer(s) {missing} did not run during the forward pass; choose layers the model uses")

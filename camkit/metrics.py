@@ -43,7 +43,7 @@ Metrics:
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,7 @@ from .hooks import eval_mode
 
 Model = Callable[[Tensor], Tensor]
 Baseline = Union[str, Tensor, Callable[[Tensor], Tensor]]
+Targets = Union[Sequence[int], Tensor]
 
 BASELINES = ("blur", "mean", "zeros")
 
@@ -164,6 +165,19 @@ def make_baseline(images: Tensor, baseline: Baseline = "blur", blur_kernel: int 
     - ``"mean"``: each image's per-channel mean, everywhere.
     - ``"zeros"``: zeros (for inputs normalized by a dataset mean, the mean colour).
     - a tensor broadcastable to ``(B, C, H, W)``, or a callable ``images -> baseline``.
+
+    Args:
+        images (Tensor): ``(B, C, H, W)`` floating point.
+        baseline (str, Tensor or callable, optional): As above. Default: ``"blur"``.
+        blur_kernel (int, optional): Positive, odd, at most ``2 * min(H, W) - 1``. Default: 11.
+        blur_sigma (float, optional): Positive. Default: 5.0.
+
+    Returns:
+        *Tensor*: ``(B, C, H, W)``, the images' dtype and device.
+
+    Raises:
+        InputError: Bad images, an unknown name, a bad blur kernel or sigma,
+            or a tensor (or callable's result) that does not broadcast.
     """
     images = _check_images(images)
     if isinstance(baseline, str):
@@ -201,6 +215,12 @@ def pixel_ranks(maps: Tensor) -> Tensor:
 
     Rank 0 is the most important pixel. Ties keep raster (row-major) order: a
     stable sort, so the result is deterministic and the same on every device.
+
+    Args:
+        maps (Tensor): ``(..., H, W)``.
+
+    Returns:
+        *Tensor*: ``(..., H, W)`` long, each map a permutation of ``0 .. H*W-1``.
     """
     flat = maps.flatten(-2)
     order = torch.sort(flat, dim=-1, descending=True, stable=True).indices
@@ -210,7 +230,18 @@ def pixel_ranks(maps: Tensor) -> Tensor:
 
 
 def step_counts(num_pixels: int, steps: int) -> Tensor:
-    """Pixels changed at each step: ``floor(k * num_pixels / steps)`` for k = 0..steps."""
+    """Pixels changed at each step: ``floor(k * num_pixels / steps)`` for k = 0..steps.
+
+    Args:
+        num_pixels (int): ``H * W``.
+        steps (int): >= 1.
+
+    Returns:
+        *Tensor*: ``(steps + 1,)`` long, on the CPU.
+
+    Raises:
+        InputError: ``steps`` is not a positive int.
+    """
     if not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be a positive int, got {steps!r}")
     return (torch.arange(steps + 1, dtype=torch.long) * num_pixels) // steps
@@ -219,26 +250,99 @@ def step_counts(num_pixels: int, steps: int) -> Tensor:
 # --------------------------------------------------------------------------- deletion / insertion
 
 
-def deletion_insertion(
-    model: Model,
-    images: Tensor,
-    maps: Tensor,
-    targets: Sequence[int] | Tensor,
-    steps: int = 16,
-    baseline: Baseline = "blur",
-    batch_size: int = 64,
-    modes: Sequence[str] = ("deletion", "insertion"),
-    score: str = "softmax",
-    blur_kernel: int = 11,
-    blur_sigma: float = 5.0,
-) -> dict:
+def _check_modes(modes: Sequence[str]) -> Tuple[str, ...]:
+    modes = tuple(modes)
+    if not modes or any(m not in ("deletion", "insertion") for m in modes):
+        raise InputError(f"modes must be a non-empty subset of ('deletion', 'insertion'), got {modes}")
+    return modes
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _batched_scores(model: Model, x: Tensor, targets: Tensor, score: str, source: Tensor, batch_size: int) -> Tensor:
+    """:func:`_scores` of ``x`` (N, C, H, W) in chunks of ``batch_size``: ``(N,)``."""
+    return torch.cat([_scores(model, x[i:i + batch_size], targets[i:i + batch_size], score, source[i:i + batch_size])
+                      for i in range(0, x.shape[0], batch_size)])
+
+
+def _curves_with_ends(p_img: Tensor, p_base: Tensor, modes: Tuple[str, ...], maps_per_image: int, steps: int,
+                      device: torch.device) -> Dict[str, Tensor]:
+    """Per mode, ``(B, M, steps + 1)`` curves with both end points set (the interior is left unset).
+
+    Deletion starts at the image's score ``p_img`` (B,) and ends at the
+    baseline's ``p_base`` (B,); insertion the other way round.
+    """
+    curves = {}
+    for mode in modes:
+        first, last = (p_img, p_base) if mode == "deletion" else (p_base, p_img)
+        c = torch.empty(p_img.shape[0], maps_per_image, steps + 1, dtype=p_img.dtype, device=device)
+        c[:, :, 0] = first[:, None]
+        c[:, :, steps] = last[:, None]
+        curves[mode] = c
+    return curves
+
+
+class _RankCache:
+    """:func:`pixel_ranks` of each image's maps, computed when a chunk of jobs first
+    needs them and dropped once the (image-major) jobs have moved past the image."""
+
+    def __init__(self, maps: Tensor) -> None:
+        self.maps = maps  # (B, M, H, W)
+        self.ranks: Dict[int, Tensor] = {}
+
+    def get(self, images: List[int], map_index: List[int]) -> Tensor:
+        """Ranks ``(P, H, W)`` of map ``map_index[p]`` of image ``images[p]``."""
+        need = sorted(set(images) - set(self.ranks))
+        if need:
+            r = pixel_ranks(self.maps[need])
+            for i, b in enumerate(need):
+                self.ranks[b] = r[i]
+            for b in [b for b in self.ranks if b < min(images)]:
+                del self.ranks[b]
+        return torch.stack([self.ranks[b][m] for b, m in zip(images, map_index)])
+
+
+def _perturbed(images: Tensor, base: Tensor, changed: Tensor, deletion: Tensor) -> Tensor:
+    """Inputs ``(P, C, H, W)`` with the ``changed`` pixels (P, H, W) swapped.
+
+    Where ``deletion`` (P,) the changed pixels come from ``base`` and the rest
+    from ``images``; elsewhere (insertion) the other way round.
+    """
+    d = deletion[:, None, None, None]
+    src_changed = torch.where(d, base, images)
+    src_kept = torch.where(d, images, base)
+    return torch.where(changed.unsqueeze(1), src_changed, src_kept)
+
+
+def _fill_interior(curves: Dict[str, Tensor], modes: Tuple[str, ...], model: Model, images: Tensor, base: Tensor,
+                   maps4: Tensor, targets: Tensor, counts: Tensor, score: str, batch_size: int) -> None:
+    """Set the curves' points 1 .. steps - 1: (image, mode, map, step) jobs, image-major,
+    built on the fly and sent to the model in chunks of ``batch_size``."""
+    B, M, steps = maps4.shape[0], maps4.shape[1], counts.numel() - 1
+    jobs = torch.cartesian_prod(torch.arange(B), torch.arange(len(modes)), torch.arange(M), torch.arange(1, steps))
+    ranks = _RankCache(maps4)
+    for s in range(0, jobs.shape[0], batch_size):
+        jb, jm, jmap, jk = jobs[s:s + batch_size].unbind(1)
+        rk = ranks.get(jb.tolist(), jmap.tolist())
+        changed = rk < counts[jk.to(counts.device)][:, None, None]
+        deletion = torch.tensor([modes[i] == "deletion" for i in jm.tolist()], device=images.device)
+        p = _scores(model, _perturbed(images[jb], base[jb], changed, deletion), targets[jb], score, jb)
+        for i, mode in enumerate(modes):
+            sel = jm == i
+            if sel.any():
+                curves[mode][jb[sel], jmap[sel], jk[sel]] = p[sel.to(p.device)]
+
+
+def deletion_insertion(model: Model, images: Tensor, maps: Tensor, targets: Targets, steps: int = 16,
+                       baseline: Baseline = "blur", batch_size: int = 64,
+                       modes: Sequence[str] = ("deletion", "insertion"), score: str = "softmax",
+                       blur_kernel: int = 11, blur_sigma: float = 5.0) -> dict:
     """Deletion and insertion curves of every map (Petsiuk et al., 2018).
 
-    images (B, C, H, W); maps (B, H, W) or (B, M, H, W); targets (B,).
-
-    Returns ``{"deletion": curves, "insertion": curves}`` (the requested
-    ``modes``), each ``(B, steps + 1)`` for (B, H, W) maps or ``(B, M, steps + 1)``:
-    the target's softmax probability (``score="logit"``: its logit) after
+    The target's softmax probability (``score="logit"``: its logit) after
     changing the first ``floor(k H W / steps)`` pixels of the map's order
     (:func:`pixel_ranks`; ties in raster order). Deletion replaces them by the
     baseline, starting from the image; insertion copies them from the image,
@@ -246,87 +350,104 @@ def deletion_insertion(
     do not depend on the map, so they are evaluated once per image and shared by
     all its maps and both modes. All other (image, map, step) inputs are built on
     the fly and sent to the model in chunks of ``batch_size``.
+
+    Args:
+        model (callable): Images ``(N, C, H, W)`` -> logits ``(N, num_classes)``.
+        images (Tensor): ``(B, C, H, W)`` floating point, in the model's input space.
+        maps (Tensor): ``(B, H, W)`` or ``(B, M, H, W)``, at the images' size.
+        targets (sequence of int or Tensor): ``(B,)`` class indices.
+        steps (int, optional): Steps from the start to the end, >= 1. Default: 16.
+        baseline (str, Tensor or callable, optional): See :func:`make_baseline`.
+            Default: ``"blur"``.
+        batch_size (int, optional): Inputs per model call, >= 1. Default: 64.
+        modes (sequence of str, optional): A non-empty subset of
+            ``("deletion", "insertion")``. Default: both.
+        score (str, optional): ``"softmax"`` or ``"logit"``. Default: ``"softmax"``.
+        blur_kernel (int, optional): See :func:`make_baseline`. Default: 11.
+        blur_sigma (float, optional): See :func:`make_baseline`. Default: 5.0.
+
+    Returns:
+        *dict*: ``{mode: curves}`` for the requested ``modes``, each
+        ``(B, steps + 1)`` for ``(B, H, W)`` maps or ``(B, M, steps + 1)``, in
+        the logits' dtype (float32 for half-precision logits).
+
+    Raises:
+        InputError: Bad images, maps, targets, ``steps``, ``modes``,
+            ``batch_size``, ``score`` or baseline; non-finite inputs or logits;
+            target classes outside the model's range.
     """
     images = _check_images(images)
     B, _, H, W = images.shape
     maps4 = _check_maps(maps, B, (H, W))
     t = _check_targets(targets, B)
     _check_score(score)
-    modes = tuple(modes)
-    if not modes or any(m not in ("deletion", "insertion") for m in modes):
-        raise InputError(f"modes must be a non-empty subset of ('deletion', 'insertion'), got {modes}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    modes = _check_modes(modes)
+    _check_batch_size(batch_size)
     counts = step_counts(H * W, steps).to(images.device)
-    M = maps4.shape[1]
     base = make_baseline(images, baseline, blur_kernel, blur_sigma)
-
     with _inference(model):
-        # End points: the image and the baseline, once per image.
-        ends, t2, src = torch.cat([images, base]), torch.cat([t, t]), torch.arange(B).repeat(2)
-        p_ends = torch.cat([_scores(model, ends[i:i + batch_size], t2[i:i + batch_size], score, src[i:i + batch_size])
-                            for i in range(0, 2 * B, batch_size)])
-        p_img, p_base = p_ends[:B], p_ends[B:]
-        out = {}
-        for mode in modes:
-            c = torch.empty(B, M, steps + 1, dtype=p_ends.dtype, device=images.device)
-            c[:, :, 0] = (p_img if mode == "deletion" else p_base)[:, None]
-            c[:, :, steps] = (p_base if mode == "deletion" else p_img)[:, None]
-            out[mode] = c
-        # Interior points: (image, mode, map, step) jobs, image-major, in chunks;
-        # pixel ranks are computed once per image and dropped when done.
+        p_ends = _batched_scores(model, torch.cat([images, base]), torch.cat([t, t]), score,
+                                 torch.arange(B).repeat(2), batch_size)
+        curves = _curves_with_ends(p_ends[:B], p_ends[B:], modes, maps4.shape[1], steps, images.device)
         if steps > 1:
-            jobs = torch.cartesian_prod(
-                torch.arange(B), torch.arange(len(modes)), torch.arange(M), torch.arange(1, steps)
-            )
-            ranks_cache: dict = {}
-            for s in range(0, jobs.shape[0], batch_size):
-                chunk = jobs[s:s + batch_size]
-                jb, jm, jmap, jk = chunk.unbind(1)
-                # Ranks of the maps this chunk needs (computed once per image).
-                need = sorted(set(jb.tolist()) - set(ranks_cache))
-                if need:
-                    r = pixel_ranks(maps4[need])
-                    for i, b in enumerate(need):
-                        ranks_cache[b] = r[i]
-                    for b in [b for b in ranks_cache if b < min(jb.tolist())]:
-                        del ranks_cache[b]
-                rk = torch.stack([ranks_cache[b][m] for b, m in zip(jb.tolist(), jmap.tolist())])
-                changed = (rk < counts[jk.to(counts.device)][:, None, None]).unsqueeze(1)  # (P, 1, H, W)
-                is_del = torch.tensor([modes[i] == "deletion" for i in jm.tolist()], device=images.device)
-                src_changed = torch.where(is_del[:, None, None, None], base[jb], images[jb])
-                src_kept = torch.where(is_del[:, None, None, None], images[jb], base[jb])
-                x = torch.where(changed, src_changed, src_kept)
-                p = _scores(model, x, t[jb], score, jb)
-                for i, mode in enumerate(modes):
-                    sel = jm == i
-                    if sel.any():
-                        out[mode][jb[sel], jmap[sel], jk[sel]] = p[sel.to(p.device)]
+            _fill_interior(curves, modes, model, images, base, maps4, t, counts, score, batch_size)
     if maps.dim() == 3:
-        out = {k: v[:, 0] for k, v in out.items()}
-    return out
+        curves = {k: v[:, 0] for k, v in curves.items()}
+    return curves
 
 
-def deletion_curve(model: Model, images: Tensor, maps: Tensor, targets, steps: int = 16,
-                   baseline: Baseline = "blur", batch_size: int = 64, score: str = "softmax", **kw) -> Tensor:
-    """Deletion curve ``(B, steps + 1)`` (``(B, M, steps + 1)`` for (B, M, H, W) maps):
-    start from the image, replace pixels by the baseline in order of decreasing
-    map value; a good map makes the probability fall fast (low :func:`auc`).
-    See :func:`deletion_insertion`."""
+def deletion_curve(model: Model, images: Tensor, maps: Tensor, targets: Targets, steps: int = 16,
+                   baseline: Baseline = "blur", batch_size: int = 64, score: str = "softmax", **kw: Any) -> Tensor:
+    """Deletion curve: start from the image, replace pixels by the baseline in
+    order of decreasing map value; a good map makes the probability fall fast
+    (low :func:`auc`).
+
+    Args:
+        model, images, maps, targets, steps, baseline, batch_size, score: As in
+            :func:`deletion_insertion`.
+        **kw: ``blur_kernel``, ``blur_sigma`` of :func:`deletion_insertion`.
+
+    Returns:
+        *Tensor*: ``(B, steps + 1)``, or ``(B, M, steps + 1)`` for ``(B, M, H, W)`` maps.
+
+    Raises:
+        InputError: As :func:`deletion_insertion`.
+    """
     return deletion_insertion(model, images, maps, targets, steps, baseline, batch_size, ("deletion",), score, **kw)["deletion"]
 
 
-def insertion_curve(model: Model, images: Tensor, maps: Tensor, targets, steps: int = 16,
-                    baseline: Baseline = "blur", batch_size: int = 64, score: str = "softmax", **kw) -> Tensor:
+def insertion_curve(model: Model, images: Tensor, maps: Tensor, targets: Targets, steps: int = 16,
+                    baseline: Baseline = "blur", batch_size: int = 64, score: str = "softmax", **kw: Any) -> Tensor:
     """Insertion curve: start from the baseline, reveal the image's pixels in
     order of decreasing map value; a good map makes the probability rise fast
-    (high :func:`auc`). See :func:`deletion_insertion`."""
+    (high :func:`auc`).
+
+    Args:
+        model, images, maps, targets, steps, baseline, batch_size, score: As in
+            :func:`deletion_insertion`.
+        **kw: ``blur_kernel``, ``blur_sigma`` of :func:`deletion_insertion`.
+
+    Returns:
+        *Tensor*: ``(B, steps + 1)``, or ``(B, M, steps + 1)`` for ``(B, M, H, W)`` maps.
+
+    Raises:
+        InputError: As :func:`deletion_insertion`.
+    """
     return deletion_insertion(model, images, maps, targets, steps, baseline, batch_size, ("insertion",), score, **kw)["insertion"]
 
 
 def auc(curve: Tensor) -> Tensor:
-    """Area under curves sampled at ``steps + 1`` equally spaced points of [0, 1]
-    (trapezoid rule): ``(..., steps + 1) -> (...)``."""
+    """Area under curves sampled at ``steps + 1`` equally spaced points of [0, 1] (trapezoid rule).
+
+    Args:
+        curve (Tensor): ``(..., steps + 1)``, ``steps >= 1``.
+
+    Returns:
+        *Tensor*: ``(...)`` float32.
+
+    Raises:
+        InputError: Not a tensor, or fewer than 2 points.
+    """
     if not isinstance(curve, Tensor) or curve.dim() < 1 or curve.shape[-1] < 2:
         raise InputError(f"expected curves of shape (..., steps + 1) with steps >= 1, got {getattr(curve, 'shape', curve)}")
     n = curve.shape[-1] - 1
@@ -336,16 +457,23 @@ def auc(curve: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- average drop / increase
 
 
-def average_drop_increase(
-    model: Model,
-    images: Tensor,
-    maps: Tensor,
-    targets,
-    batch_size: int = 64,
-    baseline: Optional[Baseline] = None,
-    score: str = "softmax",
-    reduce: bool = True,
-) -> dict:
+def _explanation_scores(model: Model, images: Tensor, base: Optional[Tensor], maps4: Tensor, targets: Tensor,
+                        score: str, batch_size: int, dtype: torch.dtype) -> Tensor:
+    """Scores ``(B, M)`` of the explanation images ``images * map`` (with a baseline:
+    ``base + map * (images - base)``), one per (image, map), in chunks of ``batch_size``."""
+    B, M = maps4.shape[:2]
+    jobs = torch.cartesian_prod(torch.arange(B), torch.arange(M))
+    out = torch.empty(B, M, dtype=dtype, device=images.device)
+    for s in range(0, jobs.shape[0], batch_size):
+        jb, jm = jobs[s:s + batch_size].unbind(1)
+        m = maps4[jb, jm].unsqueeze(1).to(images.dtype)
+        x = images[jb] * m if base is None else base[jb] + m * (images[jb] - base[jb])
+        out[jb, jm] = _scores(model, x, targets[jb], score, jb)
+    return out
+
+
+def average_drop_increase(model: Model, images: Tensor, maps: Tensor, targets: Targets, batch_size: int = 64,
+                          baseline: Optional[Baseline] = None, score: str = "softmax", reduce: bool = True) -> dict:
     """Average drop and increase in confidence (Chattopadhay et al., 2018).
 
     The explanation image is ``images * map`` (with ``baseline``:
@@ -356,10 +484,27 @@ def average_drop_increase(
     - average drop = ``100 * mean(max(0, Y - out) / Y)`` (lower is better),
     - increase in confidence = ``100 * mean(out > Y)`` (higher is better).
 
-    Returns ``{"drop": ..., "increase": ..., "Y": (B,), "O": (B,) or (B, M)}``
-    where drop/increase are scalars, or ``(M,)`` for (B, M, H, W) maps; with
-    ``reduce=False`` they are per image, ``(B,)`` / ``(B, M)`` (drop in % of Y,
-    increase 0 or 100).
+    Args:
+        model (callable): Images ``(N, C, H, W)`` -> logits ``(N, num_classes)``.
+        images (Tensor): ``(B, C, H, W)`` floating point, in the model's input space.
+        maps (Tensor): ``(B, H, W)`` or ``(B, M, H, W)`` in [0, 1], at the images' size.
+        targets (sequence of int or Tensor): ``(B,)`` class indices.
+        batch_size (int, optional): Inputs per model call. Default: 64.
+        baseline (str, Tensor or callable, optional): See :func:`make_baseline`;
+            default none (``images * map``).
+        score (str, optional): ``"softmax"`` or ``"logit"``. Default: ``"softmax"``.
+        reduce (bool, optional): Average over the images. Default: True.
+
+    Returns:
+        *dict*: ``{"drop": ..., "increase": ..., "Y": (B,), "O": (B,) or (B, M)}``
+        where drop/increase are 0-d, or ``(M,)`` for ``(B, M, H, W)`` maps;
+        with ``reduce=False`` they are per image, ``(B,)`` / ``(B, M)`` (drop
+        in % of Y, increase 0 or 100).
+
+    Raises:
+        InputError: Bad images, maps (or maps outside [0, 1]), targets,
+            ``score`` or baseline; non-finite inputs or logits; target classes
+            outside the model's range.
     """
     images = _check_images(images)
     B, _, H, W = images.shape
@@ -368,19 +513,10 @@ def average_drop_increase(
         raise InputError("maps must lie in [0, 1] for the average drop (normalize them first)")
     t = _check_targets(targets, B)
     _check_score(score)
-    M = maps4.shape[1]
     base = None if baseline is None else make_baseline(images, baseline)
     with _inference(model):
-        src = torch.arange(B)
-        Y = torch.cat([_scores(model, images[i:i + batch_size], t[i:i + batch_size], score, src[i:i + batch_size])
-                       for i in range(0, B, batch_size)])
-        jobs = torch.cartesian_prod(torch.arange(B), torch.arange(M))
-        out = torch.empty(B, M, dtype=Y.dtype, device=images.device)
-        for s in range(0, jobs.shape[0], batch_size):
-            jb, jm = jobs[s:s + batch_size].unbind(1)
-            m = maps4[jb, jm].unsqueeze(1).to(images.dtype)
-            x = images[jb] * m if base is None else base[jb] + m * (images[jb] - base[jb])
-            out[jb, jm] = _scores(model, x, t[jb], score, jb)
+        Y = _batched_scores(model, images, t, score, torch.arange(B), batch_size)
+        out = _explanation_scores(model, images, base, maps4, t, score, batch_size, Y.dtype)
     Yc = Y[:, None]
     drop = 100.0 * (Yc - out).clamp(min=0) / Yc.clamp(min=torch.finfo(Yc.dtype).tiny)
     inc = 100.0 * (out > Yc).float()
@@ -419,6 +555,17 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
     maximum in raster order (``argmax`` of the flattened map), so ties are
     broken deterministically. With ``tolerance = r > 0`` pixels a hit is a point
     within Euclidean distance r of the mask (Zhang et al. used 15).
+
+    Args:
+        maps (Tensor): ``(..., H, W)``.
+        masks (Tensor): ``(..., H, W)``, bool or {0, 1}.
+        tolerance (int, optional): ``r >= 0`` pixels. Default: 0.
+
+    Returns:
+        *Tensor*: ``(...)`` bool.
+
+    Raises:
+        InputError: Shapes differ, masks not 0/1, non-finite maps, or ``tolerance < 0``.
     """
     maps, masks = _check_masks(maps, masks)
     H, W = maps.shape[-2:]
@@ -434,8 +581,19 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
 
 
 def iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
-    """Intersection over union of ``maps >= threshold`` and the masks:
-    ``(..., H, W) -> (...)`` float. Two empty sets give IoU 1."""
+    """Intersection over union of ``maps >= threshold`` and the masks; two empty sets give IoU 1.
+
+    Args:
+        maps (Tensor): ``(..., H, W)``.
+        masks (Tensor): ``(..., H, W)``, bool or {0, 1}.
+        threshold (float, optional): Default: 0.5.
+
+    Returns:
+        *Tensor*: ``(...)`` float32.
+
+    Raises:
+        InputError: Shapes differ, masks not 0/1, or non-finite maps.
+    """
     maps, masks = _check_masks(maps, masks)
     pred = maps >= threshold
     inter = (pred & masks).flatten(-2).sum(-1).float()
@@ -444,10 +602,23 @@ def iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
 
 
 def iou_sweep(maps: Tensor, masks: Tensor, thresholds: Optional[Union[Sequence[float], Tensor]] = None) -> dict:
-    """IoU at every threshold: ``{"thresholds": (T,), "iou": (..., T), "mean": (T,),
-    "best_threshold": float, "best_mean_iou": float}`` where "mean" averages over
-    all maps and "best" is the threshold with the highest mean IoU (the first
-    one on ties). Default thresholds: 0.05, 0.10, ..., 0.95."""
+    """:func:`iou` at every threshold.
+
+    Args:
+        maps (Tensor): ``(..., H, W)``.
+        masks (Tensor): ``(..., H, W)``, bool or {0, 1}.
+        thresholds (sequence of float or Tensor, optional): ``(T,)``, T >= 1;
+            default 0.05, 0.10, ..., 0.95.
+
+    Returns:
+        *dict*: ``{"thresholds": (T,), "iou": (..., T), "mean": (T,),
+        "best_threshold": float, "best_mean_iou": float}`` where "mean"
+        averages over all maps and "best" is the threshold with the highest
+        mean IoU (the first one on ties).
+
+    Raises:
+        InputError: No thresholds, or what :func:`iou` refuses.
+    """
     if thresholds is None:
         thresholds = torch.linspace(0.05, 0.95, 19)
     th = torch.as_tensor(thresholds, dtype=torch.float32).reshape(-1)
@@ -463,11 +634,24 @@ def iou_sweep(maps: Tensor, masks: Tensor, thresholds: Optional[Union[Sequence[f
 # --------------------------------------------------------------------------- grid pointing game
 
 
-def confident_mask(model: Model, images: Tensor, labels, min_prob: float = 0.9, batch_size: int = 64) -> dict:
+def confident_mask(model: Model, images: Tensor, labels: Targets, min_prob: float = 0.9,
+                   batch_size: int = 64) -> dict:
     """Which images the model classifies confidently: top-1 == label and the
     label's softmax probability >= ``min_prob``, each image alone.
 
-    Returns ``{"mask": (N,) bool, "prob": (N,), "pred": (N,)}``.
+    Args:
+        model (callable): Images ``(N, C, H, W)`` -> logits ``(N, num_classes)``.
+        images (Tensor): ``(N, C, H, W)`` floating point.
+        labels (sequence of int or Tensor): ``(N,)`` class indices.
+        min_prob (float, optional): Default: 0.9.
+        batch_size (int, optional): Images per model call. Default: 64.
+
+    Returns:
+        *dict*: ``{"mask": (N,) bool, "prob": (N,), "pred": (N,) long}``.
+
+    Raises:
+        InputError: Bad images or labels, non-finite inputs or logits, labels
+            outside the model's range.
     """
     images = _check_images(images)
     y = _check_targets(labels, images.shape[0])
@@ -482,14 +666,8 @@ def confident_mask(model: Model, images: Tensor, labels, min_prob: float = 0.9, 
     return {"mask": (pred == y.to(pred.device)) & (py >= min_prob), "prob": py, "pred": pred}
 
 
-def make_grids(
-    images: Tensor,
-    labels,
-    n_grids: int,
-    seed: int = 0,
-    eligible: Optional[Tensor] = None,
-    cell_size: Optional[Tuple[int, int]] = None,
-) -> dict:
+def make_grids(images: Tensor, labels: Targets, n_grids: int, seed: int = 0, eligible: Optional[Tensor] = None,
+               cell_size: Optional[Tuple[int, int]] = None) -> dict:
     """2x2 grids of four images of four distinct classes (Rao et al., 2022).
 
     images (N, C, H, W); labels (N,); ``eligible`` (N,) bool selects the images
@@ -501,8 +679,22 @@ def make_grids(
     so a grid has the images' size) and placed in cells 0 1 / 2 3
     (top-left, top-right, bottom-left, bottom-right).
 
-    Returns ``{"grids": (G, C, 2h, 2w), "labels": (G, 4), "index": (G, 4)}``:
-    the classes and the source image indices of cells 0..3.
+    Args:
+        images (Tensor): ``(N, C, H, W)`` floating point.
+        labels (sequence of int or Tensor): ``(N,)`` class indices.
+        n_grids (int): ``G >= 1``.
+        seed (int, optional): Default: 0.
+        eligible (Tensor, optional): ``(N,)`` bool; default all.
+        cell_size (tuple of int, optional): ``(h, w)``; default ``(H // 2, W // 2)``.
+
+    Returns:
+        *dict*: ``{"grids": (G, C, 2h, 2w), "labels": (G, 4), "index": (G, 4)}``:
+        the grids (the images' dtype), and the classes and the source image
+        indices (long, on the CPU) of cells 0..3.
+
+    Raises:
+        InputError: Bad images or labels, ``eligible`` of another shape, fewer
+            than 4 eligible classes, or ``n_grids`` not a positive int.
     """
     images = _check_images(images)
     N, C, H, W = images.shape
@@ -531,9 +723,17 @@ def make_grids(
     return {"grids": torch.cat([top, bottom], dim=-2), "labels": y[idx], "index": idx}
 
 
-def cell_masks(size: Tuple[int, int], device=None) -> Tensor:
-    """Boolean masks (4, H, W) of the cells 0 1 / 2 3 of a 2x2 grid of size (H, W)
-    (the first ``H // 2`` rows and ``W // 2`` columns are the top and left cells)."""
+def cell_masks(size: Tuple[int, int], device: Optional[Union[str, torch.device]] = None) -> Tensor:
+    """Masks of the cells 0 1 / 2 3 of a 2x2 grid (the first ``H // 2`` rows and
+    ``W // 2`` columns are the top and left cells).
+
+    Args:
+        size (tuple of int): ``(H, W)``.
+        device (str or torch.device, optional): Default: the CPU.
+
+    Returns:
+        *Tensor*: ``(4, H, W)`` bool.
+    """
     H, W = size
     rows = torch.arange(H, device=device)[:, None] < H // 2
     cols = torch.arange(W, device=device)[None, :] < W // 2
@@ -544,11 +744,21 @@ def grid_pointing_game(maps: Tensor, cells: Union[int, Sequence[int], Tensor]) -
     """Grid pointing game score: the fraction of the map's positive mass inside
     the target's cell.
 
-    maps ``(..., H, W)`` on 2x2 grid images; ``cells`` the target cell (0..3,
-    cells 0 1 / 2 3) of each map, broadcastable to ``maps.shape[:-2]``.
-    Returns ``(...)`` in [0, 1]: ``sum(relu(map) in cell) / sum(relu(map))``,
-    and 0 for a map with no positive value (it points nowhere). A map that is
-    uniform over the grid scores 0.25 (for even H and W).
+    ``sum(relu(map) in cell) / sum(relu(map))``, and 0 for a map with no
+    positive value (it points nowhere). A map that is uniform over the grid
+    scores 0.25 (for even H and W).
+
+    Args:
+        maps (Tensor): ``(..., H, W)`` on 2x2 grid images.
+        cells (int, sequence of int or Tensor): The target cell (0..3, cells
+            0 1 / 2 3) of each map, broadcastable to ``maps.shape[:-2]``.
+
+    Returns:
+        *Tensor*: ``(...)`` float32, in [0, 1].
+
+    Raises:
+        InputError: ``maps`` not ``(..., H, W)`` or not finite, cells outside
+            0..3, or cells that do not broadcast.
     """
     if not isinstance(maps, Tensor) or maps.dim() < 2:
         raise InputError(f"maps must be a tensor of shape (..., H, W), got {getattr(maps, 'shape', maps)}")

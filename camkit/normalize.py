@@ -47,10 +47,21 @@ def _nan_where_not_finite(out: Tensor, m: Tensor) -> Tensor:
 
 
 def check_finite(m: Tensor, what: str = "maps") -> Tensor:
-    """Raise :class:`~camkit.errors.InputError` if a map of ``m`` ``(..., h, w)`` holds
-    a NaN or an Inf, naming the maps' indices over the leading dims; else return ``m``.
+    """Refuse maps that hold a NaN or an Inf.
 
     One device-to-host synchronization (reads one bool per map).
+
+    Args:
+        m (Tensor): ``(..., h, w)`` floating-point maps.
+        what (str, optional): What the maps are, for the message. Default: ``"maps"``.
+
+    Returns:
+        *Tensor*: ``m`` itself.
+
+    Raises:
+        InputError: A map holds a NaN or an Inf (the message names the maps'
+            indices over the leading dims), or ``m`` is not a floating-point
+            ``(..., h, w)`` tensor with ``h, w >= 1``.
     """
     _check(m)
     bad = ~_finite_maps(m)[..., 0, 0]
@@ -78,9 +89,18 @@ def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
 
 
 def minmax(m: Tensor) -> Tensor:
-    """(M - min) / (max - min) per map; constant maps become 0. Output in [0, 1].
+    """``(M - min) / (max - min)`` per map; constant maps become 0.
 
-    Invariant under positive affine maps a * M + b (a > 0).
+    Invariant under positive affine maps ``a * M + b`` (a > 0).
+
+    Args:
+        m (Tensor): ``(..., h, w)`` floating-point maps, ``h, w >= 1``.
+
+    Returns:
+        *Tensor*: ``m``'s shape and dtype, in [0, 1]; a map holding a NaN or an Inf is all NaN.
+
+    Raises:
+        InputError: ``m`` is not a tensor, not floating point, or empty.
     """
     _check(m)
     lo, hi = _amin(m), _amax(m)
@@ -95,15 +115,34 @@ def minmax(m: Tensor) -> Tensor:
 
 
 def sigmoid(m: Tensor) -> Tensor:
-    """Element-wise logistic sigmoid (the study's 'sigmoid' normalizer). Output in [0, 1]."""
+    """Element-wise logistic sigmoid (the study's 'sigmoid' normalizer).
+
+    Args:
+        m (Tensor): ``(..., h, w)`` floating-point maps, ``h, w >= 1``.
+
+    Returns:
+        *Tensor*: ``m``'s shape and dtype, in [0, 1]; a map holding a NaN or an Inf is all NaN.
+
+    Raises:
+        InputError: ``m`` is not a tensor, not floating point, or empty.
+    """
     _check(m)
     return _nan_where_not_finite(torch.sigmoid(m), m)
 
 
 def relu_max(m: Tensor) -> Tensor:
-    """The study's 'relu hybrid': ReLU(M) / max(ReLU(M)) per map. Output in [0, 1].
+    """The study's 'relu hybrid': ``ReLU(M) / max(ReLU(M))`` per map.
 
     Maps with no positive value become 0. Invariant under positive scaling.
+
+    Args:
+        m (Tensor): ``(..., h, w)`` floating-point maps, ``h, w >= 1``.
+
+    Returns:
+        *Tensor*: ``m``'s shape and dtype, in [0, 1]; a map holding a NaN or an Inf is all NaN.
+
+    Raises:
+        InputError: ``m`` is not a tensor, not floating point, or empty.
     """
     _check(m)
     r = m.clamp(min=0)
@@ -111,13 +150,35 @@ def relu_max(m: Tensor) -> Tensor:
 
 
 def tanh_max(m: Tensor) -> Tensor:
-    """tanh(2 * ReLU(M) / max(ReLU(M))) per map. Output in [0, tanh(2)] (about 0.964)."""
+    """``tanh(2 * ReLU(M) / max(ReLU(M)))`` per map.
+
+    Args:
+        m (Tensor): ``(..., h, w)`` floating-point maps, ``h, w >= 1``.
+
+    Returns:
+        *Tensor*: ``m``'s shape and dtype, in [0, tanh(2)] (about 0.964); a map holding a NaN or an Inf is all NaN.
+
+    Raises:
+        InputError: ``m`` is not a tensor, not floating point, or empty.
+    """
     return torch.tanh(2.0 * relu_max(m))
 
 
 def postprocess(m: Tensor, threshold: float = 0.3, gain: float = 1.5) -> Tensor:
-    """The study's display post-process on a [0, 1] map: values below ``threshold``
-    set to 0, the rest multiplied by ``gain`` and clamped to 1."""
+    """The study's display post-process: values below ``threshold`` set to 0,
+    the rest multiplied by ``gain`` and clamped to 1.
+
+    Args:
+        m (Tensor): ``(..., h, w)`` floating-point maps in [0, 1].
+        threshold (float, optional): Default: 0.3.
+        gain (float, optional): Default: 1.5.
+
+    Returns:
+        *Tensor*: ``m``'s shape and dtype, in [0, 1]; a map holding a NaN or an Inf is all NaN.
+
+    Raises:
+        InputError: ``m`` is not a tensor, not floating point, or empty.
+    """
     _check(m)
     return _nan_where_not_finite(torch.where(m < threshold, torch.zeros_like(m), m * gain).clamp_(0.0, 1.0), m)
 
@@ -133,8 +194,19 @@ _ALIASES = {"relu": "relu_max", "relu_hybrid": "relu_max", "tanh": "tanh_max", "
 
 
 def get_normalizer(name_or_fn: str | Normalizer) -> Normalizer:
-    """Look up a normalizer by name (``minmax``, ``sigmoid``, ``relu_max``/``relu``,
-    ``tanh_max``/``tanh``) or pass a callable through."""
+    """Look up a normalizer by name, or pass a callable through.
+
+    Args:
+        name_or_fn (str or callable): ``minmax``/``min_max``, ``sigmoid``,
+            ``relu_max``/``relu``/``relu_hybrid``, ``tanh_max``/``tanh``, or
+            any ``(..., h, w) -> (..., h, w)`` callable.
+
+    Returns:
+        *callable*: The normalizer.
+
+    Raises:
+        InputError: An unknown name.
+    """
     if callable(name_or_fn):
         return name_or_fn
     key = _ALIASES.get(str(name_or_fn), str(name_or_fn))

@@ -39,14 +39,35 @@ __all__ = ["to_original", "crop_box", "overlay", "colorize", "denormalize", "to_
 # --------------------------------------------------------------------------- conversion
 
 def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Undo ``Normalize(mean, std)``: ``(3, H, W)`` or ``(B, 3, H, W)`` -> values in [0, 1]."""
+    """Undo ``Normalize(mean, std)``: ``x * std + mean``, clamped to [0, 1].
+
+    Args:
+        x (Tensor): ``(3, H, W)`` or ``(B, 3, H, W)`` floating point.
+        mean (sequence of float): Per channel.
+        std (sequence of float): Per channel.
+
+    Returns:
+        *Tensor*: ``x``'s shape, dtype and device, in [0, 1].
+    """
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x * s + m).clamp(0.0, 1.0)
 
 
 def to_uint8(image: ImageLike) -> np.ndarray:
-    """Any accepted image as an ``(H, W, 3)`` uint8 array."""
+    """Any accepted image as an RGB uint8 array.
+
+    Args:
+        image (PIL image, np.ndarray or Tensor): A PIL image; an ``(H, W)``,
+            ``(H, W, 3)`` or ``(H, W, 4)`` array (uint8, or floats in [0, 1];
+            alpha dropped); a ``(1, H, W)`` or ``(3, H, W)`` tensor in [0, 1].
+
+    Returns:
+        *np.ndarray*: ``(H, W, 3)`` uint8.
+
+    Raises:
+        InputError: Another shape.
+    """
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     if isinstance(image, Tensor):
@@ -100,7 +121,21 @@ def _jet(v: np.ndarray) -> np.ndarray:
 
 
 def colorize(cam: MapLike, cmap: str = "jet") -> np.ndarray:
-    """A ``(H, W)`` map in [0, 1] as an ``(H, W, 3)`` uint8 colour image."""
+    """A map as a colour image.
+
+    Args:
+        cam (Tensor or np.ndarray): ``(H, W)`` in [0, 1] (leading dims of size
+            1 dropped; NaN counts as 0, values clipped).
+        cmap (str, optional): A matplotlib colormap name; without matplotlib
+            only ``"jet"`` (built in). Default: ``"jet"``.
+
+    Returns:
+        *np.ndarray*: ``(H, W, 3)`` uint8.
+
+    Raises:
+        InputError: ``cam`` is not 2-d; a :class:`~camkit.errors.DependencyError`
+            for another colormap than ``"jet"`` without matplotlib.
+    """
     v = _map2d(cam)
     try:
         import matplotlib
@@ -117,17 +152,30 @@ def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet
             postprocess: bool = False, transform: Any = None, vmin: float = 0.0, vmax: float = 1.0) -> Image.Image:
     """Blend the colourized map over the image: ``(1 - alpha) * image + alpha * colour``.
 
-    cam: ``(H, W)`` (leading dims of size 1 are dropped); values from ``vmin``
-    to ``vmax`` span the colormap (clipped outside); NaN pixels are left
-    uncoloured (the image shows through). ``transform``: the transform that
-    made the network input from ``image`` (e.g. ``preset.transform``): the map
-    is put back on the image's own pixel grid with :func:`to_original`
-    (aligned; pixels outside the network's field of view stay uncoloured).
-    Without it, a map of another size is stretched to the image (bilinear).
-    ``postprocess=True`` applies the seed study's display post-process first
-    (:func:`camkit.normalize.postprocess`: values below 0.3 become 0, the rest
-    are multiplied by 1.5 and clipped to 1). Returns an RGB image of the
-    image's size.
+    Args:
+        image (PIL image, np.ndarray or Tensor): As :func:`to_uint8` accepts.
+        cam (Tensor or np.ndarray): ``(H, W)`` (leading dims of size 1 are
+            dropped); NaN pixels are left uncoloured (the image shows through).
+        alpha (float, optional): In [0, 1]. Default: 0.5.
+        cmap (str, optional): See :func:`colorize`. Default: ``"jet"``.
+        postprocess (bool, optional): Apply the seed study's display
+            post-process first (:func:`camkit.normalize.postprocess`: values
+            below 0.3 become 0, the rest are multiplied by 1.5 and clipped to
+            1). Default: False.
+        transform (optional): The transform that made the network input from
+            ``image`` (e.g. ``preset.transform``): the map is put back on the
+            image's own pixel grid with :func:`to_original` (aligned; pixels
+            outside the network's field of view stay uncoloured). Without it,
+            a map of another size is stretched to the image (bilinear).
+        vmin (float, optional): The map value at the colormap's start. Default: 0.0.
+        vmax (float, optional): The value at its end (clipped outside). Default: 1.0.
+
+    Returns:
+        *PIL.Image.Image*: RGB, the image's size.
+
+    Raises:
+        InputError: ``alpha`` outside [0, 1], ``vmax <= vmin``, a bad image or
+            map, or a transform :func:`to_original` refuses.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must lie in [0, 1], got {alpha}")
@@ -158,8 +206,23 @@ def _fmt(v: float) -> str:
 
 def colorbar(width: int, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0, height: int = 12,
              labels: Optional[Tuple[str, str]] = None) -> Image.Image:
-    """A horizontal colour bar ``width`` pixels wide: the colormap from ``vmin`` (left) to ``vmax``
-    (right), with the two end values (or ``labels``) written under it."""
+    """A horizontal colour bar: the colormap from ``vmin`` (left) to ``vmax`` (right),
+    with the two end values (or ``labels``) written under it.
+
+    Args:
+        width (int): In pixels, >= 2.
+        cmap (str, optional): See :func:`colorize`. Default: ``"jet"``.
+        vmin (float, optional): The left label's value. Default: 0.0.
+        vmax (float, optional): The right label's value. Default: 1.0.
+        height (int, optional): The bar's height in pixels, >= 1. Default: 12.
+        labels (tuple of str, optional): ``(left, right)`` instead of the values.
+
+    Returns:
+        *PIL.Image.Image*: RGB, ``width`` wide, the bar and a band for the labels.
+
+    Raises:
+        InputError: ``width < 2`` or ``height < 1``.
+    """
     if width < 2 or height < 1:
         raise InputError(f"colour bar size must be at least 2 x 1, got {width} x {height}")
     ramp = colorize(torch.linspace(0, 1, width).expand(height, width), cmap)
@@ -177,7 +240,15 @@ def colorbar(width: int, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0
 
 def with_colorbar(image: Image.Image, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0,
                   labels: Optional[Tuple[str, str]] = None) -> Image.Image:
-    """``image`` with a :func:`colorbar` of its width below it (the image's pixels are unchanged)."""
+    """``image`` with a :func:`colorbar` of its width below it (the image's pixels are unchanged).
+
+    Args:
+        image (PIL.Image.Image): The image.
+        cmap, vmin, vmax, labels: As in :func:`colorbar`.
+
+    Returns:
+        *PIL.Image.Image*: RGB, as wide as ``image``.
+    """
     bar = colorbar(image.width, cmap, vmin, vmax, height=max(8, min(image.size) // 16), labels=labels)
     out = Image.new("RGB", (image.width, image.height + bar.height + 2), (255, 255, 255))
     out.paste(image.convert("RGB"), (0, 0))
@@ -205,7 +276,19 @@ def grid(tiles: Sequence[ImageLike], cols: int, pad: int = 2, background: Tuple[
          tile_size: Optional[Tuple[int, int]] = None) -> Image.Image:
     """Tiles laid out row by row, ``cols`` per row, ``pad`` pixels apart (plain, no labels).
 
-    Every tile is fitted into ``tile_size`` (W, H) (default: the first tile's size), its aspect ratio kept.
+    Args:
+        tiles (sequence of images): At least one, as :func:`to_uint8` accepts.
+        cols (int): Tiles per row, >= 1.
+        pad (int, optional): Pixels between and around tiles. Default: 2.
+        background (tuple of int, optional): RGB. Default: white.
+        tile_size (tuple of int, optional): ``(W, H)`` every tile is fitted
+            into, its aspect ratio kept; default the first tile's size.
+
+    Returns:
+        *PIL.Image.Image*: RGB.
+
+    Raises:
+        InputError: No tiles, or ``cols < 1``.
     """
     imgs = _tiles_as_images(tiles)
     if cols < 1:
@@ -224,8 +307,19 @@ def compact_grid(tiles: Sequence[ImageLike], rows: int = 3, cols: int = 4, pad: 
                  tile_size: Optional[Tuple[int, int]] = None) -> List[Image.Image]:
     """The study's compact figure: pages of ``rows`` x ``cols`` tiles without labels.
 
-    Returns one image per page (the last page holds the remaining tiles, in as
-    many rows as they need).
+    Args:
+        tiles (sequence of images): At least one.
+        rows (int, optional): Rows per page. Default: 3.
+        cols (int, optional): Tiles per row. Default: 4.
+        pad (int, optional): See :func:`grid`. Default: 2.
+        tile_size (tuple of int, optional): See :func:`grid`.
+
+    Returns:
+        *list of PIL.Image.Image*: One image per page (the last page holds the
+        remaining tiles, in as many rows as they need).
+
+    Raises:
+        InputError: No tiles, or ``cols < 1``.
     """
     per_page = rows * cols
     imgs = _tiles_as_images(tiles)
@@ -244,7 +338,17 @@ def strip(tiles: Sequence[ImageLike], labels: Optional[Sequence[str]] = None, pa
           tile_size: Optional[Tuple[int, int]] = None) -> Image.Image:
     """One column of tiles (e.g. the input, then one overlay per method).
 
-    ``labels`` (one per tile) are written in a band above each tile.
+    Args:
+        tiles (sequence of images): At least one.
+        labels (sequence of str, optional): One per tile, written in a band above it.
+        pad (int, optional): Pixels between and around tiles. Default: 2.
+        tile_size (tuple of int, optional): See :func:`grid`.
+
+    Returns:
+        *PIL.Image.Image*: RGB.
+
+    Raises:
+        InputError: No tiles, or another number of labels than tiles.
     """
     imgs = _tiles_as_images(tiles)
     if labels is not None and len(labels) != len(imgs):
@@ -271,7 +375,16 @@ def strip(tiles: Sequence[ImageLike], labels: Optional[Sequence[str]] = None, pa
 # --------------------------------------------------------------------------- labelled figure
 
 def tile_title(top: Sequence[Tuple[str, float]], truth: Optional[str] = None, width: int = 28) -> str:
-    """A tile's title: ``truth: NAME`` (when known) then the top predictions with probabilities."""
+    """A tile's title: ``truth: NAME`` (when known) then the top predictions with probabilities.
+
+    Args:
+        top (sequence of tuple): ``(class name, probability in [0, 1])``, best first.
+        truth (str, optional): The true class's name.
+        width (int, optional): Names longer than this are cut (ending in ``~``). Default: 28.
+
+    Returns:
+        *str*: One line each, e.g. ``"1. daisy 87%"``.
+    """
     def short(s: str) -> str:
         return s if len(s) <= width else s[: width - 1] + "~"
 
@@ -293,6 +406,21 @@ def labelled_grid(tiles: Sequence[ImageLike], titles: Sequence[str], cols: int =
 
     Needs matplotlib (``pip install 'camkit[plot]'``). Save it with
     ``fig.savefig(path)`` or use :func:`save_labelled_grid`.
+
+    Args:
+        tiles (sequence of images): At least one.
+        titles (sequence of str): One per tile.
+        cols (int, optional): Tiles per row. Default: 4.
+        tile_inches (float, optional): A tile's width in inches. Default: 2.4.
+        suptitle (str, optional): The figure's title.
+        colorbar (tuple, optional): ``(cmap, vmin, vmax, label)``.
+
+    Returns:
+        *matplotlib.figure.Figure*: Made without pyplot.
+
+    Raises:
+        InputError: No tiles, or another number of titles than tiles; a
+            :class:`~camkit.errors.DependencyError` without matplotlib.
     """
     try:
         from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
@@ -334,6 +462,15 @@ def labelled_grid(tiles: Sequence[ImageLike], titles: Sequence[str], cols: int =
 def save_labelled_grid(path: Union[str, os.PathLike], tiles: Sequence[ImageLike], titles: Sequence[str],
                        cols: int = 4, dpi: int = 100, suptitle: Optional[str] = None,
                        colorbar: Optional[ColorBarSpec] = None) -> None:
-    """Write :func:`labelled_grid` to ``path`` (PNG by extension)."""
+    """Write :func:`labelled_grid` to ``path``, in the format its extension names (e.g. PNG).
+
+    Args:
+        path (str or os.PathLike): The file.
+        tiles, titles, cols, suptitle, colorbar: As in :func:`labelled_grid`.
+        dpi (int, optional): Default: 100.
+
+    Raises:
+        InputError: As :func:`labelled_grid`.
+    """
     fig = labelled_grid(tiles, titles, cols=cols, suptitle=suptitle, colorbar=colorbar)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.08)

@@ -36,11 +36,22 @@ def _maps3(maps: np.ndarray) -> np.ndarray:
 
 
 def masks_from_maps(maps: np.ndarray, threshold: float) -> np.ndarray:
-    """``(K, H, W)`` maps -> ``(H, W)`` uint8 mask: 0 where every map is below
-    ``threshold``, else ``1 + argmax_k maps[k]`` (the first class on ties).
+    """The pseudo-mask of one image: 0 where every map is below ``threshold``,
+    else ``1 + argmax_k maps[k]`` (the first class on ties).
 
     Compared in float64, so a mask is a deterministic function of the stored
-    (e.g. float16) maps. ``K`` may be 0 (all background); at most 254 classes.
+    (e.g. float16) maps.
+
+    Args:
+        maps (np.ndarray): ``(K, H, W)`` class maps, any real dtype; ``K`` may
+            be 0 (all background), at most 254.
+        threshold (float): The foreground threshold ``t``.
+
+    Returns:
+        *np.ndarray*: ``(H, W)`` uint8 mask of values ``0 .. K``.
+
+    Raises:
+        InputError: ``maps`` is not 3-d, or ``K > 254``.
     """
     maps = _maps3(maps)
     K, H, W = maps.shape
@@ -54,7 +65,18 @@ def masks_from_maps(maps: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def class_labels(mask: np.ndarray, keys: Sequence[int]) -> np.ndarray:
-    """Mask values ``0 / 1 + k`` -> ground-truth labels ``0 / 1 + keys[k]``, ``(H, W)`` int64."""
+    """Mask values ``0 / 1 + k`` -> ground-truth labels ``0 / 1 + keys[k]``.
+
+    Args:
+        mask (np.ndarray): ``(H, W)`` integer mask of values ``0 .. K``.
+        keys (sequence of int): ``(K,)`` the class of each map.
+
+    Returns:
+        *np.ndarray*: ``(H, W)`` int64 labels.
+
+    Raises:
+        InputError: A mask value above ``K``.
+    """
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     lut = np.concatenate([[0], keys + 1])
     mask = np.asarray(mask)
@@ -68,32 +90,63 @@ def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
         raise InputError(f"prediction of shape {pred.shape} but ground truth of shape {gt.shape}")
 
 
-def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
-    """``conf[g, p]`` = pixels with ground truth ``g`` predicted ``p``, ``(C, C)`` int64.
+def _check_labels(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> None:
+    """InputError for a predicted or ground-truth label outside ``0..num_classes-1``."""
+    for name, a in (("prediction", pred), ("ground truth", gt)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise InputError(f"{name} label {int(a.max() if a.max() >= num_classes else a.min())} "
+                             f"outside 0..{num_classes - 1}")
 
-    ``pred``, ``gt``: ``(H, W)`` integer labels; ground-truth pixels equal to
-    ``ignore`` are left out; any other label outside ``0..C-1`` is an error.
+
+def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
+    """``conf[g, p]`` = pixels with ground truth ``g`` predicted ``p``.
+
+    Args:
+        pred (np.ndarray): ``(H, W)`` integer labels.
+        gt (np.ndarray): ``(H, W)`` integer labels; pixels equal to ``ignore``
+            are left out.
+        num_classes (int): ``C``.
+        ignore (int, optional): The ground-truth value left out. Default: 255.
+
+    Returns:
+        *np.ndarray*: ``(C, C)`` int64.
+
+    Raises:
+        InputError: Shapes differ, or a label (other than ``ignore``) lies
+            outside ``0..C-1``.
     """
     pred, gt = np.asarray(pred).astype(np.int64), np.asarray(gt).astype(np.int64)
     _check_pair(pred, gt)
     keep = gt != ignore
     p, g = pred[keep], gt[keep]
-    for name, a in (("prediction", p), ("ground truth", g)):
-        if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise InputError(f"{name} label {int(a.max() if a.max() >= num_classes else a.min())} "
-                             f"outside 0..{num_classes - 1}")
+    _check_labels(p, g, num_classes)
     return np.bincount(g * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
 def sweep_confusion(maps: np.ndarray, keys: Sequence[int], gt: np.ndarray, thresholds: Sequence[float],
                     num_classes: int, ignore: int = IGNORE) -> np.ndarray:
-    """Confusion matrices of the masks at every threshold, in one pass: ``(T, C, C)`` int64.
+    """Confusion matrices of the masks at every threshold, in one pass.
 
     Equal to ``confusion(class_labels(masks_from_maps(maps, t), keys), gt)``
-    for each ``t`` of ``thresholds`` (increasing). A pixel is foreground for
-    the thresholds ``t <= max_k maps[k]``; counting each pixel once in the
-    bucket of how many thresholds it passes and summing the buckets from the
-    top gives all T matrices.
+    for each ``t`` of ``thresholds``. A pixel is foreground for the thresholds
+    ``t <= max_k maps[k]``; counting each pixel once in the bucket of how many
+    thresholds it passes and summing the buckets from the top gives all T
+    matrices.
+
+    Args:
+        maps (np.ndarray): ``(K, H, W)`` class maps.
+        keys (sequence of int): ``(K,)`` the class of each map.
+        gt (np.ndarray): ``(H, W)`` integer labels.
+        thresholds (sequence of float): ``(T,)``, strictly increasing.
+        num_classes (int): ``C``.
+        ignore (int, optional): The ground-truth value left out. Default: 255.
+
+    Returns:
+        *np.ndarray*: ``(T, C, C)`` int64.
+
+    Raises:
+        InputError: Bad shapes, thresholds not increasing, or labels outside
+            ``0..C-1``.
     """
     maps = _maps3(maps)
     t = np.asarray(thresholds, dtype=np.float64)
@@ -111,9 +164,7 @@ def sweep_confusion(maps: np.ndarray, keys: Sequence[int], gt: np.ndarray, thres
     passed = np.searchsorted(t, m.max(axis=0), side="right")   # thresholds t_j <= max
     keep = gt != ignore
     g, lab, n = gt[keep], fg_label[keep], passed[keep]
-    for name, a in (("prediction", lab), ("ground truth", g)):
-        if a.size and (a.min() < 0 or a.max() >= C):
-            raise InputError(f"{name} label {int(a.max() if a.max() >= C else a.min())} outside 0..{C - 1}")
+    _check_labels(lab, g, C)
     # fg[j] = pixels passing exactly j thresholds, by (gt, label); foreground at t_i iff j > i.
     fg = np.bincount((n * C + g) * C + lab, minlength=(T + 1) * C * C).reshape(T + 1, C, C)
     bg = np.bincount(n * C + g, minlength=(T + 1) * C).reshape(T + 1, C)
@@ -125,8 +176,19 @@ def sweep_confusion(maps: np.ndarray, keys: Sequence[int], gt: np.ndarray, thres
 
 
 def scores(conf: np.ndarray) -> Dict[str, np.ndarray]:
-    """Per-class ``iou``, ``precision``, ``recall`` ``(C,)`` (NaN where undefined) and ``miou``
-    (the NaN-skipping mean of ``iou``) from a ``(C, C)`` confusion matrix ``conf[gt, pred]``."""
+    """Per-class scores of a confusion matrix.
+
+    Args:
+        conf (np.ndarray): ``(C, C)`` confusion matrix ``conf[gt, pred]``.
+
+    Returns:
+        *dict*: ``iou``, ``precision``, ``recall``: ``(C,)`` float64, NaN where
+        undefined; ``miou``: float64, the NaN-skipping mean of ``iou`` (NaN
+        when every class is NaN).
+
+    Raises:
+        InputError: ``conf`` is not square.
+    """
     conf = np.asarray(conf, dtype=np.float64)
     if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
         raise InputError(f"expected a square confusion matrix (C, C), got {conf.shape}")
@@ -141,7 +203,15 @@ def scores(conf: np.ndarray) -> Dict[str, np.ndarray]:
 
 
 def grow(conf: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pad a ``(..., C, C)`` confusion matrix with zeros to ``(..., N, N)``, ``N >= C``."""
+    """Pad a confusion matrix with zeros to ``num_classes`` classes.
+
+    Args:
+        conf (np.ndarray): ``(..., C, C)``.
+        num_classes (int): ``N``; ``N <= C`` returns ``conf`` itself.
+
+    Returns:
+        *np.ndarray*: ``(..., max(N, C), max(N, C))``, ``conf``'s dtype.
+    """
     C = conf.shape[-1]
     if num_classes <= C:
         return conf
@@ -150,7 +220,17 @@ def grow(conf: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def parse_sweep(spec: str) -> List[float]:
-    """``"0.05:0.95:0.05"`` (start:stop:step, stop included) -> the thresholds, rounded to 1e-9."""
+    """Thresholds from a ``START:STOP:STEP`` string, stop included.
+
+    Args:
+        spec (str): e.g. ``"0.05:0.95:0.05"``.
+
+    Returns:
+        *list of float*: ``START, START + STEP, ... <= STOP``, rounded to 1e-9.
+
+    Raises:
+        InputError: Not three numbers, ``STEP <= 0`` or ``STOP < START``.
+    """
     try:
         start, stop, step = (float(v) for v in spec.split(":"))
     except ValueError:
@@ -162,7 +242,11 @@ def parse_sweep(spec: str) -> List[float]:
 
 
 def voc_palette() -> List[int]:
-    """The PASCAL VOC colour map: 256 RGB triples, flattened (768 ints) for ``Image.putpalette``."""
+    """The PASCAL VOC colour map.
+
+    Returns:
+        *list of int*: 256 RGB triples, flattened (768 ints), for ``Image.putpalette``.
+    """
     pal: List[int] = []
     for i in range(256):
         r = g = b = 0
@@ -177,7 +261,18 @@ def voc_palette() -> List[int]:
 
 
 def best_threshold(thresholds: Sequence[float], mious: Sequence[float]) -> Tuple[float, float]:
-    """``(threshold, mIoU)`` with the highest mIoU (the lowest threshold on ties)."""
+    """The threshold with the highest mIoU (the first, i.e. lowest, on ties), NaN skipped.
+
+    Args:
+        thresholds (sequence of float): ``(T,)``.
+        mious (sequence of float): ``(T,)`` the mIoU at each threshold.
+
+    Returns:
+        *tuple of float*: ``(threshold, mIoU)``.
+
+    Raises:
+        InputError: No mIoU is defined (empty, or all NaN).
+    """
     arr = np.asarray(mious, dtype=np.float64)
     if arr.size == 0 or np.all(np.isnan(arr)):
         raise InputError("no threshold has a defined mIoU")

@@ -70,32 +70,75 @@ def _per_image(t: Tensor, batch: int, what: str) -> Tensor:
 
 
 class Target:
-    """Base class of camkit's targets: ``target(scores) -> (B,) or (B, K)``."""
+    """Base class of camkit's targets: ``target(scores) -> (B,) or (B, K)``.
+
+    Every method takes the ``scores`` the method's ``output=`` selected (e.g.
+    ``(B, C)`` logits).
+    """
 
     logit = False
 
     def __call__(self, scores: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """The target values.
+
+        Args:
+            scores (Tensor): The model's selected output, ``(B, ...)``.
+
+        Returns:
+            *Tensor*: ``(B,)`` or ``(B, K)``, the scores' dtype.
+        """
         raise NotImplementedError
 
     def classes(self, scores: Tensor) -> Optional[Tensor]:
-        """Class index of each column, ``(B, K)`` long, -1 where a column is not one class."""
+        """Class index of each column.
+
+        Args:
+            scores (Tensor): The model's selected output, ``(B, ...)``.
+
+        Returns:
+            *Tensor or None*: ``(B, K)`` long, -1 where a column is not one
+            class; ``None`` when the columns are not classes.
+        """
         return None
 
     def valid(self, scores: Tensor) -> Optional[Tensor]:
-        """Which columns are real targets, ``(B, K)`` bool (None: all)."""
+        """Which columns are real targets.
+
+        Args:
+            scores (Tensor): The model's selected output, ``(B, ...)``.
+
+        Returns:
+            *Tensor or None*: ``(B, K)`` bool; ``None``: all.
+        """
         return None
 
     def index_problem(self, scores: Tensor) -> Optional[Tensor]:
-        """A 0-d bool tensor, True when a class index lies outside the scores' classes
-        (checked on the scores' device, without a host sync; camkit raises after the call)."""
+        """Whether a class index lies outside the scores' classes, checked on the
+        scores' device without a host sync (camkit raises after the call).
+
+        Args:
+            scores (Tensor): The model's selected output, ``(B, C)``.
+
+        Returns:
+            *Tensor or None*: 0-d bool; ``None`` when already checked (or nothing to check).
+        """
         return None
 
 
 class ClassScore(Target):
     """The logit of class ``idx``: ``scores[b, idx[b, k]]``, ``(B, K)``.
 
-    ``idx``: an int (every image), ``(B,)`` (one class per image) or ``(B, K)``
-    (K classes per image); numpy integers and 0-d tensors count as ints.
+    Args:
+        idx (int, sequence or Tensor): An int (every image), ``(B,)`` (one
+            class per image) or ``(B, K)`` (K classes per image) integer
+            indices; numpy integers and 0-d tensors count as ints. Indices
+            given on the host are checked against ``(B, C)`` scores when
+            called; on an accelerator, by :meth:`index_problem`.
+
+    Raises:
+        InputError: ``idx`` is not integer (bool or float included) or has
+            more than 2 dims; when called: scores not ``(B, C)``, ``idx`` not
+            matching the batch, or (host indices) a class outside ``0..C-1``.
     """
 
     logit = True
@@ -122,12 +165,15 @@ class ClassScore(Target):
         return idx.clamp(0, scores.shape[1] - 1)  # gathered in range; index_problem reports it
 
     def __call__(self, scores: Tensor) -> Tensor:
+        """``(B, C)`` scores -> ``(B, K)``, the scores' dtype."""
         return scores.gather(1, self._idx(scores))
 
     def classes(self, scores: Tensor) -> Tensor:
+        """``(B, K)`` long: the indices, per image."""
         return _per_image(self.idx.to(scores.device), scores.shape[0], "targets")
 
     def index_problem(self, scores: Tensor) -> Optional[Tensor]:
+        """0-d bool on the scores' device for device indices; ``None`` for host ones (checked when called)."""
         if self._host is not None:
             return None
         idx = self.idx.to(scores.device)
@@ -135,7 +181,15 @@ class ClassScore(Target):
 
 
 class TopK(Target):
-    """The logits of each image's ``k`` highest-scoring classes, best first, ``(B, k)``."""
+    """The logits of each image's ``k`` highest-scoring classes, best first, ``(B, k)``.
+
+    Args:
+        k (int, optional): How many classes per image. Default: 1.
+
+    Raises:
+        InputError: ``k`` is not a positive int; when called: scores not
+            ``(B, C)``, or ``k > C``.
+    """
 
     logit = True
 
@@ -145,6 +199,7 @@ class TopK(Target):
         self.k = int(k)
 
     def classes(self, scores: Tensor) -> Tensor:
+        """``(B, C)`` scores -> ``(B, k)`` long: the top classes, best first."""
         _check_scores(scores, (2,), f"topk={self.k}")
         if self.k > scores.shape[1]:
             raise InputError(f"topk={self.k} exceeds the number of classes ({scores.shape[1]})")
@@ -153,29 +208,40 @@ class TopK(Target):
         return scores.detach().topk(self.k, dim=1).indices
 
     def __call__(self, scores: Tensor) -> Tensor:
+        """``(B, C)`` scores -> ``(B, k)``, the scores' dtype."""
         return scores.gather(1, self.classes(scores))
 
 
 class AllClasses(Target):
-    """Every class's logit, ``(B, C)``."""
+    """Every class's logit, ``(B, C)``.
+
+    Raises:
+        InputError: When called, scores not ``(B, C)``.
+    """
 
     logit = True
 
     def classes(self, scores: Tensor) -> Tensor:
+        """``(B, C)`` scores -> ``(B, C)`` long: ``0 .. C-1`` in every row."""
         _check_scores(scores, (2,), "targets='all'")
         return torch.arange(scores.shape[1], device=scores.device).expand(scores.shape[0], -1)
 
     def __call__(self, scores: Tensor) -> Tensor:
+        """``(B, C)`` scores, returned as they are."""
         _check_scores(scores, (2,), "targets='all'")
         return scores
 
 
 class Softmax(ClassScore):
-    """The softmax probability of class ``idx`` (over dim 1 of ``(B, C)`` scores), ``(B, K)``."""
+    """The softmax probability of class ``idx`` (over dim 1 of ``(B, C)`` scores), ``(B, K)``.
+
+    Args and errors: as :class:`ClassScore`.
+    """
 
     logit = False
 
     def __call__(self, scores: Tensor) -> Tensor:
+        """``(B, C)`` scores -> ``(B, K)`` probabilities, the scores' dtype."""
         return scores.softmax(dim=1).gather(1, self._idx(scores))
 
 
@@ -188,6 +254,15 @@ class MultiLabel(Target):
     **padded**: a padded column's score is the constant 0, its class is -1,
     ``valid`` is False, and its maps are all zeros. Keep ``labels`` on the CPU
     (the padding width is data-dependent: on an accelerator it costs a sync).
+
+    Args:
+        labels (Tensor or sequence of sequences of int): ``(B, C)`` multi-hot
+            (bool or 0/1), or B lists of class indices.
+
+    Raises:
+        InputError: Labels not ``(B, C)`` 0/1, non-integer indices, or no
+            positive label at all; when called: scores not ``(B, C)``, another
+            batch size, or classes outside ``0..C-1``.
     """
 
     logit = True
@@ -213,6 +288,7 @@ class MultiLabel(Target):
         self._hi = max(max(r) for r in rows if r)
 
     def classes(self, scores: Tensor) -> Tensor:
+        """``(B, C)`` scores -> ``(B, K)`` long: each image's positive classes, -1 padded."""
         _check_scores(scores, (2,), "MultiLabel")
         b, n = scores.shape
         if b != len(self._rows):
@@ -222,9 +298,11 @@ class MultiLabel(Target):
         return self._idx.to(scores.device)
 
     def valid(self, scores: Tensor) -> Tensor:
+        """``(B, K)`` bool: False in the padded columns."""
         return self.classes(scores) >= 0
 
     def __call__(self, scores: Tensor) -> Tensor:
+        """``(B, C)`` scores -> ``(B, K)``, the scores' dtype, 0 in the padded columns."""
         idx = self.classes(scores)
         got = scores.gather(1, idx.clamp(min=0))
         return torch.where(idx >= 0, got, torch.zeros_like(got))
@@ -238,6 +316,15 @@ class SegmentationRegion(Target):
     the classes; ``None`` takes, for each class, the pixels the model predicts
     as that class (argmax over C). pytorch-grad-cam's
     ``SemanticSegmentationTarget`` is the same sum.
+
+    Args:
+        class_index (int or sequence of int): ``K`` classes, one column each.
+        mask (Tensor, optional): ``(H, W)`` or ``(B, H, W)``, bool or 0/1.
+
+    Raises:
+        InputError: Non-integer classes, a mask of another rank or with values
+            other than 0/1; when called: scores not ``(B, C, H, W)``, a class
+            outside ``0..C-1``, or a mask of another size.
     """
 
     def __init__(self, class_index: Union[int, Sequence[int]], mask: Optional[Tensor] = None) -> None:
@@ -255,9 +342,11 @@ class SegmentationRegion(Target):
         self.mask = mask
 
     def classes(self, scores: Tensor) -> Tensor:
+        """``(B, K)`` long: ``class_index`` in every row."""
         return self.idx.to(scores.device).expand(scores.shape[0], -1)
 
     def __call__(self, scores: Tensor) -> Tensor:
+        """``(B, C, H, W)`` scores -> ``(B, K)``, the scores' dtype."""
         _check_scores(scores, (4,), "SegmentationRegion")
         b, n, h, w = scores.shape
         if min(self._list) < 0 or max(self._list) >= n:
@@ -292,7 +381,22 @@ TargetSpec = Union[None, int, str, Sequence[int], Tensor, Target]
 
 
 def as_target(targets: TargetSpec, topk: Optional[int] = None) -> Target:
-    """What a method call's ``targets=`` / ``topk=`` mean, as a :class:`Target`."""
+    """What a method call's ``targets=`` / ``topk=`` mean, as a :class:`Target`.
+
+    Args:
+        targets (None, int, str, sequence, Tensor, Target or callable):
+            ``None`` (top-1), class indices (:class:`ClassScore`), ``"all"``
+            (:class:`AllClasses`), a :class:`Target`, or any callable
+            ``scores -> (B,) or (B, K)``.
+        topk (int, optional): :class:`TopK`; only with ``targets=None``.
+
+    Returns:
+        *Target*: ``targets`` itself when it is one.
+
+    Raises:
+        InputError: Both ``targets`` and ``topk``, another string than
+            ``"all"``, or what :class:`ClassScore` / :class:`TopK` refuse.
+    """
     if topk is not None:
         if targets is not None:
             raise InputError("give either targets or topk, not both")
@@ -311,7 +415,18 @@ def as_target(targets: TargetSpec, topk: Optional[int] = None) -> Target:
 
 
 def check_values(values: object, batch: int) -> Tensor:
-    """A target's output as ``(B, K)``: ``(B,)`` gets K = 1; anything else is refused."""
+    """A target's output as ``(B, K)``: ``(B,)`` gets K = 1.
+
+    Args:
+        values (Tensor): The target function's output, ``(B,)`` or ``(B, K)``, ``K >= 1``.
+        batch (int): ``B``.
+
+    Returns:
+        *Tensor*: ``(B, K)``, ``values``' dtype.
+
+    Raises:
+        InputError: Not a tensor, another shape, or not floating point.
+    """
     if not isinstance(values, Tensor):
         raise InputTypeError(f"the target function must return a tensor of shape (B,) or (B, K), "
                              f"got {type(values).__name__}")
