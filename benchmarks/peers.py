@@ -494,7 +494,7 @@ def cam_all_scenario(s: Setup, peers: bool = True) -> Optional[Tuple[str, List[R
         return None
     import camkit
 
-    ck = camkit.CAM(s.model, layer=s.cam_layer, fc=s.fc)
+    ck = camkit.CAM(s.model, layers=s.cam_layer, fc=s.fc)
     fc, hooked = _layer(s.model, s.fc), _layer(s.model, s.cam_layer)
     acts: Dict[str, Tensor] = {}
     size = tuple(s.x.shape[-2:])
@@ -722,7 +722,7 @@ def agreement(s: Setup, peers: bool = True) -> List[List[object]]:
     if s.cam_layer is not None and peers:
         import torchcam.methods as tcm
 
-        res = camkit.CAM(s.model, layer=s.cam_layer, fc=s.fc)(s.x, targets="all")
+        res = camkit.CAM(s.model, layers=s.cam_layer, fc=s.fc)(s.x, targets="all")
         cam = tcm.CAM(s.model, target_layer=s.cam_layer, fc_layer=s.fc)
         try:
             with torch.no_grad():

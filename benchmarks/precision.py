@@ -123,8 +123,8 @@ def device_equality_rows(arch: str, batch: int, size: int, device: str) -> List[
                 import camkit
 
                 with tf32_off():
-                    a = camkit.CAM(s.model, layer=s.cam_layer, fc=s.fc)(x_cpu, topk=5)
-                    b = camkit.CAM(model_gpu, layer=s.cam_layer, fc=s.fc)(x_gpu, targets=a.targets.to(device))
+                    a = camkit.CAM(s.model, layers=s.cam_layer, fc=s.fc)(x_cpu, topk=5)
+                    b = camkit.CAM(model_gpu, layers=s.cam_layer, fc=s.fc)(x_gpu, targets=a.targets.to(device))
                 rows.append([arch, "CAM", s.cam_layer, dt, "camkit", max_diff(a.maps, b.maps)[0],
                              max_diff(a.layer_maps[s.cam_layer], b.layer_maps[s.cam_layer])[1]])
             if method in ("layercam", "gradcam") and layers != ["features.28"]:

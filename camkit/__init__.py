@@ -36,15 +36,18 @@ __all__ = [
     "SmoothGradCAMpp", "FullGrad", "METHODS", "CAMResult",
     "CAMHead", "ReCAMHead", "PaperReCAMHead", "CAMModel", "save_head", "load_head", "InputError",
     "normalize", "fusion", "heads", "hooks", "targets", "errors",
-    "metrics", "overlay", "adapters", "geometry", "export",
+    "metrics", "overlay", "adapters", "geometry", "app", "export", "load_image",
 ]
 
 # Imported on first use: they pull in torchvision / timm / PIL, which a plain
 # `import camkit` does not need.
-_LAZY = {"metrics", "overlay", "adapters", "geometry", "export"}
+_LAZY = {"metrics", "overlay", "adapters", "geometry", "app", "export"}
+_LAZY_NAMES = {"load_image": "app.images"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'camkit' has no attribute {name!r}")

@@ -19,6 +19,7 @@ FUSIONS = ("max", "weighted")
 
 
 def _stack(maps: Sequence[Tensor]) -> Tensor:
+    """``L`` maps ``(B, K, H, W)`` -> ``(L, B, K, H, W)``; InputError for none or unequal shapes."""
     if len(maps) == 0:
         raise InputError("fusion needs at least one map")
     shapes = {tuple(m.shape) for m in maps}
@@ -28,7 +29,20 @@ def _stack(maps: Sequence[Tensor]) -> Tensor:
 
 
 def check_weights(weights: object, count: int) -> Tuple[float, ...]:
-    """Fusion weights as floats: one per layer, finite, non-negative, summing to at most 1."""
+    """Fusion weights as floats: one per layer, finite, non-negative, summing to at most 1.
+
+    Args:
+        weights (sequence of numbers): One weight per layer.
+        count (int): The number of layers.
+
+    Returns:
+        *tuple of float*: The ``count`` weights.
+
+    Raises:
+        InputError: ``weights`` is not a sequence of numbers, has another
+            length than ``count``, holds a negative or non-finite value, or
+            sums to more than 1.
+    """
     try:
         w = tuple(float(v) for v in weights)  # type: ignore[union-attr]
     except (TypeError, ValueError):
@@ -42,9 +56,52 @@ def check_weights(weights: object, count: int) -> Tuple[float, ...]:
     return w
 
 
+def check_fusion(fusion: str, weights: Optional[Sequence[float]], count: int) -> Optional[Tuple[float, ...]]:
+    """Check a fusion name and its weights together.
+
+    Args:
+        fusion (str): One of :data:`FUSIONS`: ``"max"`` or ``"weighted"``.
+        weights (sequence of float or None): ``None`` for ``"max"``; one
+            weight per layer for ``"weighted"``.
+        count (int): The number of layers.
+
+    Returns:
+        *tuple of float or None*: The checked weights (:func:`check_weights`)
+        for ``"weighted"``; ``None`` for ``"max"``.
+
+    Raises:
+        InputError: An unknown ``fusion``, weights given to ``"max"``, none
+            given to ``"weighted"``, or weights :func:`check_weights` refuses.
+    """
+    if fusion not in FUSIONS:
+        raise InputError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    if fusion == "max":
+        if weights is not None:
+            raise InputError("fusion='max' takes no weights; use fusion='weighted' to weight layers")
+        return None
+    if weights is None:
+        raise InputError(f"fusion='weighted' needs one weight per layer ({count} layers), e.g. weights=[0.4, 0.4, 0.2]")
+    return check_weights(weights, count)
+
+
 def fuse_max(maps: Sequence[Tensor]) -> Tensor:
-    """Element-wise maximum over layers (the LayerCAM paper's fusion)."""
+    """Element-wise maximum over layers (the LayerCAM paper's fusion).
+
+    Args:
+        maps (sequence of Tensor): ``L >= 1`` maps of one shape ``(B, K, H, W)``.
+
+    Returns:
+        *Tensor*: ``(B, K, H, W)``, the maps' dtype.
+
+    Raises:
+        InputError: No maps, or maps of different shapes.
+    """
     return _stack(maps).amax(dim=0)
+
+
+def _weighted(stacked: Tensor, weights: Tuple[float, ...], scale: Optional[float]) -> Tensor:
+    out = sum(wl * m for wl, m in zip(weights, stacked.unbind(0)))
+    return out if scale is None else torch.tanh(scale * out)
 
 
 def fuse_weighted(maps: Sequence[Tensor], weights: Sequence[float], scale: Optional[float] = 2.0) -> Tensor:
@@ -54,22 +111,41 @@ def fuse_weighted(maps: Sequence[Tensor], weights: Sequence[float], scale: Optio
     gives the plain weighted sum ``sum_l w_l M_l`` (used for raw, unnormalized
     maps, where the tanh would only squash an arbitrary scale). One layer is
     fused too: ``tanh(scale * w M)``.
+
+    Args:
+        maps (sequence of Tensor): ``L >= 1`` maps of one shape ``(B, K, H, W)``.
+        weights (sequence of float): ``L`` weights (see :func:`check_weights`).
+        scale (float or None, optional): The tanh's gain; ``None``: no tanh.
+            Default: 2.0.
+
+    Returns:
+        *Tensor*: ``(B, K, H, W)``, the maps' dtype.
+
+    Raises:
+        InputError: No maps, maps of different shapes, or bad weights.
     """
     stacked = _stack(maps)
-    w = check_weights(weights, stacked.shape[0])
-    out = sum(wl * m for wl, m in zip(w, stacked.unbind(0)))
-    return out if scale is None else torch.tanh(scale * out)
+    return _weighted(stacked, check_weights(weights, stacked.shape[0]), scale)
 
 
 def fuse(maps: Sequence[Tensor], method: str = "max", weights: Optional[Sequence[float]] = None,
          scale: Optional[float] = 2.0) -> Tensor:
-    """Dispatch on ``method``: ``"max"`` or ``"weighted"`` (needs ``weights``)."""
-    if method == "max":
-        if weights is not None:
-            raise InputError("fusion='max' takes no weights; use fusion='weighted' to weight layers")
+    """Fuse with :func:`fuse_max` or :func:`fuse_weighted`, checked by :func:`check_fusion`.
+
+    Args:
+        maps (sequence of Tensor): ``L >= 1`` maps of one shape ``(B, K, H, W)``.
+        method (str, optional): ``"max"`` or ``"weighted"``. Default: ``"max"``.
+        weights (sequence of float, optional): ``L`` weights, for ``"weighted"`` only.
+        scale (float or None, optional): ``"weighted"``'s tanh gain. Default: 2.0.
+
+    Returns:
+        *Tensor*: ``(B, K, H, W)``, the maps' dtype.
+
+    Raises:
+        InputError: What :func:`check_fusion` or the fusion itself refuses.
+    """
+    if method != "weighted":
+        check_fusion(method, weights, 0)  # the count only matters for "weighted"
         return fuse_max(maps)
-    if method == "weighted":
-        if weights is None:
-            raise InputError("fusion='weighted' needs weights=[...], one per layer (the study used 0.4, 0.4, 0.2)")
-        return fuse_weighted(maps, weights, scale)
-    raise InputError(f"unknown fusion {method!r}; choose one of {', '.join(FUSIONS)}")
+    stacked = _stack(maps)  # the maps are checked before the weights, as in fuse_weighted
+    return _weighted(stacked, check_fusion(method, weights, stacked.shape[0]), scale)  # type: ignore[arg-type]

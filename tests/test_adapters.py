@@ -12,7 +12,7 @@ from torch import nn
 
 import camkit
 from camkit.adapters import ModelError, Preset, TokenReshape, build, default_marks, list_layers, resolve
-from camkit.methods import METHODS
+from camkit.methods import METHODS, registered
 
 timm = pytest.importorskip("timm")
 from timm.models.deit import VisionTransformerDistilled  # noqa: E402
@@ -67,21 +67,32 @@ FACTORIES = {
     "timm_swin": _swin,  # channels-last (B, H, W, C) stage outputs
 }
 
-# Which methods each family must support by default.
-EXPECTED_METHODS = {
-    "vgg16": ("gradcam", "gradcampp", "layercam"),  # fully connected classifier: no CAM
-    "resnet18": ("cam", "gradcam", "gradcampp", "layercam"),
-    "resnet50": ("cam", "gradcam", "gradcampp", "layercam"),
-    "efficientnet_b0": ("cam", "gradcam", "gradcampp", "layercam"),
-    "mobilenet_v3_small": ("gradcam", "gradcampp", "layercam"),  # two linear layers
-    "convnext_tiny": ("gradcam", "gradcampp", "layercam"),  # LayerNorm after pooling
-    "densenet121": ("cam", "gradcam", "gradcampp", "layercam"),
-    "timm_resnet18": ("cam", "gradcam", "gradcampp", "layercam"),
-    "timm_lite0": ("cam", "gradcam", "gradcampp", "layercam"),
-    "timm_vit_reg4": ("gradcam", "gradcampp", "layercam"),
-    "timm_deit_distilled": ("gradcam", "gradcampp", "layercam"),
-    "timm_swin": ("cam", "gradcam", "gradcampp", "layercam"),
+# Which families have a GAP + linear head that CAM can use.
+HAS_CAM = {
+    "vgg16": False,  # fully connected classifier
+    "resnet18": True,
+    "resnet50": True,
+    "efficientnet_b0": True,
+    "mobilenet_v3_small": False,  # two linear layers
+    "convnext_tiny": False,  # LayerNorm after pooling
+    "densenet121": True,
+    "timm_resnet18": True,
+    "timm_lite0": True,
+    "timm_vit_reg4": False,
+    "timm_deit_distilled": False,
+    "timm_swin": True,
 }
+
+
+def _cli_methods(*kinds: str) -> tuple:
+    """The command line's methods of the given registered layer kinds, in registry order."""
+    return tuple(i.name for i in registered() if i.cli and i.layers in kinds)
+
+
+def _expected_methods(has_cam: bool) -> tuple:
+    """Every method with a default on a model: all but the head methods, CAM only with a GAP + linear head."""
+    return tuple(i.name for i in registered() if i.cli and (i.layers in ("last", "stages", "biases")
+                                                           or (i.layers == "cam" and has_cam)))
 
 
 @pytest.fixture(scope="module", params=sorted(FACTORIES))
@@ -93,9 +104,9 @@ def model_and_preset(request):
 
 def test_every_default_method_runs(model_and_preset):
     name, model, preset = model_and_preset
-    assert preset.methods == EXPECTED_METHODS[name]
+    assert preset.methods == _expected_methods(HAS_CAM[name])
     x = _x()
-    for method in preset.methods:
+    for method in [m for m in ("cam", "gradcam", "gradcampp", "layercam") if m in preset.methods]:
         kwargs = preset.method_kwargs(method)
         res = METHODS[method](model, **kwargs)(x, topk=2)
         assert res.maps.shape == (2, 2, SIZE, SIZE), (name, method)
@@ -226,9 +237,9 @@ def test_cammodel_preset_and_recam():
     p = resolve(m)
     assert p.layers == ("backbone.0.16", "backbone.0.23", "head.relu")
     assert (p.cam_layer, p.fc) == ("head.relu", "head.fc")
-    assert p.methods == ("cam", "gradcam", "gradcampp", "layercam")
+    assert p.methods == _expected_methods(True)
     x = _x(3)
-    for method in p.methods:
+    for method in ("cam", "gradcam", "gradcampp", "layercam"):
         res = METHODS[method](m, **p.method_kwargs(method))(x)
         assert res.maps.shape == (2, 1, SIZE, SIZE) and 0 <= res.maps.min() and res.maps.max() <= 1
     m2 = camkit.CAMModel(backbone, camkit.ReCAMHead(512, 5)).eval()
@@ -316,9 +327,9 @@ def test_list_layers_shapes_and_marks():
     assert infos["fc"].shape == (1, NUM_CLASSES)
     assert list(infos) == [n for n, _ in model.named_modules() if n]
     marks = default_marks(resolve(model))
-    assert marks["layer4"] == ["cam", "gradcam", "gradcampp", "layercam"] and marks["layer2"] == ["layercam"]
+    assert marks["layer4"] == list(_cli_methods("cam", "last", "stages")) and marks["layer2"] == ["layercam"]
     vgg_marks = default_marks(resolve(_tv("vgg16")))
-    assert vgg_marks["features.29"] == ["gradcam", "gradcampp", "set:convs"]
+    assert vgg_marks["features.29"] == list(_cli_methods("last")) + ["set:convs"]
 
 
 def test_preset_is_typed_and_frozen():
@@ -467,7 +478,7 @@ def test_segmentation_presets(name):
     model = tvm.get_model(name, weights=None, weights_backbone=None, num_classes=5).eval()
     p = resolve(model)
     assert (p.task, p.output, p.cam_layer) == ("segmentation", "out", None)
-    assert p.methods == ("gradcam", "gradcampp", "layercam")
+    assert p.methods == _expected_methods(False)
     assert p.categories == tuple(f"class {k}" for k in range(5))
     assert p.method_kwargs("gradcam") == {"layers": [p.gradcam_layer], "output": "out"}
     assert p.method_kwargs("layercam") == {"layers": list(p.layers), "output": "out"}

@@ -24,7 +24,10 @@ from PIL import Image
 import camkit
 from camkit import cli
 from camkit import overlay as ov
+from camkit.app import sample_images
+from camkit.cli import outputs as cli_outputs
 from camkit.geometry import to_original
+from camkit.methods import cli_names
 
 NAMES = ("daisy", "football helmet", "tulip", "pansy", "Lily of the valley")
 
@@ -59,16 +62,16 @@ def small_model():
 @pytest.fixture
 def small(monkeypatch, small_model):
     """`camkit explain` builds the small model whatever --model says."""
-    monkeypatch.setattr(cli, "_build", lambda args: small_model)
+    monkeypatch.setattr(camkit.adapters, "build", lambda name, weights: small_model)
     return small_model
 
 
 @pytest.fixture
 def no_model(monkeypatch):
     """Fails the test if the command builds a model (for errors that must come first)."""
-    def build(args):
+    def build(name, weights):
         raise AssertionError("the model was built before the input was checked")
-    monkeypatch.setattr(cli, "_build", build)
+    monkeypatch.setattr(camkit.adapters, "build", build)
 
 
 def _run(capsys, *argv):
@@ -131,9 +134,9 @@ def test_demo_runs_offline_on_the_bundled_photos(tmp_path, capsys):
     out = tmp_path / "demo"
     rc, stdout, err = _run(capsys, "explain", "--demo", "--out", str(out), "--method", "gradcam", "--threads", "2")
     assert rc == 0, err
-    names = [p.stem for p in cli.sample_images()]
+    names = [p.stem for p in sample_images()]
     assert names == ["chelsea", "coffee", "rocket", "astronaut"]
-    for p in cli.sample_images():
+    for p in sample_images():
         _png(out / f"{p.stem}_gradcam.png", _size(p))
         _png(out / f"strip_{p.stem}.png")
     _png(out / "grid_gradcam.png")
@@ -144,9 +147,9 @@ def test_demo_runs_offline_on_the_bundled_photos(tmp_path, capsys):
 
 
 def test_samples_have_a_licence_note():
-    root = cli.sample_images()[0].parent
+    root = sample_images()[0].parent
     text = (root / "README.md").read_text()
-    for p in cli.sample_images():
+    for p in sample_images():
         assert p.name in text
         assert p.stat().st_size < 100_000
     assert "CC0" in text and "public domain" in text
@@ -175,12 +178,7 @@ def test_saved_maps_are_the_library_maps_on_the_original_photo(small, images, tm
                 assert got.max() > 0 and not np.allclose(got.max(), 1.0)  # raw values, not rescaled to [0, 1]
 
 
-def test_method_names_are_the_registry_but_the_papers_recam():
-    """The CLI spells its choices out (no torch import to build the parser): they must stay the registry's."""
-    assert set(cli.METHOD_NAMES) == set(camkit.METHODS) - {"paper_recam"}
-
-
-@pytest.mark.parametrize("method", [m for m in cli.METHOD_NAMES if m != "recam"])
+@pytest.mark.parametrize("method", [m for m in cli_names() if m != "recam"])
 def test_every_method_maps_equal_the_librarys(method, small, images, tmp_path, capsys):
     """Each --method name is the registry's method with the preset's default layers (ReCAM needs a
     head: test_recam_with_a_saved_head); the saved map is that method's map on the photo."""
@@ -291,7 +289,7 @@ def test_high_depth_images_are_scaled_by_their_value_range(small, tmp_path, caps
         assert im.mode == "I;16" and (np.asarray(im.convert("RGB")) == 255).mean() > 0.95  # the bug
     notes = []
     for p in (g16, ftif):
-        a = np.asarray(cli._load_image(str(p), notes.append))
+        a = np.asarray(camkit.load_image(str(p), notes.append))
         assert a.dtype == np.uint8 and a.shape == (64, 80, 3)
         assert a.min() == 0 and a.max() == 255
         row_major = a[..., 0].reshape(-1).astype(int)
@@ -339,7 +337,7 @@ def test_output_names_are_unique_and_the_count_true(small, tmp_path, capsys):
     assert {p.name for p in files} == set(expect) | {
         "grid_cam_cam.png", "grid_cam-3.png", "compact_cam-2.png", "strip_x.png", "strip_x-2.png",
         "strip_x-2-2.png", "strip_grid.png", "strip_compact.png", "strip_strip_x.png", "strip_grid_cam.png"}
-    o = cli.Outputs(tmp_path, inputs=[str(tmp_path / "in.png")])
+    o = cli_outputs.Outputs(tmp_path, inputs=[str(tmp_path / "in.png")])
     assert [p.name for p in o.reserve("x", ".png", ".npy")] == ["x.png", "x.npy"]
     assert [p.name for p in o.reserve("X", ".png")] == ["X-2.png"]  # also on case-insensitive file systems
     assert [p.name for p in o.reserve("x", ".npy")] == ["x-2.npy"]
@@ -423,12 +421,12 @@ def test_only_camkit_user_errors_are_one_line(monkeypatch, capsys):
         return cmd
 
     for exc in (ValueError("internal shape bug"), TypeError("bad call"), KeyError("k")):
-        monkeypatch.setattr(cli, "cmd_layers", boom(exc))
+        monkeypatch.setattr(cli.layers, "cmd_layers", boom(exc))
         rc, _, err = _run(capsys, "layers")
         assert rc == 1
         assert "Traceback (most recent call last)" in err and type(exc).__name__ in err
         assert err.strip().splitlines()[-1] == cli.REPORT
-    monkeypatch.setattr(cli, "cmd_layers", boom(InputError("your layer is wrong")))
+    monkeypatch.setattr(cli.layers, "cmd_layers", boom(InputError("your layer is wrong")))
     rc, _, err = _run(capsys, "layers")
     assert rc == 2 and _error_line(err) == "camkit: error: your layer is wrong"
 
@@ -488,7 +486,8 @@ def test_layers_lists_shapes_and_marks_defaults(capsys):
     lines = out.splitlines()
     assert "input (1, 3, 64, 64)" in lines[0]
     row = {ln.split()[0]: ln for ln in lines[1:]}
-    assert row["layer4"].split()[1:] == ["Sequential", "1x512x2x2", "*", "cam,", "gradcam,", "gradcampp,", "layercam"]
+    marked = [i.name for i in camkit.methods.registered() if i.cli and i.layers in ("cam", "last", "stages")]
+    assert row["layer4"].split()[1:] == ["Sequential", "1x512x2x2", "*", *[m + "," for m in marked[:-1]], marked[-1]]
     assert row["layer2"].split()[2:] == ["1x128x8x8", "*", "layercam"]
     assert row["fc"].split()[1:] == ["Linear", "1x1000"]
     assert len(row) == sum(1 for _ in __import__("torchvision").models.resnet18().named_modules()) - 1
@@ -547,7 +546,7 @@ def test_segmentation_region_of_a_class(small_fcn, images, tmp_path, capsys, mon
     """--target-class on a segmentation model: output='out', SegmentationRegion (the predicted region)."""
     model, preset = small_fcn
     assert preset.task == "segmentation" and preset.output == "out"
-    monkeypatch.setattr(cli, "_build", lambda args: (model, preset))
+    monkeypatch.setattr(camkit.adapters, "build", lambda name, weights: (model, preset))
     photo = Image.open(images[1]).convert("RGB")  # portrait 80 x 120: no crop, an input of 64 x 96
     x = preset.transform(photo)[None]
     with torch.no_grad():
@@ -557,7 +556,7 @@ def test_segmentation_region_of_a_class(small_fcn, images, tmp_path, capsys, mon
     rc, stdout, err = _run(capsys, "explain", images[1], images[0], "--target-class", str(c), "--method", "gradcam",
                            "--save-maps", "--out", str(out))
     assert rc == 0, err
-    name = cli._slug(preset.categories[c]) if preset.categories else f"class_{c}"
+    name = cli_outputs.slug(preset.categories[c]) if preset.categories else f"class_{c}"
     got = np.load(out / f"img1_gradcam_{name}.npy")
     from camkit.targets import SegmentationRegion
 
@@ -576,7 +575,7 @@ def test_segmentation_region_of_a_class(small_fcn, images, tmp_path, capsys, mon
 @pytest.mark.slow  # FCN-ResNet50 at its 520-pixel preset size: about a minute on 2 CPU cores
 def test_segmentation_example_from_the_issue(tmp_path, capsys):
     """`camkit explain PHOTO --model tv:fcn_resnet50 --weights none --target-class 3`, verbatim."""
-    photo = cli.sample_images()[3]  # astronaut.jpg, 512 x 512
+    photo = sample_images()[3]  # astronaut.jpg, 512 x 512
     out = tmp_path / "seg"
     rc, stdout, err = _run(capsys, "explain", str(photo), "--model", "tv:fcn_resnet50", "--weights", "none",
                            "--target-class", "3", "--save-maps", "--out", str(out))

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from camkit import cli
+from camkit.app import ExplainSpec, MethodSpec, ModelSpec
 from camkit.export import (
     Item,
     list_images,
@@ -290,8 +291,8 @@ def test_labels_with_several_classes_per_image(src, weights, tmp_path, request):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the reference below too: LayerCAM's sums depend on the thread count
     request.addfinalizer(lambda: torch.set_num_threads(threads))
-    summary = run(lst, out, model=model, method="layercam", labels=csv, bg_threshold=0.4, batch_size=4,
-                  workers=0, progress=False)
+    summary = run(lst, out, ExplainSpec(ModelSpec(model), MethodSpec("layercam")), labels=csv, bg_threshold=0.4,
+                  batch_size=4, workers=0, progress=False)
     assert (summary.ok, summary.failed, summary.computed) == (4, 0, 4)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert flags == [(m.training, [p.requires_grad for p in m.parameters(recurse=False)]) for m in model.modules()]
@@ -341,7 +342,7 @@ def test_bad_arguments_name_the_problem(src, weights, tmp_path, capsys):
 
 def test_labels_errors_name_the_problem(src, weights, tmp_path, capsys):
     csv = tmp_path / "labels.csv"
-    csv.write_text(f"{src}/a/img00.png,tench;great white sharc\n")
+    csv.write_text(f"{src}/a/img00.png,tench;great white sharc\n{src}/a/img01.jpg,1\n")
     lst = tmp_path / "list.txt"
     lst.write_text(f"{src}/a/img00.png\n{src}/a/img01.jpg\n")
     rc = cli.main(["export", str(lst), "--out", str(tmp_path / "o"), "--weights", weights, "--labels", str(csv),
@@ -352,7 +353,7 @@ def test_labels_errors_name_the_problem(src, weights, tmp_path, capsys):
     csv.write_text(f"{src}/a/img00.png,3\n")
     rc = cli.main(["export", str(lst), "--out", str(tmp_path / "o"), "--weights", weights, "--labels", str(csv),
                    "--threads", "1"])
-    assert rc == 2 and "has no labels for 1 of 2 images" in capsys.readouterr().err
+    assert rc == 2 and "has no row for 1 of 2 images" in capsys.readouterr().err
 
 
 _KILLED_MID_WRITE = """

@@ -98,7 +98,7 @@ def test_a_cam_of_a_model_whose_map_is_the_square_lands_on_it():
     transform = _tv_transform()
     img = _photo(300, 420, (120, 250, 40))
     x = transform(img)[None]
-    res = camkit.CAM(Bright().eval(), layer="features", fc="fc")(x, targets=[0])
+    res = camkit.CAM(Bright().eval(), layers="features", fc="fc")(x, targets=[0])
     back = to_original(res.maps[0, 0], img, transform)
     peak = divmod(int(back.argmax()), 420)
     assert 120 <= peak[0] < 160 and 250 <= peak[1] < 290

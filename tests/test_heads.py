@@ -89,7 +89,7 @@ def test_fusion():
         fuse_weighted([a, b], [1.2, -0.2])
     with pytest.raises(ValueError, match="sum to at most 1"):
         fuse_weighted([a, b], [0.8, 0.8])
-    with pytest.raises(ValueError, match="needs weights"):
+    with pytest.raises(ValueError, match="needs one weight per layer"):
         fuse([a, b], "weighted")
 
 

@@ -120,7 +120,7 @@ def test_cam_wrong_layer_is_refused():
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     with pytest.raises(ValueError, match="not fc\\(GAP"):
-        camkit.CAM(model, layer="layer4.0")(torch.randn(1, 3, 64, 64))
+        camkit.CAM(model, layers="layer4.0")(torch.randn(1, 3, 64, 64))
 
 
 def test_recam_matches_reference():
@@ -225,7 +225,7 @@ def test_result_shapes_and_ranges(B, K, H, W, method, seed):
     x = torch.randn(B, 3, H, W, generator=g)
     targets = torch.randint(0, 6, (B, K), generator=g)
     if method == "cam":
-        cam = camkit.CAM(TINY, layer="features.4")
+        cam = camkit.CAM(TINY, layers="features.4")
     else:
         cam = camkit.methods.METHODS[method](TINY, layers=["features.1", "features.4"])
     res = cam(x, targets=targets)

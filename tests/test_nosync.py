@@ -61,7 +61,7 @@ CASES = {
     "layercam weighted": lambda m: camkit.LayerCAM(m, ["layer2", "layer3", "layer4"], fusion="weighted",
                                                    weights=[0.4, 0.4, 0.2]),
     "layercam max": lambda m: camkit.LayerCAM(m, ["layer3", "layer4"]),
-    "cam": lambda m: camkit.CAM(m, layer="layer4", fc="fc"),
+    "cam": lambda m: camkit.CAM(m, layers="layer4", fc="fc"),
 }
 
 

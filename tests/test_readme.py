@@ -52,7 +52,7 @@ def test_readme_commands_use_real_options():
     """Every `camkit SUB ... --option` in the README's bash blocks is an option of that subcommand."""
     from camkit import cli
 
-    parser = cli._parser()
+    parser = cli.parser()
     subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
     seen = 0
     for block in _blocks("bash"):

@@ -127,7 +127,8 @@ def test_two_threads_two_explainers_one_model():
 
 @pytest.mark.parametrize("name", ["scorecam", "ablationcam", "smoothgradcampp", "fullgrad"])
 def test_one_method_object_serves_two_threads(name):
-    """The methods that run the model again keep the call's input per thread (camkit.methods.rerun)."""
+    """The methods that run the model again read the call's input from the call's context (CallContext.x), so
+    one method object serves two threads."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Slow(), nn.Conv2d(4, 4, 3), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()

@@ -132,6 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from benchmarks.flower17 import models
     from benchmarks.flower17.data import CLASSES, label_of
+    from camkit.app import ExplainSpec, MethodSpec, ModelSpec
     from camkit.export import run
     from camkit.heads import CAMModel, load_head
 
@@ -144,9 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lst = scratch / "labels.csv"
     labels_csv(images, lst)
     runs = {
-        "layercam": dict(method="layercam", layers=list(models.LAYERCAM_LAYERS[BACKBONE]),
-                         layer_weights=list(models.LAYERCAM_WEIGHTS), normalize="relu_max"),
-        "cam": dict(method="cam"),
+        "layercam": MethodSpec("layercam", layers=models.LAYERCAM_LAYERS[BACKBONE],
+                               layer_weights=models.LAYERCAM_WEIGHTS, normalize="relu_max"),
+        "cam": MethodSpec("cam"),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,10 +162,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             "images": len(images), "bg_threshold": args.bg_threshold,
                             "figure_images": shown, "runs": {}}
     rows = []
-    for name, kw in runs.items():
+    for name, method in runs.items():
         d = scratch / name
-        s = run(lst, d, model=model, transform=preprocess, labels=lst, bg_threshold=args.bg_threshold,
-                batch_size=args.batch_size, workers=1, threads=args.threads, progress=False, **kw)
+        spec = ExplainSpec(ModelSpec(model, transform=preprocess), method)
+        s = run(lst, d, spec, labels=lst, bg_threshold=args.bg_threshold, batch_size=args.batch_size, workers=1,
+                threads=args.threads, progress=False)
         recs = [json.loads(line) for line in (d / "manifest.jsonl").read_text().splitlines()]
         keys = {r["rel"]: r["keys"] for r in recs}
         assert all(keys[r] == [truth[r]] for r in rels), "every image's key is its true class"

@@ -1,19 +1,19 @@
 """CAM methods, one family per module: ``base`` (the shared machinery),
-``gradient`` (Grad-CAM, Grad-CAM++, LayerCAM, HiResCAM, XGrad-CAM, Grad-CAM
-element-wise, Eigen-Grad-CAM), ``cam`` (CAM, ReCAM, the paper's ReCAM),
-``perturbation`` (Score-CAM, SS-CAM, IS-CAM, Ablation-CAM), ``eigen``
-(Eigen-CAM and the channel reductions), ``smooth`` (Smooth Grad-CAM++),
-``fullgrad`` (FullGrad), ``options`` (``aug_smooth`` / ``eigen_smooth``),
-``rerun`` (the call's input, for the methods that run the model again).
+``cam`` (CAM, ReCAM, the paper's ReCAM), ``gradient`` (Grad-CAM, Grad-CAM++,
+LayerCAM, HiResCAM, XGrad-CAM, Grad-CAM element-wise, Eigen-Grad-CAM),
+``eigen`` (Eigen-CAM and the channel reductions), ``perturbation``
+(Score-CAM, SS-CAM, IS-CAM, Ablation-CAM), ``smooth`` (Smooth Grad-CAM++),
+``fullgrad`` (FullGrad); beside them ``registry`` (each method declares
+itself once), ``options`` (the constructor's keyword options), ``augment``
+(``aug_smooth``), ``checks``, ``output``, ``precision`` and ``result``.
 
-``METHODS`` maps each method's name (as the CLI spells it) to its class.
+``METHODS`` maps each listed method's name (as the CLI spells it) to its class.
 """
 from __future__ import annotations
 
-from .base import CAMResult, float32_math, select_output, target_gradients, work_dtype
+# isort: off
+# Import order is registration order: the order METHODS and --method list the methods in.
 from .cam import CAM, PaperReCAM, ReCAM, cam_formula, find_classifier, gap_linear_mismatch
-from .eigen import EigenCAM, channel_map, eigen_projection, eigencam_formula, element_map
-from .fullgrad import FullGrad, fullgrad_term
 from .gradient import (
     EigenGradCAM,
     GradCAM,
@@ -30,26 +30,27 @@ from .gradient import (
     layercam_formula,
     xgradcam_formula,
 )
-from .options import AUGMENTATIONS, SmoothOptions, aug_smooth
+from .eigen import EigenCAM, channel_map, eigen_projection, eigencam_formula, element_map
 from .perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM, ablationcam_formula, scorecam_formula
 from .smooth import SmoothGradCAMpp, smoothgradcampp_formula
-
-METHODS = {
-    "cam": CAM, "gradcam": GradCAM, "gradcampp": GradCAMpp, "layercam": LayerCAM, "recam": ReCAM,
-    "paper_recam": PaperReCAM, "hirescam": HiResCAM, "xgradcam": XGradCAM, "gradcamelementwise": GradCAMElementWise,
-    "eigengradcam": EigenGradCAM, "eigencam": EigenCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM,
-    "smoothgradcampp": SmoothGradCAMpp, "fullgrad": FullGrad,
-}
-# SSCAM and ISCAM (num_samples forwards per channel at their defaults) are classes only: not in the
-# registry that every method-wide test and benchmark loops over.
+from .fullgrad import FullGrad, fullgrad_term
+# isort: on
+from .augment import AUGMENTATIONS, aug_smooth
+from .base import CallContext, target_gradients
+from .options import Options
+from .output import select_output
+from .precision import float32_math, work_dtype
+from .registry import METHODS, MethodInfo, cli_names, method_info, register_method, registered, unregister_method
+from .result import CAMResult
 
 __all__ = [
     "CAMResult", "CAM", "ReCAM", "PaperReCAM", "GradCAM", "GradCAMpp", "LayerCAM", "HiResCAM", "XGradCAM",
     "GradCAMElementWise", "EigenGradCAM", "EigenCAM", "ScoreCAM", "SSCAM", "ISCAM", "AblationCAM", "SmoothGradCAMpp",
-    "FullGrad", "METHODS",
+    "FullGrad", "METHODS", "MethodInfo", "register_method", "unregister_method", "method_info", "registered",
+    "cli_names", "Options", "CallContext",
     "cam_formula", "gradcam_formula", "gradcampp_formula", "layercam_formula", "hirescam_formula", "xgradcam_formula",
     "gradcam_elementwise_formula", "eigengradcam_formula", "eigencam_formula", "scorecam_formula",
     "ablationcam_formula", "smoothgradcampp_formula", "fullgrad_term", "eigen_projection", "element_map", "channel_map",
-    "aug_smooth", "AUGMENTATIONS", "SmoothOptions",
+    "aug_smooth", "AUGMENTATIONS",
     "gap_linear_mismatch", "find_classifier", "target_gradients", "select_output", "float32_math", "work_dtype",
 ]

@@ -6,17 +6,23 @@ check that a layer feeds a global-average-pool + linear head.
 from __future__ import annotations
 
 import difflib
-from typing import Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError
 from ..heads import CAMHead, CAMModel, PaperReCAMHead, ReCAMHead
-from ..hooks import ActivationRecorder, LayerSpec, dry_model, dry_run
+from ..hooks import LayerSpec, dry_model, dry_run
 from ..normalize import Normalizer, get_normalizer
 from ..targets import Target
-from .base import Output, Reshape, _as_4d, _check_model, _Method, float32_math, select_output, work_dtype
+from .base import CallContext, Layers, _Method
+from .checks import as_4d
+from .options import Options
+from .output import Output, select_output
+from .precision import float32_math, work_dtype
+from .registry import register_method
 
 
 def cam_formula(A: Tensor, W: Tensor) -> Tensor:
@@ -83,11 +89,28 @@ def find_classifier(model: nn.Module) -> Tuple[str, nn.Linear]:
     )
 
 
+@dataclass(frozen=True)
+class CAMOptions(Options):
+    """Plus ``fc``: the linear layer (a name or the module; found from the model when None)."""
+
+    fc: Union[None, str, nn.Linear] = None
+
+
+def _class_targets(method: str, target: Target, scores: Tensor) -> Tensor:
+    """The ``(B, K)`` classes of a class target, or an error: ``method`` maps class logits only."""
+    classes = target.classes(scores) if target.logit else None
+    if classes is None:
+        raise InputError(f"{method} maps class logits: targets must be class indices, topk, 'all', ClassScore or "
+                         f"MultiLabel, not {type(target).__name__}; use a gradient method for other targets")
+    return classes
+
+
+@register_method("cam", layers="cam")
 class CAM(_Method):
     """Class activation maps for a model whose head is GAP then linear.
 
-    ``layer`` is the module feeding the pooling (found with one dry run when
-    not given); ``fc`` the linear layer (found from the model when not given).
+    ``layers`` is the one module feeding the pooling (found with one dry run when
+    not given); option ``fc`` the linear layer (found from the model when not given).
     Every call checks that ``fc(GAP(A))`` reproduces the model's logits, so a
     wrong layer or a head that is not GAP + linear raises instead of giving a
     silently wrong map. No backward pass: all K classes come from one forward.
@@ -95,55 +118,54 @@ class CAM(_Method):
     ``MultiLabel``).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: Optional[LayerSpec] = None,
-        fc: Optional[Union[str, nn.Linear]] = None,
-        normalize: Union[str, Normalizer, None] = "minmax",
-        reshape: Optional[Reshape] = None,
-        channels_last: bool = False,
-        output: Output = None,
-    ) -> None:
-        _check_model(model)
+    Options = CAMOptions
+
+    def _setup(self) -> None:
+        model, fc = self.model, self.options.fc
         self._check_head = True
         if isinstance(model, CAMModel):
-            layer = layer if layer is not None else "head.relu"
             fc = fc if fc is not None else model.head.fc
             self._check_head = type(model.head) is CAMHead
-        if fc is None:
-            _, self.fc = find_classifier(model)
-        elif isinstance(fc, str):
-            self.fc = dict(model.named_modules()).get(fc)  # type: ignore[assignment]
-            if not isinstance(self.fc, nn.Linear):
-                close = difflib.get_close_matches(fc, [n for n, _ in model.named_modules()], n=5, cutoff=0.5)
-                raise InputError(f"fc={fc!r} is not a linear layer of the model; close matches: {', '.join(close)}")
-        elif isinstance(fc, nn.Linear):
-            self.fc = fc
-        else:
-            raise InputTypeError(f"fc must be a layer name or an nn.Linear, got {type(fc).__name__}")
-        if layer is None:
-            layer = _find_gap_input(model, self.fc, output)
-        super().__init__(model, [layer], normalize=normalize, reshape=reshape, channels_last=channels_last,
-                         output=output)
+        self.fc = _linear(model, fc)
 
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
+    def _default_layers(self, layers: Layers) -> Sequence[LayerSpec]:
+        if layers is None:
+            if isinstance(self.model, CAMModel):
+                return ["head.relu"]
+            return [_find_gap_input(self.model, self.fc, self.options.output)]
+        many = not isinstance(layers, (str, nn.Module))
+        if many and len(list(layers)) != 1:  # type: ignore[arg-type]
+            raise InputError(f"CAM uses exactly one layer, got {list(layers)}")  # type: ignore[arg-type]
+        return list(layers) if many else [layers]  # type: ignore[list-item, arg-type]
+
+    def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         (name,) = self.layer_names
-        classes = target.classes(scores) if target.logit else None
-        if classes is None:
-            raise InputError(f"CAM maps class logits: targets must be class indices, topk, 'all', ClassScore or "
-                             f"MultiLabel, not {type(target).__name__}; use a gradient method for other targets")
-        A = _as_4d(name, acts[name], self.reshape)
+        classes = _class_targets("CAM", ctx.target, ctx.scores)
+        A = as_4d(name, ctx.acts[name], self.options.reshape)
         if A.shape[1] != self.fc.in_features:
             raise InputError(
                 f"layer {name!r} has {A.shape[1]} channels but the linear layer takes {self.fc.in_features} features"
             )
         if self._check_head:
-            problems.append(("head", gap_linear_mismatch(A, scores, self.fc)))
+            ctx.flag("head", gap_linear_mismatch(A, ctx.scores, self.fc))
         with float32_math(A.device.type):
             W = self.fc.weight[classes.clamp(min=0)]
             return {name: cam_formula(work_dtype(A), work_dtype(W))}
+
+
+def _linear(model: nn.Module, fc: Union[None, str, nn.Linear]) -> nn.Linear:
+    """The linear layer ``fc`` names (a name, the module, or None: found from the model)."""
+    if fc is None:
+        return find_classifier(model)[1]
+    if isinstance(fc, str):
+        found = dict(model.named_modules()).get(fc)
+        if not isinstance(found, nn.Linear):
+            close = difflib.get_close_matches(fc, [n for n, _ in model.named_modules()], n=5, cutoff=0.5)
+            raise InputError(f"fc={fc!r} is not a linear layer of the model; close matches: {', '.join(close)}")
+        return found
+    if isinstance(fc, nn.Linear):
+        return fc
+    raise InputTypeError(f"fc must be a layer name or an nn.Linear, got {type(fc).__name__}")
 
 
 def _find_gap_input(model: nn.Module, fc: nn.Linear, output: Output = None) -> str:
@@ -175,39 +197,40 @@ def _find_gap_input(model: nn.Module, fc: nn.Linear, output: Output = None) -> s
 class _HeadMethod(_Method):
     """A method that reads its maps from a trained camkit head: the backbone's
     output is recorded and ``_head_maps(features, classes)`` returns the raw
-    maps ``(B, K, h, w)``. Subclasses set ``head_type`` and ``default_normalize``."""
+    maps ``(B, K, h, w)``. Subclasses set ``head_type``; their registered
+    normalizer ``"head"`` means the head's own."""
 
     head_type: type = CAMHead
-    default_normalize: Union[str, Normalizer, None] = "minmax"
 
-    def __init__(self, model: nn.Module, normalize: Union[str, Normalizer, None] = "default") -> None:
-        name = type(self).__name__
+    def _setup(self) -> None:
+        model = self.model
         if not isinstance(model, CAMModel) or not isinstance(model.head, self.head_type):
-            raise InputError(f"{name} needs a camkit.CAMModel whose head is a camkit.heads."
+            raise InputError(f"{type(self).__name__} needs a camkit.CAMModel whose head is a camkit.heads."
                              f"{self.head_type.__name__} (trained)")
-        self.model = model
-        self.layers = [("head", model.head)]
-        self.fusion, self.weights, self.reshape, self.channels_last, self.output = "max", None, None, False, None
-        if normalize == "default":
-            normalize = self.default_normalize
-        if normalize == "head":
-            normalize = model.head.normalize
-        self.normalize = None if normalize is None else get_normalizer(normalize)
-        self._recorder = ActivationRecorder(model, [("backbone", model.backbone)])
+
+    def _default_layers(self, layers: Layers) -> Sequence[LayerSpec]:
+        if layers is not None:
+            raise InputError(f"{type(self).__name__} uses the CAM head's maps; it takes no layers")
+        return ["head"]
+
+    def _hooked(self) -> List[Tuple[str, nn.Module]]:
+        return [("backbone", self.model.backbone)]
+
+    def _normalizer(self, spec: Union[str, Normalizer, None]) -> Optional[Normalizer]:
+        if spec == "head" or (spec == "default" and self.info is not None and self.info.normalize == "head"):
+            return get_normalizer(self.model.head.normalize)
+        return super()._normalizer(spec)
 
     def _head_maps(self, features: Tensor, classes: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        classes = target.classes(scores) if target.logit else None
-        if classes is None:
-            raise InputError(f"{type(self).__name__} maps classes: targets must be class indices, topk, 'all', "
-                             f"ClassScore or MultiLabel, not {type(target).__name__}")
-        with float32_math(scores.device.type):
-            return {"head": work_dtype(self._head_maps(acts["backbone"], classes.clamp(min=0)))}
+    def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
+        classes = _class_targets(type(self).__name__, ctx.target, ctx.scores)
+        with float32_math(ctx.scores.device.type):
+            return {"head": work_dtype(self._head_maps(ctx.acts["backbone"], classes.clamp(min=0)))}
 
 
+@register_method("recam", layers="head", normalize="head")
 class ReCAM(_HeadMethod):
     """ReCAM maps of a :class:`camkit.CAMModel` whose head is a :class:`camkit.ReCAMHead` (the study's).
 
@@ -220,13 +243,13 @@ class ReCAM(_HeadMethod):
     """
 
     head_type = ReCAMHead
-    default_normalize = "head"
 
     def _head_maps(self, features: Tensor, classes: Tensor) -> Tensor:
         raw, _ = self.model.head.recam(features, classes, normalized=False)
         return raw
 
 
+@register_method("paper_recam", layers="head", normalize="relu_max", cli=False)
 class PaperReCAM(_HeadMethod):
     """ReCAM as Chen et al. (CVPR 2022) define it, on a :class:`camkit.CAMModel` whose
     head is a trained :class:`camkit.heads.PaperReCAMHead`.
@@ -239,7 +262,6 @@ class PaperReCAM(_HeadMethod):
     """
 
     head_type = PaperReCAMHead
-    default_normalize = "relu_max"
 
     def _head_maps(self, features: Tensor, classes: Tensor) -> Tensor:
         return self.model.head.recam_maps(features, classes)

@@ -9,14 +9,16 @@ sum without building E.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict
 
 import torch
 from torch import Tensor
 
-from ..targets import Target
-from .base import _as_4d, _Method, float32_math, work_dtype
-from .options import SmoothOptions
+from .base import CallContext, _Method
+from .checks import as_4d
+from .options import SmoothingOptions
+from .precision import float32_math, work_dtype
+from .registry import register_method
 
 
 def eigen_projection(E: Tensor) -> Tensor:
@@ -59,15 +61,17 @@ def eigencam_formula(A: Tensor) -> Tensor:
     return eigen_projection(A).clamp_(min=0)
 
 
-class EigenCAM(SmoothOptions, _Method):
+@register_method("eigencam", layers="last")
+class EigenCAM(_Method):
     """Eigen-CAM: the first principal component of a layer's output (no gradients).
     Class-agnostic: every target of an image gets the same map."""
 
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
+    Options = SmoothingOptions
+
+    def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         out: Dict[str, Tensor] = {}
         for name in self.layer_names:
-            A = _as_4d(name, acts[name], self.reshape)
+            A = as_4d(name, ctx.acts[name], self.options.reshape)
             with float32_math(A.device.type):
-                out[name] = eigencam_formula(work_dtype(A))[:, None].expand(-1, values.shape[1], -1, -1)
+                out[name] = eigencam_formula(work_dtype(A))[:, None].expand(-1, ctx.values.shape[1], -1, -1)
         return out

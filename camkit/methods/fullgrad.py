@@ -25,17 +25,20 @@ sum upsampled, then normalized.
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..hooks import LayerSpec
 from ..normalize import Normalizer, minmax
-from ..targets import Target
-from .base import _NO_PATH, Output, _GradientMethod, float32_math, target_gradients, work_dtype
-from .rerun import KeepInput
+from .base import CallContext, Layers, _GradientMethod
+from .options import GradientOptions
+from .precision import float32_math, work_dtype
+from .registry import register_method
 
 
 def fullgrad_term(G: Tensor, b: Tensor, per_channel: bool = False) -> Tensor:
@@ -78,54 +81,50 @@ def _is_timm_norm_act(m: nn.Module) -> bool:
             and isinstance(getattr(m, "drop", None), nn.Module) and isinstance(getattr(m, "act", None), nn.Module))
 
 
-class FullGrad(KeepInput, _GradientMethod):
+@dataclass(frozen=True)
+class FullGradOptions(GradientOptions):
+    """Plus ``per_channel``: normalize each channel's term on its own (pytorch-grad-cam's)
+    instead of each layer's (the authors' code)."""
+
+    per_channel: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.aug_smooth or self.eigen_smooth:
+            raise InputError("FullGrad takes neither aug_smooth nor eigen_smooth")
+
+
+@register_method("fullgrad", layers="biases")
+class FullGrad(_GradientMethod):
     """FullGrad maps of any target (see the module's notes). Every bias layer is hooked:
     ``layers`` is accepted so that every method takes the same call, and ignored with a
     warning (as pytorch-grad-cam does). ``normalize`` applies to the total (default min-max); None gives the raw sum.
     ``per_channel``: normalize each channel's term on its own (pytorch-grad-cam) instead of
     each layer's (the authors' code)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        layers: object = None,
-        normalize: Union[str, Normalizer, None] = "minmax",
-        channels_last: bool = False,
-        batched_backward: bool = True,
-        output: Output = None,
-        per_channel: bool = False,
-    ) -> None:
-        self.per_channel = bool(per_channel)
-        if layers is not None:
-            warnings.warn("FullGrad uses every bias layer of the model; layers= is ignored", stacklevel=2)
-        layers = bias_layers(model) if isinstance(model, nn.Module) else []
-        if isinstance(model, nn.Module) and not layers:
-            raise InputError(f"{type(model).__name__} has no nn.Conv2d with a bias nor nn.BatchNorm2d: FullGrad "
+    Options = FullGradOptions
+    grad_from_input = True  # dy/dx is one of the terms
+
+    def _setup(self) -> None:
+        self._bias_of = dict(bias_layers(self.model))
+        if not self._bias_of:
+            raise InputError(f"{type(self.model).__name__} has no nn.Conv2d with a bias nor nn.BatchNorm2d: FullGrad "
                              "needs the layers whose biases it explains")
-        self._bias_of = dict(layers)
-        super().__init__(model, [n for n, _ in layers], normalize=normalize, channels_last=channels_last,
-                         batched_backward=batched_backward, output=output)
 
-    def _run_model(self, x: Tensor) -> object:
-        with torch.enable_grad():  # the graph from the input: dy/dx is one of the terms
-            return super()._run_model(x.detach().requires_grad_(True))
+    def _default_layers(self, layers: Layers) -> Sequence[LayerSpec]:
+        if layers is not None:
+            warnings.warn("FullGrad uses every bias layer of the model; layers= is ignored", stacklevel=3)
+        return list(self._bias_of)
 
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        x = self._take_input()
-        names = self.layer_names
-        if not values.requires_grad:
-            raise InputError(_NO_PATH.format(names=names))
-        grads = target_gradients(values, [x] + [acts[n] for n in names], self.batched_backward)
+    def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
+        x, names, per_channel = ctx.x, self.layer_names, self.options.per_channel
+        grads = self._gradients(ctx.values, [x] + [ctx.acts[n] for n in names], ["input"] + names)
         out: Dict[str, Tensor] = {}
-        with float32_math(values.device.type):
-            gx = grads[0]
-            out["input"] = fullgrad_term(work_dtype(gx), work_dtype(x.detach())[:, None], self.per_channel)
+        with float32_math(ctx.values.device.type):
+            out["input"] = fullgrad_term(work_dtype(grads[0]), work_dtype(x.detach())[:, None], per_channel)
             for name, g in zip(names, grads[1:]):
-                if g is None:
-                    raise InputError(_NO_PATH.format(names=[name]))
                 b = work_dtype(bias_of(self._bias_of[name]).detach())[:, None, None]
-                out[name] = fullgrad_term(work_dtype(g), b, self.per_channel)
+                out[name] = fullgrad_term(work_dtype(g), b, per_channel)
         return out
 
     @staticmethod

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .base import _GradientMethod
 from .eigen import channel_map, eigen_projection, element_map
-from .options import SmoothOptions
+from .registry import register_method
 
 
 def gradcam_formula(A: Tensor, G: Tensor, eigen: bool = False) -> Tensor:
@@ -77,44 +77,51 @@ def eigengradcam_formula(A: Tensor, G: Tensor, eigen: bool = True) -> Tensor:
 # --------------------------------------------------------------------------- classes
 
 
-class GradCAM(SmoothOptions, _GradientMethod):
+@register_method("gradcam", layers="last")
+class GradCAM(_GradientMethod):
     """Grad-CAM on one or more layers (several layers are fused like LayerCAM's)."""
 
     formula = staticmethod(gradcam_formula)
 
 
-class GradCAMpp(SmoothOptions, _GradientMethod):
+@register_method("gradcampp", layers="last")
+class GradCAMpp(_GradientMethod):
     """Grad-CAM++ on one or more layers."""
 
     formula = staticmethod(gradcampp_formula)
 
 
-class LayerCAM(SmoothOptions, _GradientMethod):
+@register_method("layercam", layers="stages")
+class LayerCAM(_GradientMethod):
     """LayerCAM on one or more layers; ``fusion="max"`` (the paper) or
     ``fusion="weighted", weights=[0.4, 0.4, 0.2]`` (the seed study, then tanh(2x))."""
 
     formula = staticmethod(layercam_formula)
 
 
-class HiResCAM(SmoothOptions, _GradientMethod):
+@register_method("hirescam", layers="last")
+class HiResCAM(_GradientMethod):
     """HiResCAM: gradient times activation at each position, summed over channels."""
 
     formula = staticmethod(hirescam_formula)
 
 
-class GradCAMElementWise(SmoothOptions, _GradientMethod):
-    """Grad-CAM element-wise: ReLU of gradient times activation, summed over channels."""
-
-    formula = staticmethod(gradcam_elementwise_formula)
-
-
-class XGradCAM(SmoothOptions, _GradientMethod):
+@register_method("xgradcam", layers="last")
+class XGradCAM(_GradientMethod):
     """XGrad-CAM: channel weights ``sum(G * A) / sum(A)``."""
 
     formula = staticmethod(xgradcam_formula)
 
 
-class EigenGradCAM(SmoothOptions, _GradientMethod):
+@register_method("gradcamelementwise", layers="last")
+class GradCAMElementWise(_GradientMethod):
+    """Grad-CAM element-wise: ReLU of gradient times activation, summed over channels."""
+
+    formula = staticmethod(gradcam_elementwise_formula)
+
+
+@register_method("eigengradcam", layers="last")
+class EigenGradCAM(_GradientMethod):
     """Eigen-Grad-CAM: first principal component of gradient times activation."""
 
     formula = staticmethod(eigengradcam_formula)

@@ -1,83 +1,134 @@
-"""Options usable with any method: ``aug_smooth`` (test-time augmentation) and
-``eigen_smooth`` (channels reduced by their first principal component).
+"""Method options: one frozen dataclass per family, passed to a method's
+constructor as keyword arguments (``camkit.GradCAM(model, layers, fusion="max")``).
 
-:class:`SmoothOptions` adds both as keyword options to a method class;
-:func:`aug_smooth` also wraps any method instance's call.
+Each method class names its ``Options``; a family's options extend its parent's,
+so every option is declared once and checked once, in ``__post_init__``.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, TypeVar, Union
 
-import torch
 from torch import Tensor
 
-from ..errors import InputError
-from ..targets import ClassScore, TargetSpec, TopK, as_target
-from .base import CAMResult
+from ..errors import InputError, InputTypeError
+from ..fusion import FUSIONS
+from ..normalize import Normalizer
+from .output import Output
 
-# (horizontal flip, intensity factor): pytorch-grad-cam's default, ttach's
-# Compose([HorizontalFlip(), Multiply([0.9, 1, 1.1])]).
-AUGMENTATIONS: Tuple[Tuple[bool, float], ...] = tuple((f, m) for f in (False, True) for m in (0.9, 1.0, 1.1))
-
-
-def _augment(x: Tensor, flip: bool, factor: float) -> Tensor:
-    x = x * factor if factor != 1.0 else x
-    return x.flip(-1) if flip else x
+Reshape = Callable[[Tensor], Tensor]
+#: ``normalize=DEFAULT``: the method's registered default normalizer.
+DEFAULT = "default"
 
 
-def aug_smooth(
-    call: Callable[..., CAMResult],
-    x: Tensor,
-    targets: TargetSpec = None,
-    topk: Optional[int] = None,
-    augmentations: Sequence[Tuple[bool, float]] = AUGMENTATIONS,
-) -> CAMResult:
-    """Maps averaged over test-time augmentations of ``x``, each mapped back.
+def positive_int(name: str, value: object) -> int:
+    """``value`` as a positive int, or an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputTypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise InputError(f"{name} must be a positive int, got {value}")
+    return value
 
-    ``call(x, targets, topk)`` is a method's call. Each augmentation
-    ``(flip, factor)`` multiplies the input by ``factor`` and flips it left-right
-    if ``flip``; its maps (and raw layer maps) are flipped back, and ``maps`` /
-    ``layer_maps`` are the means over the augmentations. The targets are fixed by
-    the un-augmented input: ``topk`` / top-1 classes are chosen there and kept
-    for the others. ``logits``, ``targets``, ``scores`` and ``valid`` are the
-    un-augmented call's.
+
+def non_negative(name: str, value: object) -> float:
+    """``value`` as a float >= 0, or an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputTypeError(f"{name} must be a number >= 0, got {value!r}")
+    if not float(value) >= 0.0:
+        raise InputError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _set(opts: Any, name: str, value: object) -> None:
+    object.__setattr__(opts, name, value)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Options of every method.
+
+    Attributes:
+        fusion: how several layers' maps are fused: ``"max"`` (element-wise maximum, the
+            LayerCAM paper) or ``"weighted"`` (``tanh(2 * sum_l w_l M_l)``, the study's).
+        weights: one weight per layer for ``fusion="weighted"``.
+        normalize: a normalizer name of :mod:`camkit.normalize`, a callable ``(..., h, w) -> (..., h, w)``,
+            None (raw maps) or ``"default"`` (the method's registered one).
+        reshape: applied to each hooked output (and its gradient) to give ``(B, C, h, w)``
+            (e.g. a transformer's ``(B, N, C)`` tokens; the presets give it).
+        channels_last: pass the input in channels-last memory format (the model is not converted).
+        output: where the scores are in the model's output (see :func:`camkit.methods.select_output`).
     """
-    augmentations = [(bool(f), float(m)) for f, m in augmentations]
-    if (False, 1.0) not in augmentations:
-        raise InputError("aug_smooth's augmentations must include the identity (False, 1.0)")
-    first = call(x, targets, topk)
-    target = as_target(targets, topk)
-    fixed = ClassScore(first.targets) if isinstance(target, TopK) else target
-    maps: List[Tensor] = []
-    layer_maps: Dict[str, List[Tensor]] = {n: [] for n in first.layer_maps}
-    for flip, factor in augmentations:
-        res = first if (flip, factor) == (False, 1.0) else call(_augment(x, flip, factor), fixed, None)
-        maps.append(res.maps.flip(-1) if flip else res.maps)
-        for n, m in res.layer_maps.items():
-            layer_maps[n].append(m.flip(-1) if flip else m)
-    return CAMResult(
-        maps=torch.stack(maps).mean(dim=0), targets=first.targets, logits=first.logits,
-        layer_maps={n: torch.stack(ms).mean(dim=0) for n, ms in layer_maps.items()},
-        scores=first.scores, valid=first.valid,
-    )
+
+    fusion: str = "max"
+    weights: Optional[Sequence[float]] = None
+    normalize: Union[str, Normalizer, None] = DEFAULT
+    reshape: Optional[Reshape] = None
+    channels_last: bool = False
+    output: Output = None
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise InputError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if self.reshape is not None and not callable(self.reshape):
+            raise InputTypeError(f"reshape must be a function of a tensor, got {self.reshape!r}")
+        if self.weights is not None and not isinstance(self.weights, Tensor):
+            _set(self, "weights", tuple(self.weights) if isinstance(self.weights, (list, tuple)) else self.weights)
+        _set(self, "channels_last", bool(self.channels_last))
 
 
-class SmoothOptions:
-    """Mixin for a method class: keyword options ``aug_smooth`` (bool: average the
-    maps over :data:`AUGMENTATIONS`, see :func:`aug_smooth`) and ``eigen_smooth``
-    (bool: reduce each layer's per-channel contributions by their first principal
-    component instead of their sum, see :func:`camkit.methods.eigen.element_map`)."""
+@dataclass(frozen=True)
+class SmoothingOptions(Options):
+    """Plus ``aug_smooth`` (average the maps over test-time augmentations, see
+    :func:`camkit.methods.aug_smooth`) and ``eigen_smooth`` (reduce each layer's
+    per-channel contributions by their first principal component instead of their sum)."""
 
-    formula: Callable[..., Tensor]
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
 
-    def __init__(self, *args: object, aug_smooth: bool = False, eigen_smooth: bool = False, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self.aug_smooth = bool(aug_smooth)
-        self.eigen_smooth = bool(eigen_smooth)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _set(self, "aug_smooth", bool(self.aug_smooth))
+        _set(self, "eigen_smooth", bool(self.eigen_smooth))
 
-    def _formula(self, A: Tensor, G: Tensor) -> Tensor:
-        return type(self).formula(A, G, eigen=self.eigen_smooth)
 
-    def __call__(self, x: Tensor, targets: TargetSpec = None, topk: Optional[int] = None) -> CAMResult:
-        call = super().__call__  # type: ignore[misc]
-        return aug_smooth(call, x, targets, topk) if self.aug_smooth else call(x, targets, topk)
+@dataclass(frozen=True)
+class GradientOptions(SmoothingOptions):
+    """Plus ``batched_backward``: one vmapped backward for K targets (default) or K
+    backward calls on the retained graph (see :func:`camkit.methods.target_gradients`)."""
+
+    batched_backward: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _set(self, "batched_backward", bool(self.batched_backward))
+
+
+def check_noise(opts: Any) -> None:
+    """Check an options object's ``num_samples`` (positive int), ``std`` (>= 0) and ``seed`` (int)."""
+    _set(opts, "num_samples", positive_int("num_samples", opts.num_samples))
+    _set(opts, "std", non_negative("std", opts.std))
+    if isinstance(opts.seed, bool) or not isinstance(opts.seed, int):
+        raise InputTypeError(f"seed must be an int, got {opts.seed!r}")
+
+
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+def make_options(cls: Type[OptionsT], method: str, given: Dict[str, Any]) -> OptionsT:
+    """``cls(**given)``, with an error naming ``method``'s options for an unknown one."""
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in given if k not in names]
+    if unknown:
+        raise InputTypeError(f"{method} has no option {unknown[0]!r}; its options: {', '.join(names)}")
+    return cls(**given)
+
+
+def changed(opts: Options) -> Dict[str, Any]:
+    """The options that differ from their defaults (for a method's repr)."""
+    base = type(opts)()
+    return {f.name: getattr(opts, f.name) for f in fields(opts) if getattr(opts, f.name) != getattr(base, f.name)}
+
+
+def with_weights(opts: OptionsT, weights: Optional[Tuple[float, ...]]) -> OptionsT:
+    """The same options with checked fusion weights."""
+    return replace(opts, weights=weights)

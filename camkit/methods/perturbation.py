@@ -32,20 +32,23 @@ perturbed output in place of its image's row.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InputError, InputTypeError
-from ..hooks import LayerSpec
-from ..normalize import Normalizer, minmax
+from ..errors import InputError
+from ..normalize import minmax
 from ..targets import Target, check_values
-from .base import Output, Reshape, _as_4d, _Method, float32_math, select_output, work_dtype
+from .base import CallContext, _Method
+from .checks import as_4d
 from .eigen import channel_map
-from .options import SmoothOptions
-from .rerun import KeepInput
+from .options import SmoothingOptions, check_noise, positive_int
+from .output import select_output
+from .precision import float32_math, work_dtype
+from .registry import register_method
 
 # --------------------------------------------------------------------------- formulas
 
@@ -138,41 +141,32 @@ def folded_copy(model: nn.Module, own_hooks: Sequence[Tuple[int, int]] = ()) -> 
 # --------------------------------------------------------------------------- base
 
 
-def _check_batch_size(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise InputTypeError(f"batch_size must be a positive int, got {batch_size!r}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size}")
-    return batch_size
+@dataclass(frozen=True)
+class PerturbationOptions(SmoothingOptions):
+    """Plus ``batch_size``: perturbed copies per forward (None: the class's ``default_batch_size``)."""
+
+    batch_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size is not None:
+            positive_int("batch_size", self.batch_size)
 
 
-class _PerturbationMethod(KeepInput, SmoothOptions, _Method):
-    """Gradient-free methods that run the model on perturbed copies of the input.
-    ``batch_size``: perturbed copies per forward (default: the class's ``default_batch_size``)."""
+class _PerturbationMethod(_Method):
+    """Gradient-free methods that run the model on perturbed copies of the input."""
 
+    Options = PerturbationOptions
     needs_grad = False
     default_batch_size = 16
 
-    def __init__(
-        self,
-        model: nn.Module,
-        layers: Union[LayerSpec, Sequence[LayerSpec]],
-        fusion: str = "max",
-        weights: Optional[Sequence[float]] = None,
-        normalize: Union[str, Normalizer, None] = "minmax",
-        reshape: Optional[Reshape] = None,
-        channels_last: bool = False,
-        output: Output = None,
-        batch_size: Optional[int] = None,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-    ) -> None:
-        super().__init__(model, layers, fusion, weights, normalize, reshape, channels_last, output,
-                         aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-        self.batch_size = _check_batch_size(type(self).default_batch_size if batch_size is None else batch_size)
+    @property
+    def batch_size(self) -> int:
+        """Perturbed copies per forward."""
+        return self.options.batch_size or type(self).default_batch_size
 
     def _scores(self, raw: object, n: int) -> Tensor:
-        out = select_output(raw, self.output)
+        out = select_output(raw, self.options.output)
         if out.shape[0] != n:
             raise InputError(f"the model's output has batch {out.shape[0]} for {n} perturbed inputs")
         return out
@@ -181,6 +175,16 @@ class _PerturbationMethod(KeepInput, SmoothOptions, _Method):
 # --------------------------------------------------------------------------- Score-CAM family
 
 
+@dataclass(frozen=True)
+class ScoreCAMOptions(PerturbationOptions):
+    """Plus ``softmax`` (the channel weights are the softmax of the values, else the values)
+    and ``fold_batchnorm`` (run the masked inputs on a BatchNorm-folded copy of the model)."""
+
+    softmax: bool = True
+    fold_batchnorm: bool = True
+
+
+@register_method("scorecam", layers="last")
 class ScoreCAM(_PerturbationMethod):
     """Score-CAM: for each channel k, the input masked by the channel's upsampled,
     min-max-normalized activation; the targets' values on the C masked inputs,
@@ -192,23 +196,22 @@ class ScoreCAM(_PerturbationMethod):
     BatchNorm-folded copy of the model (see the module's notes).
     """
 
+    Options = ScoreCAMOptions
     dedupe = True  # channels with equal normalized maps share a forward
     default_batch_size = 16  # whole-model forwards: 16 fit the CPU's caches better than 64
 
-    def __init__(self, model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]], *args: object,
-                 softmax: bool = True, fold_batchnorm: bool = True, **kwargs: object) -> None:
-        super().__init__(model, layers, *args, **kwargs)  # type: ignore[arg-type]
-        self.softmax = bool(softmax)
-        self.fold_batchnorm = bool(fold_batchnorm)
+    def _generator(self) -> Optional[torch.Generator]:
+        """The call's private noise generator (None: no noise)."""
+        return None
 
-    def _samples(self, masks: Tensor) -> Iterator[Tensor]:
+    def _samples(self, masks: Tensor, gen: Optional[torch.Generator]) -> Iterator[Tensor]:
         """The mask(s) ``(n, H, W)`` the input is multiplied by; S is the mean of their values."""
         yield masks
 
-    def _forward(self) -> Callable[[Tensor], object]:
+    def _forward_fn(self) -> Callable[[Tensor], object]:
         model: nn.Module = self.model
         fast = False
-        if self.fold_batchnorm:
+        if self.options.fold_batchnorm:
             own = [(id(m), h.id) for (_, m), h in zip(self.layers, self._recorder._handles)]
             copy = folded_copy(self.model, own)
             model, fast = (copy, True) if copy is not None else (model, False)
@@ -220,7 +223,8 @@ class ScoreCAM(_PerturbationMethod):
 
         return run
 
-    def _masked_values(self, run: Callable[[Tensor], object], x: Tensor, A: Tensor, values: Values) -> Tensor:
+    def _masked_values(self, run: Callable[[Tensor], object], x: Tensor, A: Tensor, values: Values,
+                       gen: Optional[torch.Generator]) -> Tensor:
         """S (B, K, C): the targets' values on the input masked by each channel of A."""
         B, C, h, w = A.shape
         size = x.shape[-2:]
@@ -235,32 +239,44 @@ class ScoreCAM(_PerturbationMethod):
             vals = []
             for chunk in maps.split(self.batch_size):
                 masks = score_masks(chunk, size)
-                total = None
-                count = 0
-                for m in self._samples(masks):
-                    v = values(self._scores(run(x[b] * m[:, None].to(x.dtype)), len(m)), b)
-                    total = v if total is None else total + v
-                    count += 1
-                vals.append(total / count)  # type: ignore[operator]
+                draws = [values(self._scores(run(x[b] * m[:, None].to(x.dtype)), len(m)), b)
+                         for m in self._samples(masks, gen)]
+                vals.append(sum(draws[1:], draws[0]) / len(draws))
             s = torch.cat(vals)
             S.append(s[inverse] if inverse is not None else s)
         return torch.stack(S).transpose(1, 2)
 
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        x = self._take_input().contiguous()
-        fn = perturbed_values(target, scores)
+    def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
+        x = ctx.x.contiguous()
+        fn = perturbed_values(ctx.target, ctx.scores)
+        gen = self._generator()
         out: Dict[str, Tensor] = {}
         with self._recorder.paused():
-            run = self._forward()
+            run = self._forward_fn()
             for name in self.layer_names:
-                A = _as_4d(name, acts[name], self.reshape)
-                S = self._masked_values(run, x, A, fn)
+                A = as_4d(name, ctx.acts[name], self.options.reshape)
+                S = self._masked_values(run, x, A, fn, gen)
                 with float32_math(A.device.type):
-                    out[name] = scorecam_formula(work_dtype(A), work_dtype(S), self.softmax, self.eigen_smooth)
+                    out[name] = scorecam_formula(work_dtype(A), work_dtype(S), self.options.softmax,
+                                                 self.options.eigen_smooth)
         return out
 
 
+@dataclass(frozen=True)
+class SSCAMOptions(ScoreCAMOptions):
+    """Plus ``num_samples`` noise draws of standard deviation ``std`` per mask, from a private
+    generator seeded by ``seed``."""
+
+    num_samples: int = 35
+    std: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_noise(self)
+
+
+@register_method("sscam", layers="last", cli=False, listed=False)
 class SSCAM(ScoreCAM):
     """SS-CAM (smoothed Score-CAM): each mask plus Gaussian noise of standard deviation
     ``std`` (at the input's resolution, drawn per channel and draw), the targets'
@@ -268,54 +284,55 @@ class SSCAM(ScoreCAM):
     comes from a private generator seeded by ``seed`` (the global RNG is not used).
     Costs ``num_samples`` forwards per channel."""
 
+    Options = SSCAMOptions
     dedupe = False  # each channel draws its own noise
 
-    def __init__(self, model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]], *args: object,
-                 num_samples: int = 35, std: float = 2.0, seed: int = 0, **kwargs: object) -> None:
-        super().__init__(model, layers, *args, **kwargs)  # type: ignore[arg-type]
-        self.num_samples, self.std, self.seed = _check_samples(num_samples), float(std), int(seed)
-        if not self.std >= 0:
-            raise InputError(f"std must be a number >= 0, got {std!r}")
-        self._gen: Optional[torch.Generator] = None
+    def _generator(self) -> Optional[torch.Generator]:
+        return torch.Generator().manual_seed(self.options.seed)
 
-    def _samples(self, masks: Tensor) -> Iterator[Tensor]:
-        for _ in range(self.num_samples):
-            yield masks + torch.randn(masks.shape, generator=self._gen).mul_(self.std).to(masks)
-
-    def _layer_maps(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        self._gen = torch.Generator().manual_seed(self.seed)
-        try:
-            return super()._layer_maps(*args, **kwargs)
-        finally:
-            self._gen = None
+    def _samples(self, masks: Tensor, gen: Optional[torch.Generator]) -> Iterator[Tensor]:
+        for _ in range(self.options.num_samples):
+            yield masks + torch.randn(masks.shape, generator=gen).mul_(self.options.std).to(masks)
 
 
+@dataclass(frozen=True)
+class ISCAMOptions(ScoreCAMOptions):
+    """Plus ``num_samples``: the integration steps."""
+
+    num_samples: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive_int("num_samples", self.num_samples)
+
+
+@register_method("iscam", layers="last", cli=False, listed=False)
 class ISCAM(ScoreCAM):
     """IS-CAM (integrated Score-CAM): the targets' values averaged over ``num_samples``
     masks scaled by ``c_i = sum_{j <= i} j / N`` (i = 1..N, torchcam's coefficients),
     then Score-CAM's softmax. Costs ``num_samples`` forwards per distinct channel."""
 
-    def __init__(self, model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]], *args: object,
-                 num_samples: int = 10, **kwargs: object) -> None:
-        super().__init__(model, layers, *args, **kwargs)  # type: ignore[arg-type]
-        self.num_samples = _check_samples(num_samples)
+    Options = ISCAMOptions
 
-    def _samples(self, masks: Tensor) -> Iterator[Tensor]:
+    def _samples(self, masks: Tensor, gen: Optional[torch.Generator]) -> Iterator[Tensor]:
+        n = self.options.num_samples
         coeff = 0.0
-        for i in range(1, self.num_samples + 1):
-            coeff += i / self.num_samples
+        for i in range(1, n + 1):
+            coeff += i / n
             yield masks * coeff
-
-
-def _check_samples(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"num_samples must be a positive int, got {n!r}")
-    return n
 
 
 # --------------------------------------------------------------------------- Ablation-CAM
 
 
+@dataclass(frozen=True)
+class AblationOptions(PerturbationOptions):
+    """Plus ``reuse_below``: run only the layers above the hooked one on the ablated copies."""
+
+    reuse_below: bool = True
+
+
+@register_method("ablationcam", layers="last")
 class AblationCAM(_PerturbationMethod):
     """Ablation-CAM: the drop of each target's value when one channel of the layer's
     output is set to 0, relative to the value, weights the channels.
@@ -325,15 +342,13 @@ class AblationCAM(_PerturbationMethod):
     ``(B, C, h, w)`` (no ``reshape``).
     """
 
+    Options = AblationOptions
     default_batch_size = 64  # only the layers above run on the copies
 
-    def __init__(self, model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]], *args: object,
-                 reuse_below: bool = True, **kwargs: object) -> None:
-        super().__init__(model, layers, *args, **kwargs)  # type: ignore[arg-type]
-        if self.reshape is not None:
+    def _setup(self) -> None:
+        if self.options.reshape is not None:
             raise InputError("AblationCAM ablates the layer's own output: it needs layers whose output is "
                              "(B, C, h, w), without reshape=")
-        self.reuse_below = bool(reuse_below)
 
     @contextmanager
     def _replaced(self, module: nn.Module, copies: Tensor) -> Iterator[None]:
@@ -368,17 +383,17 @@ class AblationCAM(_PerturbationMethod):
                 S[b, :, chunk.to(A.device)] = values(self._run_ablated(module, x[b:b + 1], copies, state), b).T
         return S
 
-    def _layer_maps(self, acts: Dict[str, Tensor], scores: Tensor, values: Tensor, target: Target,
-                    problems: List[Tuple[str, Optional[Tensor]]]) -> Dict[str, Tensor]:
-        x = self._take_input().contiguous()
-        fn = perturbed_values(target, scores)
-        y = values.detach()
-        state = {"reuse": self.reuse_below}
+    def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
+        x = ctx.x.contiguous()
+        fn = perturbed_values(ctx.target, ctx.scores)
+        y = ctx.values.detach()
+        state = {"reuse": self.options.reuse_below}
         out: Dict[str, Tensor] = {}
         with self._recorder.paused():
             for name, module in self.layers:
-                A = _as_4d(name, acts[name], None)
+                A = as_4d(name, ctx.acts[name], None)
                 S = self._ablated_values(module, x, A, y, fn, state)
                 with float32_math(A.device.type):
-                    out[name] = ablationcam_formula(work_dtype(A), work_dtype(y), work_dtype(S), self.eigen_smooth)
+                    out[name] = ablationcam_formula(work_dtype(A), work_dtype(y), work_dtype(S),
+                                                    self.options.eigen_smooth)
         return out

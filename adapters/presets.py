@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from camkit.errors import InputError
 from camkit.hooks import dry_model, dry_run, dry_run_input
-from camkit.methods import METHODS, gap_linear_mismatch
+from camkit.methods import gap_linear_mismatch, method_info, registered, select_output
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -134,7 +134,7 @@ class Preset:
     transform: PIL image -> normalized tensor (3, H, W) for this model's weights.
     mean, std, input_size: the normalization and the (H, W) the transform gives.
     categories: class names when known (from the weights' metadata).
-    recam: whether the model is a CAMModel with a ReCAM head.
+    head_type: the class of a camkit.CAMModel's head (the head methods need theirs), else None.
     task: ``"classification"`` (scores ``(B, num_classes)``) or ``"segmentation"``
         (scores ``(B, num_classes, H, W)``, explained per region, e.g. with
         ``camkit.targets.SegmentationRegion``).
@@ -157,43 +157,55 @@ class Preset:
     std: Tuple[float, float, float] = IMAGENET_STD
     input_size: Tuple[int, int] = (224, 224)
     categories: Optional[Tuple[str, ...]] = None
-    recam: bool = False
+    head_type: Optional[type] = None
     task: str = "classification"
     output: Optional[Output] = None
 
     @property
+    def recam(self) -> bool:
+        """Whether the model is a CAMModel with a ReCAM head (the study's)."""
+        from camkit.heads import ReCAMHead
+
+        return self.head_type is not None and issubclass(self.head_type, ReCAMHead)
+
+    @property
     def methods(self) -> Tuple[str, ...]:
-        """The methods that have defaults for this model."""
+        """The command line's methods that have default layers for this model (registry order)."""
         out = []
-        if self.cam_layer is not None:
-            out.append("cam")
-        out += ["gradcam", "gradcampp", "layercam"]
-        if self.recam:
-            out.append("recam")
+        for info in registered():
+            try:
+                if info.cli:
+                    self.default_layers(info.name)
+                    out.append(info.name)
+            except InputError:
+                pass
         return tuple(out)
 
     def default_layers(self, method: str) -> Tuple[str, ...]:
-        """The layers ``method`` hooks by default."""
-        method = method.lower()
-        if method == "layercam":
+        """The layers ``method`` hooks by default (from its registered layer kind).
+
+        Raises:
+            InputError: the method is unknown or has no default for this model (and why).
+        """
+        info = method_info(method)
+        if info.layers == "stages":
             return self.layers
-        if method == "fullgrad":
-            return ()  # every bias layer
-        if method in _LAST_LAYER_METHODS:
+        if info.layers == "last":
             return (self.gradcam_layer,)
-        if method == "cam":
+        if info.layers == "biases":
+            return ()  # every bias layer
+        if info.layers == "cam":
             if self.cam_layer is None:
                 raise InputError(
                     f"CAM needs global average pooling followed by one linear layer; this {self.family} model "
                     f"has none. Use gradcam, gradcampp or layercam"
                 )
             return (self.cam_layer,)
-        if method == "recam":
-            if not self.recam:
-                raise InputError("ReCAM needs a camkit.CAMModel with a ReCAMHead (see camkit.heads)")
-            return ()
-        raise InputError(f"unknown method {method!r}; choose one of cam, recam, layercam, "
-                         f"{', '.join(_LAST_LAYER_METHODS)}, fullgrad")
+        need = getattr(info.cls, "head_type", None)
+        if need is None or self.head_type is None or not issubclass(self.head_type, need):
+            raise InputError(f"{info.cls.__name__} needs a camkit.CAMModel with a "
+                             f"{getattr(need, '__name__', 'trained')} head (see camkit.heads)")
+        return ()
 
     def expand_layers(self, layers: Sequence[str]) -> List[str]:
         """Replace names of layer sets (``"convs"``, ``"pools"``, ``"default"``) by their layers."""
@@ -208,32 +220,32 @@ class Preset:
         return out
 
     def method_kwargs(self, method: str, layers: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-        """Keyword arguments for ``camkit.methods.METHODS[method](model, **kwargs)``.
+        """Keyword arguments for ``camkit.METHODS[method](model, **kwargs)``.
 
-        ``layers`` overrides the defaults (names or layer-set names). ``output``
-        is passed where the preset has one.
+        Args:
+            method: a registered method's name.
+            layers: overrides the defaults (names or layer-set names).
+
+        Returns:
+            ``layers`` (where the method takes layers), ``reshape`` (the preset's, or for CAM its
+            ``cam_reshape``), ``fc`` (CAM) and ``output`` where the preset has them.
         """
-        method = method.lower()
-        chosen = self.expand_layers(layers) if layers else list(self.default_layers(method))
+        info = method_info(method)
+        chosen = self.expand_layers(layers) if layers else list(self.default_layers(info.name))
         out: Dict[str, Any] = {} if self.output is None else {"output": self.output}
-        if method == "cam":
+        if info.layers in ("biases", "head"):
+            if layers and info.layers == "head":
+                raise InputError(f"{info.cls.__name__} uses the CAM head's maps; it takes no layers")
+            return out
+        kw: Dict[str, Any] = {"layers": chosen}
+        if info.layers == "cam":
             if len(chosen) != 1:
                 raise InputError(f"CAM uses exactly one layer, got {chosen}")
-            kw: Dict[str, Any] = {"layer": chosen[0]}
             if self.fc is not None:
                 kw["fc"] = self.fc
             if self.cam_reshape is not None and chosen[0] == self.cam_layer:
                 kw["reshape"] = self.cam_reshape
-            return {**kw, **out}
-        if method == "fullgrad":
-            return out
-        if method == "recam":
-            if layers:
-                raise InputError("ReCAM uses the CAM head's maps; it takes no layers")
-            self.default_layers("recam")
-            return out
-        kw = {"layers": chosen}
-        if self.reshape is not None:
+        elif self.reshape is not None:
             kw["reshape"] = self.reshape
         return {**kw, **out}
 
@@ -247,11 +259,6 @@ class Preset:
 # Every dry run here is one camkit.hooks.dry_run of the whole model (eval mode
 # and every flag restored exactly, under the model's lock, no_grad) on an input
 # from camkit.hooks.dry_run_input (the model's dtype and device, a private RNG).
-
-
-# Methods that hook the last feature layer by default (as the peers do): every registered
-# method but those with their own layers (CAM's, the heads', LayerCAM's several, FullGrad's biases).
-_LAST_LAYER_METHODS = tuple(m for m in METHODS if m not in ("cam", "recam", "paper_recam", "layercam", "fullgrad"))
 
 
 def _modules(model: nn.Module) -> Dict[str, nn.Module]:
@@ -513,8 +520,6 @@ def _tv_segmentation(model: nn.Module) -> Preset:
 
 
 def _cam_model(model: nn.Module) -> Preset:
-    from camkit.heads import ReCAMHead
-
     backbone = model.backbone
     inner: Optional[nn.Sequential] = None
     prefix = "backbone."
@@ -537,7 +542,7 @@ def _cam_model(model: nn.Module) -> Preset:
     layers = back + ("head.relu",)
     return Preset(family="cammodel", layers=layers, gradcam_layer="head.relu", cam_layer="head.relu",
                   fc="head.fc", layer_sets={"default": layers, "head": ("head.relu",)},
-                  transform=_imagenet_transform(), recam=isinstance(model.head, ReCAMHead))
+                  transform=_imagenet_transform(), head_type=type(model.head))
 
 
 def resolve(model: nn.Module, weights: Any = None) -> Preset:
@@ -554,8 +559,9 @@ def resolve(model: nn.Module, weights: Any = None) -> Preset:
         preset = _family_preset(probe)
     if weights is not None:
         preset = preset.with_weights(weights)
-    if preset.categories is None and preset.task == "classification" and _num_classes(model) == 1000 \
-            and not _is_timm(model):
+    probe_size = preset.input_size if preset.family.endswith("vit") else (64, 64)  # ViTs take one size
+    if preset.categories is None and preset.task == "classification" and not _is_timm(model) \
+            and num_classes(model, probe_size, preset.output) == 1000:
         preset = replace(preset, categories=imagenet_categories())
     return preset
 
@@ -592,9 +598,24 @@ def _family_preset(model: nn.Module) -> Preset:
     )
 
 
-def _num_classes(model: nn.Module) -> Optional[int]:
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    return last.out_features if last is not None else None
+def num_classes(model: nn.Module, size: Sequence[int] = (64, 64), output: Optional[Output] = None) -> int:
+    """The number of classes: the second dimension of the model's (selected) output on one
+    dry run (:func:`camkit.hooks.dry_run`; the model is left exactly as found).
+
+    Args:
+        model: the model.
+        size: the dry run's input size (H, W).
+        output: where the scores are in the model's output (as the methods' ``output=``).
+
+    Returns:
+        ``C`` of the ``(B, C, ...)`` scores.
+
+    Raises:
+        InputError: the output has no class dimension.
+    """
+    with dry_model(model) as probe:
+        _, raw = dry_run(probe, dry_run_input(probe, size), names=[])
+    scores = select_output(raw, output)
+    if scores.dim() < 2:
+        raise InputError(f"the model's output has shape {tuple(scores.shape)}: no class dimension (B, C, ...)")
+    return int(scores.shape[1])

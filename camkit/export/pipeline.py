@@ -1,0 +1,185 @@
+"""An export's pipeline: decode in DataLoader workers, explain each batch, write in a thread.
+
+Decoding (:class:`Decode`) runs in ``workers`` processes; the maps of a batch are
+computed in the main process (same-size inputs together) and handed as
+:class:`Job` objects to the :class:`Writer` thread, which puts them back on the
+original image, writes the files and appends the manifest records.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..app import load_image
+from ..errors import InputError
+from ..geometry import to_original
+from ..targets import MultiLabel
+from .files import write_outputs
+from .manifest import PartLog
+from .worklist import Item
+
+Size = Tuple[int, int]
+
+
+@dataclass
+class Job:
+    """One image for the writer: its maps, or the error that stopped it.
+
+    Attributes:
+        item: the work-list entry.
+        size: the original image's ``(H, W)``.
+        error: why it failed (None: it did not).
+        keys: the classes of its maps, ``K`` of them.
+        scores: the targets' values (logits), one per key.
+        cam: ``(K, h, w)`` float16 maps at the finest hooked layer's resolution.
+        maps: ``(K, H', W')`` float32 maps on the preprocessed input.
+    """
+
+    item: Item
+    size: Optional[Size] = None
+    error: Optional[str] = None
+    keys: List[int] = field(default_factory=list)
+    scores: List[float] = field(default_factory=list)
+    cam: Optional[Tensor] = None
+    maps: Optional[Tensor] = None
+
+
+class Decode:
+    """DataLoader dataset: item i -> ``(i, tensor (3, h, w) | None, (H, W) | None, error | None)``."""
+
+    def __init__(self, items: Sequence[Item], transform: Callable[[Any], Tensor]) -> None:
+        self.items, self.transform = list(items), transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path = self.items[i].path
+        try:
+            rgb = load_image(path)  # decodes fully: a truncated file fails here
+            return i, self.transform(rgb), (rgb.height, rgb.width), None
+        except Exception as e:  # any failure of this image is recorded, the run goes on
+            msg = " ".join(str(e).split())
+            return i, None, None, msg if isinstance(e, InputError) else f"{type(e).__name__}: {msg}"
+
+
+def _as_list(batch):
+    return batch
+
+
+def back_on_original(maps: Tensor, size: Size, transform: Callable) -> Tensor:
+    """``(K, h, w)`` maps on the preprocessed input -> ``(K, H, W)`` float16 in [0, 1] on the original image."""
+    if maps.shape[0] == 0:
+        return torch.zeros(0, *size, dtype=torch.float16)
+    return to_original(maps.float(), size, transform).clamp_(0.0, 1.0).half()
+
+
+class Writer:
+    """Background thread: jobs -> original geometry, float16, mask, atomic files, manifest records."""
+
+    def __init__(self, out: Path, log: PartLog, threshold: float, transform: Callable, maxsize: int) -> None:
+        self.out, self.log, self.threshold, self.transform = out, log, threshold, transform
+        self._q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.ok = self.failed = 0
+        self._thread = threading.Thread(target=self._loop, name="camkit-export-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, job: Job) -> None:
+        self._q.put(job)
+
+    def _write(self, job: Job) -> Dict[str, Any]:
+        item = job.item
+        rec: Dict[str, Any] = {"path": item.path, "rel": item.rel}
+        if job.error is not None:
+            self.failed += 1
+            return {**rec, "status": "error", "keys": [], "error": job.error}
+        try:
+            high = back_on_original(job.maps, job.size, self.transform)  # type: ignore[arg-type]
+            write_outputs(self.out, item.rel, np.asarray(job.keys, dtype=np.int64), job.cam.numpy(),  # type: ignore[union-attr]
+                          high.numpy(), self.threshold)
+        except Exception as e:  # e.g. a full disk: recorded, the run goes on
+            self.failed += 1
+            return {**rec, "status": "error", "keys": [], "error": f"writing outputs failed: {type(e).__name__}: {e}"}
+        self.ok += 1
+        return {**rec, "status": "ok", "keys": job.keys, "scores": job.scores, "size": list(job.size),  # type: ignore[arg-type]
+                "error": None}
+
+    def _loop(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            self.log.append(self._write(job))
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        self.log.close()
+
+
+def compute(items: Sequence[Item], batches: Sequence[List[int]], pending: Set[int], explainer: Any,
+            transform: Callable, writer: Writer, device: torch.device, workers: int, topk: int,
+            progress: bool, world: int) -> None:
+    """Decode in DataLoader workers, compute each batch's maps (same-size inputs together), hand the
+    pending images' jobs to the writer."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    if not batches:
+        return
+    loader = DataLoader(Decode(items, transform), batch_sampler=batches, num_workers=workers,
+                        collate_fn=_as_list, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    bar = tqdm(total=len(pending), unit="img", desc=f"camkit export rank 0/{world}", disable=not progress or None,
+               file=sys.stderr, smoothing=0.1)
+    dtype = next(explainer.model.parameters()).dtype
+    try:
+        for batch in loader:
+            groups: Dict[Tuple[int, ...], List[Tuple[int, Tensor, Size]]] = {}
+            for i, x, size, err in batch:
+                if err is not None:
+                    if i in pending:
+                        writer.put(Job(items[i], error=err))
+                else:
+                    groups.setdefault(tuple(x.shape), []).append((i, x, size))
+            for group in groups.values():
+                jobs = explain_group([items[i] for i, _, _ in group], [x for _, x, _ in group],
+                                     [s for _, _, s in group], explainer, device, dtype, topk)
+                for (i, _, _), job in zip(group, jobs):
+                    if i in pending:  # the others ran only to keep the batch as it was: their outputs exist
+                        writer.put(job)
+            bar.update(sum(i in pending for i, *_ in batch))
+    finally:
+        bar.close()
+
+
+def explain_group(its: Sequence[Item], xs: Sequence[Tensor], sizes: Sequence[Size], explainer: Any,
+                  device: torch.device, dtype: torch.dtype, topk: int) -> List[Job]:
+    """The jobs of images whose inputs have one shape: their labels' maps (every image has
+    labels) or their ``topk`` classes' maps (none has), from one call of ``explainer``."""
+    if its[0].labels is not None and not any(it.labels for it in its):  # nothing to explain: all background
+        return [Job(it, size=s, cam=torch.zeros(0, 1, 1), maps=torch.zeros(0, 1, 1)) for it, s in zip(its, sizes)]
+    x = torch.stack(list(xs)).to(device=device, dtype=dtype, non_blocking=True)
+    x = x.contiguous(memory_format=torch.channels_last)  # faster convolutions (the methods' channels_last=True)
+    if its[0].labels is not None:
+        res = explainer(x, targets=MultiLabel([list(it.labels) for it in its]))
+    else:
+        res = explainer(x, topk=topk)
+    finest = max((tuple(m.shape[-2:]) for m in res.layer_maps.values()), key=lambda hw: hw[0] * hw[1])
+    cams = res.maps_at(finest).clamp_(0.0, 1.0).half().cpu()
+    maps = res.maps.float().cpu()
+    targets, scores, valid = res.targets.cpu(), res.scores.detach().float().cpu(), res.valid.cpu()
+    jobs = []
+    for b, it in enumerate(its):
+        k = int(valid[b].sum())  # valid columns come first (MultiLabel pads at the end)
+        jobs.append(Job(it, size=sizes[b], keys=targets[b, :k].tolist(),
+                        scores=[round(v, 6) for v in scores[b, :k].tolist()], cam=cams[b, :k], maps=maps[b, :k]))
+    return jobs

@@ -1,0 +1,76 @@
+"""What every method returns: :class:`CAMResult`."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+from torch import Tensor
+
+from ..errors import InputError
+
+
+class CAMResult:
+    """What every method returns.
+
+    maps: (B, K, H, W) at the input's resolution (normalized, fused; in [0, 1]
+    for the built-in normalizers; raw with ``normalize=None``), float32
+    (float64 for a float64 model). targets: (B, K) long, the class of each
+    map (-1 where a target is not one class, e.g. a padded MultiLabel column
+    or a custom function). scores: (B, K) the target values the maps explain.
+    valid: (B, K) bool, False for padding (those maps are all zeros).
+    logits: what ``output=`` selected from the model's output, e.g. (B, C).
+    layer_maps: raw per-layer maps (B, K, h, w) after the method's own ReLU,
+    before normalization and upsampling.
+
+    ``maps`` is computed from ``layer_maps`` on first access and kept: a call
+    for many classes (``targets="all"``) costs no upsampling until the maps at
+    input resolution are asked for (B * K * H * W floats: 1.6 GB for 8 images,
+    1000 classes, 224 x 224).
+    """
+
+    def __init__(
+        self,
+        maps: Optional[Tensor] = None,
+        targets: Optional[Tensor] = None,
+        logits: Optional[Tensor] = None,
+        layer_maps: Optional[Dict[str, Tensor]] = None,
+        *,
+        scores: Optional[Tensor] = None,
+        valid: Optional[Tensor] = None,
+        make_maps: Optional[Callable[[Tuple[int, int]], Tensor]] = None,
+        size: Optional[Tuple[int, int]] = None,
+    ) -> None:
+        if maps is None and (make_maps is None or size is None):
+            raise InputError("CAMResult needs maps, or make_maps and the input size")
+        self._maps, self._make_maps, self._size = maps, make_maps, size
+        self.targets = targets
+        self.logits = logits
+        self.scores = scores
+        self.valid = valid
+        self.layer_maps = layer_maps if layer_maps is not None else {}
+
+    @property
+    def maps(self) -> Tensor:
+        """(B, K, H, W) at the input's resolution (computed on first access)."""
+        if self._maps is None:
+            self._maps = self._make_maps(self._size)  # type: ignore[misc]
+        return self._maps
+
+    def maps_at(self, size: Tuple[int, int]) -> Tensor:
+        """(B, K, h, w): the layer maps normalized, upsampled to ``size`` and fused, as
+        ``maps`` is at the input's size (e.g. at the finest layer's resolution)."""
+        if self._make_maps is None:
+            raise InputError("this result holds finished maps only (e.g. aug_smooth's average); use .maps")
+        return self._make_maps((int(size[0]), int(size[1])))
+
+    def __repr__(self) -> str:
+        shapes = {n: tuple(m.shape) for n, m in self.layer_maps.items()}
+        return (f"CAMResult(targets={tuple(self.targets.shape)}, logits={tuple(self.logits.shape)}, "
+                f"layer_maps={shapes}, maps={'computed' if self._maps is not None else 'on first access'})")
+
+    @property
+    def probs(self) -> Tensor:
+        """Softmax of (B, C) logits over the classes."""
+        if self.logits is None or self.logits.dim() != 2:
+            shape = None if self.logits is None else tuple(self.logits.shape)
+            raise InputError(f"probs needs logits of shape (B, C), got {shape}")
+        return self.logits.softmax(dim=-1)
