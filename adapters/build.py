@@ -140,14 +140,35 @@ def known_models() -> Dict[str, List[str]]:
             "timm": timm.list_models()}
 
 
+#: The seed of a built model's random initialization (``weights="none"``): every build of a
+#: name gives the same weights, in every process.
+INIT_SEED = 0
+
+
 def build(name: str, weights: str = "imagenet") -> Tuple[nn.Module, Preset]:
     """Create ``name`` in eval mode with its preset.
 
-    weights: ``"imagenet"`` (the default pretrained weights; for torchvision
-    segmentation models their COCO-with-VOC-labels weights), ``"none"`` (random)
-    or the path of a state dict. Raises :class:`ModelError` (a ValueError) with
-    a one-line message for unknown names, failed downloads and bad files.
+    Args:
+        name: ``efficientnet_lite0`` (offline ImageNet weights), a torchvision or timm model name,
+            ``tv:NAME`` / ``timm:NAME`` to choose.
+        weights: ``"imagenet"`` (the default pretrained weights; for torchvision segmentation models
+            their COCO-with-VOC-labels weights), ``"none"`` (random, drawn with seed :data:`INIT_SEED`
+            from a forked RNG: the same weights in every process, the global RNG left as found) or the
+            path of a state dict.
+
+    Returns:
+        ``(model, preset)``.
+
+    Raises:
+        ModelError: (an InputError) with a one-line message for unknown names, failed downloads and
+        bad files.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        return _build(name, weights)
+
+
+def _build(name: str, weights: str) -> Tuple[nn.Module, Preset]:
     import timm
 
     source = None

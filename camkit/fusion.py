@@ -13,13 +13,16 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, InputTypeError
 
 FUSIONS = ("max", "weighted")
 
 
 def _stack(maps: Sequence[Tensor]) -> Tensor:
     """``L`` maps ``(B, K, H, W)`` -> ``(L, B, K, H, W)``; InputError for none or unequal shapes."""
+    if isinstance(maps, Tensor) or not all(isinstance(m, Tensor) for m in maps):
+        raise InputTypeError("fusion takes a list of maps, one (B, K, H, W) tensor per layer, "
+                             f"not {'a single tensor' if isinstance(maps, Tensor) else type(maps).__name__}")
     if len(maps) == 0:
         raise InputError("fusion needs at least one map")
     shapes = {tuple(m.shape) for m in maps}

@@ -9,6 +9,7 @@ Shapes: features ``(B, C, h, w)`` from the backbone; the head's class maps
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from typing import Optional, Union
@@ -396,6 +397,27 @@ def save_head(head: nn.Module, path: Union[str, os.PathLike]) -> None:
     torch.save({"meta": meta, "state_dict": head.state_dict()}, path)
 
 
+def _build_head(cls: type, meta: dict, device: Optional[torch.device]) -> CAMHead:
+    """The head the metadata describe (on ``device``: ``meta`` allocates nothing)."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if cls is ReCAMHead:
+            return ReCAMHead(meta["in_channels"], meta["num_classes"], normalize=str(meta.get("normalize", "")))
+        if cls is PaperReCAMHead:
+            return PaperReCAMHead(meta["in_channels"], meta["num_classes"], lam=meta.get("lam", 1.0))
+        return CAMHead(meta["in_channels"], meta["num_classes"])
+
+
+def _check_shapes(path: Union[str, os.PathLike], probe: nn.Module, state: dict, meta: dict) -> None:
+    """The file's tensors must be the shapes the metadata claim, before anything is allocated."""
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if want != got:
+        diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))[:3]
+        shown = ", ".join(f"{k}: file {got.get(k)}, expected {want.get(k)}" for k in diff)
+        raise InputError(f"{path}: the weights do not fit a {meta['class']}({meta['in_channels']}, "
+                         f"{meta['num_classes']}), as its metadata say ({shown})")
+
+
 def load_head(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> CAMHead:
     """Rebuild a head saved by :func:`save_head`.
 
@@ -429,12 +451,11 @@ def load_head(path: Union[str, os.PathLike], map_location: Union[str, torch.devi
     cls = _HEADS.get(meta["class"])
     if cls is None:
         raise InputError(f"{path}: unknown head class {meta['class']!r}; known: {', '.join(_HEADS)}")
-    if cls is ReCAMHead:
-        head: CAMHead = ReCAMHead(meta["in_channels"], meta["num_classes"], normalize=str(meta.get("normalize", "")))
-    elif cls is PaperReCAMHead:
-        head = PaperReCAMHead(meta["in_channels"], meta["num_classes"], lam=meta.get("lam", 1.0))
-    else:
-        head = CAMHead(meta["in_channels"], meta["num_classes"])
+    bad = [k for k in ("in_channels", "num_classes") if isinstance(meta[k], bool) or meta[k] < 1]
+    if bad:
+        raise InputError(f"{path}: its metadata's {bad[0]} is {meta[bad[0]]!r}, not a positive int")
+    _check_shapes(path, _build_head(cls, meta, torch.device("meta")), blob["state_dict"], meta)
+    head = _build_head(cls, meta, None)
     try:
         head.load_state_dict(blob["state_dict"])
     except RuntimeError as e:

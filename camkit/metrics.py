@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from .errors import InputError, InputTypeError
 from .hooks import eval_mode
+from .targets import class_indices
 
 Model = Callable[[Tensor], Tensor]
 Baseline = Union[str, Tensor, Callable[[Tensor], Tensor]]
@@ -109,14 +110,13 @@ def _check_maps(maps: object, batch: int, size: Tuple[int, int], name: str = "ma
     return maps
 
 
-def _check_targets(targets: object, batch: int) -> Tensor:
-    t = torch.as_tensor(targets)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise InputError(f"targets must be integer class indices, got dtype {t.dtype}")
-    t = t.long().reshape(-1) if t.dim() == 0 else t.long()
-    if t.dim() != 1 or t.shape[0] != batch:
-        raise InputError(f"targets must have shape ({batch},) (one class per image), got {tuple(t.shape)}")
-    return t
+def _check_targets(targets: object, batch: int, what: str = "targets") -> Tensor:
+    """One class per image, ``(B,)`` long, by :func:`camkit.targets.class_indices`'s rule (an int is every
+    image's class)."""
+    t = class_indices(targets, batch, what)  # type: ignore[arg-type]
+    if t.shape[1] != 1:
+        raise InputError(f"{what} must have shape ({batch},) (one class per image), got {tuple(t.shape)}")
+    return t[:, 0]
 
 
 def _logits(model: Model, x: Tensor, source: Tensor) -> Tensor:
@@ -242,7 +242,9 @@ def step_counts(num_pixels: int, steps: int) -> Tensor:
     Raises:
         InputError: ``steps`` is not a positive int.
     """
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise InputTypeError(f"steps must be a positive int, got {steps!r}")
+    if steps < 1:
         raise InputError(f"steps must be a positive int, got {steps!r}")
     return (torch.arange(steps + 1, dtype=torch.long) * num_pixels) // steps
 
@@ -258,7 +260,9 @@ def _check_modes(modes: Sequence[str]) -> Tuple[str, ...]:
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise InputTypeError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
@@ -654,7 +658,7 @@ def confident_mask(model: Model, images: Tensor, labels: Targets, min_prob: floa
             outside the model's range.
     """
     images = _check_images(images)
-    y = _check_targets(labels, images.shape[0])
+    y = _check_targets(labels, images.shape[0], "labels")
     src = torch.arange(images.shape[0])
     with _inference(model):
         logits = torch.cat([_logits(model, images[i:i + batch_size], src[i:i + batch_size])
@@ -698,7 +702,7 @@ def make_grids(images: Tensor, labels: Targets, n_grids: int, seed: int = 0, eli
     """
     images = _check_images(images)
     N, C, H, W = images.shape
-    y = _check_targets(labels, N).cpu()
+    y = _check_targets(labels, N, "labels").cpu()
     ok = torch.ones(N, dtype=torch.bool) if eligible is None else torch.as_tensor(eligible, dtype=torch.bool).cpu()
     if ok.shape != (N,):
         raise InputError(f"eligible must have shape ({N},), got {tuple(ok.shape)}")

@@ -18,7 +18,7 @@ it (bilinear): right for the network input itself, wrong for a cropped photo.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import Tensor
 
-from .errors import DependencyError, InputError
+from .errors import DependencyError, InputError, InputTypeError
 from .geometry import crop_box, to_original
 
 ImageLike = Union[Image.Image, np.ndarray, Tensor]
@@ -66,7 +66,8 @@ def to_uint8(image: ImageLike) -> np.ndarray:
         *np.ndarray*: ``(H, W, 3)`` uint8.
 
     Raises:
-        InputError: Another shape.
+        InputError: Another shape, or float values outside [0, 1] (a normalized network input:
+            un-normalize it first with :func:`denormalize`).
     """
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -74,6 +75,7 @@ def to_uint8(image: ImageLike) -> np.ndarray:
         t = image.detach().float().cpu()
         if t.dim() != 3 or t.shape[0] not in (1, 3):
             raise InputError(f"expected an image tensor of shape (3, H, W) in [0, 1], got {tuple(t.shape)}")
+        _check_unit_range(t.numpy())
         t = t.expand(3, -1, -1).clamp(0, 1)
         return (t.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
     a = np.asarray(image)
@@ -83,8 +85,19 @@ def to_uint8(image: ImageLike) -> np.ndarray:
         raise InputError(f"expected an image array of shape (H, W, 3), got {a.shape}")
     a = a[..., :3]
     if a.dtype != np.uint8:
+        if a.dtype.kind == "f":
+            _check_unit_range(a)
         a = (np.clip(a.astype(np.float64), 0, 1) * 255.0 + 0.5).astype(np.uint8)
     return a
+
+
+def _check_unit_range(a: np.ndarray, tol: float = 1e-3) -> None:
+    """Float images must lie in [0, 1]: a normalized network input would be clipped into a dark picture."""
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if lo < -tol or hi > 1 + tol or not np.isfinite([lo, hi]).all():
+        raise InputError(f"the image has values in [{lo:.3g}, {hi:.3g}], not [0, 1]: it looks like a normalized "
+                         "network input. Pass the photo itself, or camkit.overlay.denormalize(x, preset.mean, "
+                         "preset.std)")
 
 
 def _squeeze2d(cam: MapLike) -> Tensor:
@@ -137,15 +150,34 @@ def colorize(cam: MapLike, cmap: str = "jet") -> np.ndarray:
             for another colormap than ``"jet"`` without matplotlib.
     """
     v = _map2d(cam)
+    rgb = np.asarray(colormap(cmap)(v))[..., :3]
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def colormap(cmap: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A colormap name (matplotlib's; ``"jet"`` built in) or a matplotlib ``Colormap`` object, as a function
+    of values in [0, 1] (``(...) -> (..., 3 or 4)``).
+
+    Raises:
+        InputError: an unknown name (with close ones), or a name other than ``"jet"`` without matplotlib.
+    """
+    if not isinstance(cmap, str):
+        if not callable(cmap):
+            raise InputTypeError(f"cmap must be a colormap name or a matplotlib Colormap, got {cmap!r}")
+        return cmap
     try:
         import matplotlib
-
-        rgb = matplotlib.colormaps[cmap](v)[..., :3]
     except ImportError:
         if cmap != "jet":
             raise DependencyError(f"colormap {cmap!r} needs matplotlib: pip install 'camkit[plot]'") from None
-        rgb = _jet(v)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
+        return _jet
+    if cmap not in matplotlib.colormaps:
+        import difflib
+
+        close = difflib.get_close_matches(cmap, list(matplotlib.colormaps), n=3, cutoff=0.6)
+        raise InputError(f"unknown colormap {cmap!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                                                         "; e.g. jet, viridis, magma, turbo"))
+    return matplotlib.colormaps[cmap]
 
 
 def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet",
@@ -177,6 +209,8 @@ def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet
         InputError: ``alpha`` outside [0, 1], ``vmax <= vmin``, a bad image or
             map, or a transform :func:`to_original` refuses.
     """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise InputTypeError(f"alpha must be a number in [0, 1], got {alpha!r}")
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must lie in [0, 1], got {alpha}")
     if not vmax > vmin:

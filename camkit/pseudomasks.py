@@ -5,10 +5,11 @@ The rule (the weakly-supervised segmentation one, as in IRN / ReCAM's
 threshold ``t``, else it belongs to the class whose map is highest there.
 Maps are ``(K, H, W)`` in [0, 1], one per class listed in ``keys`` ``(K,)``.
 
-Masks as written by ``camkit export`` hold ``0`` (background) or ``1 + k``,
-``k`` the position of the winning class in ``keys``; :func:`class_labels`
-turns them into the ground truth's label space, ``0`` background and
-``1 + c`` for class ``c`` (the PASCAL VOC convention, ReCAM's ``keys + 1``).
+Masks hold the ground truth's label space: ``0`` background and ``1 + c`` for
+class ``c`` (the PASCAL VOC convention, ReCAM's ``keys + 1``), as ``camkit
+export`` writes them: a palette PNG while the classes fit in 8 bits (``1 + c
+<= 254``; 255 is VOC's void), a 16-bit grayscale PNG beyond
+(:func:`mask_png_mode`).
 
 Scores come from a confusion matrix ``conf[gt, pred]`` ``(C, C)`` summed over
 images, pixels whose ground truth is ``ignore`` left out: per class
@@ -35,33 +36,42 @@ def _maps3(maps: np.ndarray) -> np.ndarray:
     return maps
 
 
-def masks_from_maps(maps: np.ndarray, threshold: float) -> np.ndarray:
+def masks_from_maps(maps: np.ndarray, threshold: float, keys: Sequence[int]) -> np.ndarray:
     """The pseudo-mask of one image: 0 where every map is below ``threshold``,
-    else ``1 + argmax_k maps[k]`` (the first class on ties).
+    else ``1 + keys[argmax_k maps[k]]`` (the first class on ties).
 
     Compared in float64, so a mask is a deterministic function of the stored
     (e.g. float16) maps.
 
     Args:
-        maps (np.ndarray): ``(K, H, W)`` class maps, any real dtype; ``K`` may
-            be 0 (all background), at most 254.
+        maps (np.ndarray): ``(K, H, W)`` class maps, any real dtype; ``K`` may be 0 (all background).
         threshold (float): The foreground threshold ``t``.
+        keys (sequence of int): ``(K,)`` the class of each map (``>= 0``).
 
     Returns:
-        *np.ndarray*: ``(H, W)`` uint8 mask of values ``0 .. K``.
+        *np.ndarray*: ``(H, W)`` int64 labels, ``0`` or ``1 + c``.
 
     Raises:
-        InputError: ``maps`` is not 3-d, or ``K > 254``.
+        InputError: ``maps`` is not 3-d, or ``keys`` does not give one class ``>= 0`` per map.
     """
     maps = _maps3(maps)
     K, H, W = maps.shape
-    if K > 254:
-        raise InputError(f"a uint8 mask holds at most 254 classes per image, got K={K}")
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if keys.size != K or (K and keys.min() < 0):
+        raise InputError(f"keys must give one class >= 0 per map: {K} maps, keys {keys.tolist()}")
     if K == 0:
-        return np.zeros((H, W), dtype=np.uint8)
+        return np.zeros((H, W), dtype=np.int64)
     m = maps.astype(np.float64, copy=False)
     fg = m.max(axis=0) >= float(threshold)
-    return np.where(fg, m.argmax(axis=0) + 1, 0).astype(np.uint8)
+    return np.where(fg, keys[m.argmax(axis=0)] + 1, 0)
+
+
+def mask_png_mode(num_classes: int) -> str:
+    """How masks of ``num_classes`` classes are stored: ``"P"`` (8-bit palette, values ``0..254``)
+    while ``1 + (num_classes - 1) <= 254``, else ``"I;16"`` (16-bit grayscale, up to 65534 classes)."""
+    if num_classes > 65534:
+        raise InputError(f"a 16-bit mask holds at most 65534 classes, got {num_classes}")
+    return "P" if num_classes <= 254 else "I;16"
 
 
 def class_labels(mask: np.ndarray, keys: Sequence[int]) -> np.ndarray:
@@ -127,7 +137,7 @@ def sweep_confusion(maps: np.ndarray, keys: Sequence[int], gt: np.ndarray, thres
                     num_classes: int, ignore: int = IGNORE) -> np.ndarray:
     """Confusion matrices of the masks at every threshold, in one pass.
 
-    Equal to ``confusion(class_labels(masks_from_maps(maps, t), keys), gt)``
+    Equal to ``confusion(masks_from_maps(maps, t, keys), gt)``
     for each ``t`` of ``thresholds``. A pixel is foreground for the thresholds
     ``t <= max_k maps[k]``; counting each pixel once in the bucket of how many
     thresholds it passes and summing the buckets from the top gives all T
@@ -219,6 +229,10 @@ def grow(conf: np.ndarray, num_classes: int) -> np.ndarray:
     return np.pad(conf, pad)
 
 
+#: At most this many thresholds in one sweep.
+MAX_THRESHOLDS = 1000
+
+
 def parse_sweep(spec: str) -> List[float]:
     """Thresholds from a ``START:STOP:STEP`` string, stop included.
 
@@ -229,15 +243,22 @@ def parse_sweep(spec: str) -> List[float]:
         *list of float*: ``START, START + STEP, ... <= STOP``, rounded to 1e-9.
 
     Raises:
-        InputError: Not three numbers, ``STEP <= 0`` or ``STOP < START``.
+        InputError: Not three finite numbers, values outside [0, 1], ``STEP <= 0``, ``STOP < START``
+        or more than :data:`MAX_THRESHOLDS` thresholds.
     """
     try:
         start, stop, step = (float(v) for v in spec.split(":"))
     except ValueError:
         raise InputError(f"--sweep expects START:STOP:STEP, e.g. 0.05:0.95:0.05, got {spec!r}") from None
+    if not all(np.isfinite([start, stop, step])):
+        raise InputError(f"--sweep {spec}: START, STOP and STEP must be finite numbers")
+    if not (0.0 <= start <= 1.0 and 0.0 <= stop <= 1.0):
+        raise InputError(f"--sweep {spec}: thresholds lie in [0, 1] (the maps' range)")
     if step <= 0 or stop < start:
         raise InputError(f"--sweep {spec}: need STEP > 0 and STOP >= START")
     n = int(np.floor((stop - start) / step + 1e-9)) + 1
+    if n > MAX_THRESHOLDS:
+        raise InputError(f"--sweep {spec} gives {n} thresholds; at most {MAX_THRESHOLDS} (use a larger STEP)")
     return [round(start + i * step, 9) for i in range(n)]
 
 

@@ -47,6 +47,8 @@ def _index_tensor(idx: Indices, what: str) -> Tensor:
         t = idx if isinstance(idx, Tensor) else torch.as_tensor(idx)
     except (TypeError, ValueError, RuntimeError):
         raise InputTypeError(f"{what}: class indices must be integers, got {idx!r}") from None
+    if t.numel() == 0:
+        raise InputError(f"{what}: the list of class indices is empty; give at least one class")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise InputTypeError(f"{what}: class indices must be integers, got dtype {t.dtype}")
     if t.dim() > 2:
@@ -67,6 +69,26 @@ def _per_image(t: Tensor, batch: int, what: str) -> Tensor:
             f"{what} must have shape ({batch},) (one class per image) or ({batch}, K), got {tuple(t.shape)}"
         )
     return t
+
+
+def class_indices(idx: Indices, batch: int, what: str = "targets") -> Tensor:
+    """Class indices as ``(B, K)`` long: an int (every image), ``(B,)`` (one per image) or ``(B, K)``.
+
+    The one rule for class indices in camkit (methods' ``targets=``, the metrics' ``targets``):
+    integers only (no bools, floats or strings), at least one.
+
+    Args:
+        idx: an int, a sequence, a numpy array or a tensor of integers.
+        batch: ``B``.
+        what: the argument's name, for messages.
+
+    Returns:
+        ``(B, K)`` long, on ``idx``'s device for a tensor.
+
+    Raises:
+        InputError: empty, not integers (an :class:`~camkit.errors.InputTypeError`), or another shape.
+    """
+    return _per_image(_index_tensor(idx, what), batch, what)
 
 
 class Target:
@@ -406,7 +428,7 @@ def as_target(targets: TargetSpec, topk: Optional[int] = None) -> Target:
     if isinstance(targets, str):
         if targets == "all":
             return AllClasses()
-        raise InputError(f"targets must be class indices, 'all', a callable or None, got {targets!r}")
+        raise InputTypeError(f"targets must be class indices, 'all', a callable or None, got {targets!r}")
     if isinstance(targets, Target):
         return targets
     if callable(targets) and not isinstance(targets, Tensor):

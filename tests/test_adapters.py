@@ -97,7 +97,6 @@ def _expected_methods(has_cam: bool) -> tuple:
 
 @pytest.fixture(scope="module", params=sorted(FACTORIES))
 def model_and_preset(request):
-    torch.set_num_threads(2)
     model = FACTORIES[request.param]()
     return request.param, model, resolve(model)
 

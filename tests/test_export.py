@@ -104,11 +104,16 @@ def _assert_same_outputs(a: Path, b: Path):
     assert _records(a) == _records(b)
 
 
+#: Thread settings of the caller's environment that would change a rank's float sums (torchrun sets
+#: OMP_NUM_THREADS=1 only when it is unset): the ranks get one thread, as the reference run, whatever they say.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def _torchrun(*args, **kw):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("CAMKIT_DEBUG", None)
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV and k != "CAMKIT_DEBUG"}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "camkit",
-           "export", *map(str, args)]
+           "export", *map(str, args), "--threads", "1"]  # the reference's threads (_export)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
@@ -261,7 +266,7 @@ def test_rerun_with_other_settings_is_refused(reference, src, weights, tmp_path,
     assert "other settings (bg_threshold)" in capsys.readouterr().err
 
 
-def test_labels_with_several_classes_per_image(src, weights, tmp_path, request):
+def test_labels_with_several_classes_per_image(src, weights, tmp_path, threads):
     """Labels by index and by name (with spaces), 1-3 per image, one with none: keys in increasing
     class order (camkit.targets.MultiLabel, ReCAM's keys); each map equals camkit's own LayerCAM for
     that class alone, put back on the photo; the model is left as found."""
@@ -288,9 +293,7 @@ def test_labels_with_several_classes_per_image(src, weights, tmp_path, request):
     lst = tmp_path / "list.txt"
     lst.write_text("# four images\n" + "".join(f"{src}/a/img0{i}.{'png' if i == 0 else 'jpg'}\n" for i in range(4)))
     out = tmp_path / "out"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the reference below too: LayerCAM's sums depend on the thread count
-    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    threads(1)  # the reference below too: LayerCAM's sums depend on the thread count
     summary = run(lst, out, ExplainSpec(ModelSpec(model), MethodSpec("layercam")), labels=csv, bg_threshold=0.4,
                   batch_size=4, workers=0, progress=False)
     assert (summary.ok, summary.failed, summary.computed) == (4, 0, 4)

@@ -67,15 +67,6 @@ def close(ours: torch.Tensor, ref: torch.Tensor, rtol: float) -> None:
     assert err <= rtol, f"max relative difference {err:.3g} > {rtol:g}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread does them as fast as two, without OpenMP's barriers on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def rn18():
     """ResNet18, random weights; BatchNorm's affine weights and running statistics drawn too

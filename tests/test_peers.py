@@ -88,15 +88,6 @@ def reference_fused(ref, layers, size):
     return torch.stack(ups).amax(0)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread (a loaded 2-core machine slows two spinning threads far more), restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 X = torch.randn(3, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 TARGETS = torch.tensor([[4, 0], [1, 2], [3, 3]])
 
@@ -327,7 +318,7 @@ def test_goals_and_summary_use_the_fastest_minimal_and_each_peer_at_its_best():
     assert row[12].startswith("20 (torchcam best")
 
 
-def test_peers_driver_end_to_end_on_a_small_cnn(tmp_path, one_thread):
+def test_peers_driver_end_to_end_on_a_small_cnn(tmp_path):
     out = tmp_path / "cpu_tiny.md"
     main(["--arch", "tiny", "--no-peers", "--quick", "--reps", "1", "--warmup", "0", "--size", "32", "--threads", "1",
           "--out", str(out)])
@@ -424,7 +415,7 @@ def test_diff_stats_and_layer_rel():
     assert layer_rel([torch.tensor([2.0, 4.0]), torch.ones(2)], [torch.tensor([2.0, 3.0]), torch.ones(2)]) == 0.25
 
 
-def test_precision_rows_on_a_small_cnn(one_thread):
+def test_precision_rows_on_a_small_cnn():
     from benchmarks.precision import device_equality_rows, mixed_precision_rows
 
     rows = mixed_precision_rows("tiny", 2, 32, "cpu", ["bf16"])

@@ -34,7 +34,6 @@ CUP_BOX = (170, 15, 410, 310)  # in coffee's 600 x 400 pixels
 
 @pytest.fixture(scope="module")
 def lite0():
-    torch.set_num_threads(2)
     return efficientnet_lite0()
 
 

@@ -58,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             key = int(cam.outputs.argmax(dim=1)[0])
             high = to_original(torch.from_numpy(g), (img.height, img.width), preset.transform).clamp_(0, 1)
             write_outputs(args.out, Path(path).stem, np.array([key]), g.astype(np.float16),
-                          high.half().numpy(), args.bg_threshold)
+                          high.half().numpy(), args.bg_threshold, num_classes=1000)
     seconds = time.perf_counter() - t0
     print(json.dumps({"images": len(paths), "loop_seconds": seconds, "images_per_s": len(paths) / seconds,
                       "process_cpu_seconds": time.process_time() - c0, "layers": names}))

@@ -9,10 +9,12 @@ when the spec is made, before any model is built.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
 from .. import adapters
@@ -25,6 +27,22 @@ from ..normalize import get_normalizer
 
 DEFAULT_MODEL = OFFLINE_MODEL
 DEFAULT_METHOD = "layercam"
+
+
+def state_sha256(model: nn.Module) -> str:
+    """A hash of the model's weights: every state-dict entry's name, dtype, shape and bytes.
+
+    Two models with this hash compute the same function (given the same code); a resumed export
+    compares it with the one it resumes.
+    """
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _tuple(v: Optional[Sequence[Any]]) -> Optional[Tuple[Any, ...]]:

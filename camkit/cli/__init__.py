@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from typing import Optional, Sequence
 
 from ..errors import InputError
@@ -33,6 +34,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings as one line each: ``camkit: note: ...``."""
+    print(f"camkit: note: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns its exit status (0 done, 1 a bug in camkit or failed images, 2 a mistake
     in the input)."""
@@ -40,6 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as e:  # --help, or argparse's one-line error (Parser.error)
         return e.code if isinstance(e.code, int) else 2
+    shown = warnings.showwarning
+    warnings.showwarning = _note
     try:
         return int(args.func(args) or 0)
     except InputError as e:  # the user's mistake: one line (CAMKIT_DEBUG=1 shows the traceback)
@@ -55,6 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         traceback.print_exc()
         print(REPORT, file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

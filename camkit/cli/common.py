@@ -3,11 +3,11 @@ model options, and the checks that need no model."""
 from __future__ import annotations
 
 import argparse
-import difflib
 from typing import Callable, List, Optional, Sequence
 
 from ..app import DEFAULT_MODEL, MethodSpec
 from ..errors import DependencyError, InputError
+from ..overlay import colormap
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,15 +87,10 @@ def _option_error(msg: str) -> str:
 
 
 def check_cmap(name: str) -> None:
-    """Refuse an unknown colormap name (naming close ones)."""
+    """Refuse an unknown colormap name (naming close ones) before any model is built."""
     try:
-        import matplotlib
-    except ImportError:
-        if name != "jet":
-            raise DependencyError(f"--cmap {name} needs matplotlib (pip install 'camkit[plot]'); "
-                                  "without it only jet is built in") from None
-        return
-    if name not in matplotlib.colormaps:
-        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; e.g. jet, viridis, magma, turbo"
-        raise InputError(f"unknown colormap {name!r} (--cmap takes matplotlib's colormap names){hint}")
+        colormap(name)
+    except DependencyError as e:
+        raise DependencyError(f"--cmap {name}: {e}") from None
+    except InputError as e:
+        raise InputError(f"--cmap: {e} (matplotlib's colormap names)") from None

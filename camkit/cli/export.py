@@ -10,7 +10,7 @@ from ..errors import InputError
 from ..export import DEFAULT_THRESHOLD, evaluate, format_evaluation, run
 from ..methods import cli_names
 from ..pseudomasks import IGNORE, parse_sweep
-from .common import method_args, method_specs, model_args
+from .common import int_at_least, method_args, method_specs, model_args, unit_float
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -28,10 +28,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.sweep and args.threshold is not None:
         raise InputError("give --sweep or --threshold, not both")
     ts = parse_sweep(args.sweep) if args.sweep else ([args.threshold] if args.threshold is not None else None)
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise InputError(f"--json {args.json}: its folder {Path(args.json).resolve().parent} does not exist")
     res = evaluate(args.dir, args.gt, ignore=args.ignore, thresholds=ts, num_classes=args.num_classes)
     print(format_evaluation(res))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        try:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        except OSError as e:
+            raise InputError(f"cannot write --json {args.json}: {e.strerror or e}") from None
     return 0
 
 
@@ -51,13 +56,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--labels", metavar="FILE", help="CSV path,labels: one or more class indices or names per image "
                    "(';' between several; the weakly-supervised case); without it the model's top-K classes")
     e.add_argument("--classes", metavar="FILE", help="class names, one per line (to read names in --labels)")
-    e.add_argument("--topk", type=int, default=1, help="classes per image without --labels; default 1")
-    e.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
-    e.add_argument("--workers", type=int, default=1, help="DataLoader decoding processes per rank; default 1")
-    e.add_argument("--bg-threshold", type=float, default=DEFAULT_THRESHOLD,
+    e.add_argument("--topk", type=int_at_least(1, "classes per image"), default=1,
+                   help="classes per image without --labels; default 1")
+    e.add_argument("--batch-size", type=int_at_least(1, "images per forward pass"), default=16,
+                   help="default %(default)s")
+    e.add_argument("--workers", type=int_at_least(0, "decoding processes"), default=1,
+                   help="DataLoader decoding processes per rank (at most the cores); default 1")
+    e.add_argument("--bg-threshold", type=unit_float, default=DEFAULT_THRESHOLD,
                    help="background where every map is below it; default %(default)s")
     e.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if there is a GPU), cpu, cuda")
-    e.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+    e.add_argument("--threads", type=int_at_least(0, "0: torch's default"), default=0,
+                   help="torch threads per process (0: torch's default)")
     e.add_argument("--overwrite", action="store_true", help="recompute every image (also with other settings)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_export)
@@ -68,9 +77,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "--sweep recomputes the masks from high_res at each background threshold.")
     v.add_argument("dir", metavar="DIR", help="the --out folder of camkit export")
     v.add_argument("--gt", required=True, metavar="MASKS", help="folder of ground-truth PNGs, MASKS/<rel>.png")
-    v.add_argument("--ignore", type=int, default=IGNORE, help="ground-truth value left out; default %(default)s")
+    v.add_argument("--ignore", type=int_at_least(0, "a label value"), default=IGNORE,
+                   help="ground-truth value left out; default %(default)s")
     v.add_argument("--sweep", metavar="START:STOP:STEP", help="background thresholds to try, e.g. 0.05:0.95:0.05")
-    v.add_argument("--threshold", type=float, help="one background threshold (default: the masks as written)")
-    v.add_argument("--num-classes", type=int, help="classes including background (default: from the data)")
+    v.add_argument("--threshold", type=unit_float, help="one background threshold in [0, 1] (default: the masks "
+                   "as written)")
+    v.add_argument("--num-classes", type=int_at_least(2, "classes including background"),
+                   help="classes including background (default: the export's classes + 1)")
     v.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     v.set_defaults(func=cmd_evaluate)

@@ -46,10 +46,16 @@ def pick_device(device: Optional[str], local_rank: int = 0) -> torch.device:
         want = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(want)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise InputError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {device}: camkit export runs on cpu, cuda or mps devices, not {dev.type}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: no Apple MPS device is available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     if dev.type == "cuda":

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Tuple, Union
 
 import numpy as np
 
-from ..pseudomasks import masks_from_maps, voc_palette
+from ..pseudomasks import mask_png_mode, masks_from_maps, voc_palette
 
 TMP_SUFFIX = ".camkit-tmp"
 PathLike = Union[str, "os.PathLike[str]"]
@@ -25,9 +25,32 @@ def output_paths(out: PathLike, rel: str) -> Tuple[Path, Path]:
     return Path(out) / "cams" / f"{rel}.npz", Path(out) / "masks" / f"{rel}.png"
 
 
+NPZ_KEYS = ("keys.npy", "cam.npy", "high_res.npy")
+
+
 def is_complete(out: PathLike, rel: str) -> bool:
-    """Both outputs exist (each was renamed into place only once fully written)."""
-    return all(p.is_file() for p in output_paths(out, rel))
+    """Both outputs exist and read back: the npz's zip directory lists its three arrays, the
+    PNG's chunks are whole (cheap: no array is decoded). A truncated, empty or foreign file is not."""
+    from PIL import Image
+
+    npz, png = output_paths(out, rel)
+    if not (npz.is_file() and png.is_file()):
+        return False
+    try:
+        with zipfile.ZipFile(npz) as z:
+            if not set(NPZ_KEYS) <= set(z.namelist()):
+                return False
+        with Image.open(png) as im:
+            im.verify()
+    except (OSError, zipfile.BadZipFile, ValueError, SyntaxError):
+        return False
+    return True
+
+
+def remove_outputs(out: PathLike, rel: str) -> None:
+    """Delete an image's outputs (a failed image keeps no stale ones)."""
+    for p in output_paths(out, rel):
+        p.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
@@ -53,8 +76,20 @@ def write_npz(f: Any, arrays: Dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(o, np.ascontiguousarray(a), allow_pickle=False)
 
 
+def mask_image(mask: np.ndarray, num_classes: int):
+    """A ``(H, W)`` label mask (0 background, 1 + class) as a PIL image: palette (VOC colours) while
+    the classes fit in 8 bits, 16-bit grayscale beyond (:func:`camkit.pseudomasks.mask_png_mode`)."""
+    from PIL import Image
+
+    if mask_png_mode(num_classes) == "P":
+        im = Image.fromarray(mask.astype(np.uint8))
+        im.putpalette(voc_palette())
+        return im
+    return Image.fromarray(mask.astype(np.uint16))
+
+
 def write_outputs(out: PathLike, rel: str, keys: np.ndarray, cam: np.ndarray, high_res: np.ndarray,
-                  threshold: float) -> np.ndarray:
+                  threshold: float, num_classes: int) -> np.ndarray:
     """Write one image's outputs atomically: ``cams/<rel>.npz`` then ``masks/<rel>.png``.
 
     Args:
@@ -64,18 +99,18 @@ def write_outputs(out: PathLike, rel: str, keys: np.ndarray, cam: np.ndarray, hi
         cam: ``(K, h, w)`` maps at the finest hooked layer's resolution (stored float16).
         high_res: ``(K, H, W)`` maps in [0, 1] on the original image (stored float16).
         threshold: the background threshold of the mask.
+        num_classes: the model's classes (how the mask is stored: :func:`mask_image`).
 
     Returns:
-        The mask ``(H, W)`` uint8 (:func:`camkit.pseudomasks.masks_from_maps`).
+        The mask ``(H, W)`` int64: 0 background, 1 + class (:func:`camkit.pseudomasks.masks_from_maps`
+        of the stored float16 maps).
     """
-    from PIL import Image
-
     npz, png = output_paths(out, rel)
-    mask = masks_from_maps(high_res, threshold)
-    arrays = {"keys": keys.astype(np.int64), "cam": cam.astype(np.float16), "high_res": high_res.astype(np.float16)}
+    stored = high_res.astype(np.float16)
+    mask = masks_from_maps(stored, threshold, keys)
+    arrays = {"keys": keys.astype(np.int64), "cam": cam.astype(np.float16), "high_res": stored}
     atomic_write(npz, lambda f: write_npz(f, arrays))
-    im = Image.fromarray(mask)
-    im.putpalette(voc_palette())
+    im = mask_image(mask, num_classes)
     atomic_write(png, lambda f: im.save(f, format="PNG"))
     return mask
 

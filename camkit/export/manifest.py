@@ -14,10 +14,10 @@ from .files import PathLike, atomic_write, is_complete, read_cams
 from .worklist import Item
 
 
-def _load_parts(out: Path) -> Dict[str, Dict[str, Any]]:
+def last_records(out: PathLike) -> Dict[str, Dict[str, Any]]:
     """The last record of each rel over all part files (runs in time order; a torn last line skipped)."""
     recs: Dict[str, Dict[str, Any]] = {}
-    for part in sorted((out / "parts").glob("*.jsonl")):
+    for part in sorted((Path(out) / "parts").glob("*.jsonl")):
         for line in part.read_text().splitlines():
             try:
                 rec = json.loads(line)
@@ -35,7 +35,7 @@ def merge_manifest(out: PathLike, items: Sequence[Item]) -> Dict[str, int]:
     gets one rebuilt from its ``.npz``.
     """
     out = Path(out)
-    recs = _load_parts(out)
+    recs = last_records(out)
     lines, counts = [], {"ok": 0, "error": 0}
     for it in items:
         rec = recs.get(it.rel)
@@ -59,7 +59,19 @@ def read_manifest(out: PathLike) -> List[Dict[str, Any]]:
     path = Path(out) / "manifest.jsonl"
     if not path.is_file():
         raise InputError(f"{path} not found: is {out} the output folder of `camkit export`?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out_recs = []
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict) or "rel" not in rec:
+            raise InputError(f"{path}:{k} is not a manifest record (a damaged file?); rerun camkit export into "
+                             f"{out} to rebuild it")
+        out_recs.append(rec)
+    return out_recs
 
 
 class PartLog:

@@ -8,6 +8,7 @@ original image, writes the files and appends the manifest records.
 from __future__ import annotations
 
 import queue
+import signal
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from ..app import load_image
 from ..errors import InputError
 from ..geometry import to_original
 from ..targets import MultiLabel
-from .files import write_outputs
+from .files import remove_outputs, write_outputs
 from .manifest import PartLog
 from .worklist import Item
 
@@ -75,6 +76,11 @@ def _as_list(batch):
     return batch
 
 
+def _quiet_worker(worker_id: int) -> None:
+    """A decoding worker leaves Ctrl-C to the main process (which stops the run and its workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def back_on_original(maps: Tensor, size: Size, transform: Callable) -> Tensor:
     """``(K, h, w)`` maps on the preprocessed input -> ``(K, H, W)`` float16 in [0, 1] on the original image."""
     if maps.shape[0] == 0:
@@ -83,46 +89,79 @@ def back_on_original(maps: Tensor, size: Size, transform: Callable) -> Tensor:
 
 
 class Writer:
-    """Background thread: jobs -> original geometry, float16, mask, atomic files, manifest records."""
+    """Background thread: jobs -> original geometry, float16, mask, atomic files, manifest records.
 
-    def __init__(self, out: Path, log: PartLog, threshold: float, transform: Callable, maxsize: int) -> None:
+    A failure to write (a full disk, a file-size limit, a folder made read-only) stops the run:
+    the next :meth:`put` or :meth:`close` raises it in the main thread, naming the file, and
+    what was written so far is kept for a resumed run.
+    """
+
+    def __init__(self, out: Path, log: PartLog, threshold: float, transform: Callable, maxsize: int,
+                 num_classes: int) -> None:
         self.out, self.log, self.threshold, self.transform = out, log, threshold, transform
+        self.num_classes = num_classes
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
         self.ok = self.failed = 0
+        self.fatal: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._loop, name="camkit-export-writer", daemon=True)
         self._thread.start()
 
-    def put(self, job: Job) -> None:
-        self._q.put(job)
+    def put(self, job: Optional[Job]) -> None:
+        """Queue a job (None: the end); raises the writer's failure instead of waiting on a dead thread."""
+        while True:
+            self._raise_fatal()
+            try:
+                self._q.put(job, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _raise_fatal(self) -> None:
+        e = self.fatal
+        if e is None:
+            return
+        if isinstance(e, OSError):
+            where = f" writing {e.filename}" if getattr(e, "filename", None) else f" in {self.out}"
+            raise InputError(f"{(e.strerror or str(e)).lower()}{where}: the export stopped; what it wrote is kept, "
+                             "and the same command resumes it") from e
+        raise RuntimeError("the export's writer thread failed") from e
 
     def _write(self, job: Job) -> Dict[str, Any]:
         item = job.item
-        rec: Dict[str, Any] = {"path": item.path, "rel": item.rel}
+        rec: Dict[str, Any] = {"path": item.path, "rel": item.rel, "stat": item.stat}
         if job.error is not None:
+            remove_outputs(self.out, item.rel)  # no stale outputs of an earlier run survive a failure
             self.failed += 1
             return {**rec, "status": "error", "keys": [], "error": job.error}
-        try:
-            high = back_on_original(job.maps, job.size, self.transform)  # type: ignore[arg-type]
-            write_outputs(self.out, item.rel, np.asarray(job.keys, dtype=np.int64), job.cam.numpy(),  # type: ignore[union-attr]
-                          high.numpy(), self.threshold)
-        except Exception as e:  # e.g. a full disk: recorded, the run goes on
-            self.failed += 1
-            return {**rec, "status": "error", "keys": [], "error": f"writing outputs failed: {type(e).__name__}: {e}"}
+        high = back_on_original(job.maps, job.size, self.transform)  # type: ignore[arg-type]
+        write_outputs(self.out, item.rel, np.asarray(job.keys, dtype=np.int64), job.cam.numpy(),  # type: ignore[union-attr]
+                      high.numpy(), self.threshold, self.num_classes)
         self.ok += 1
         return {**rec, "status": "ok", "keys": job.keys, "scores": job.scores, "size": list(job.size),  # type: ignore[arg-type]
                 "error": None}
 
     def _loop(self) -> None:
-        while True:
-            job = self._q.get()
-            if job is None:
-                return
-            self.log.append(self._write(job))
+        try:
+            while True:
+                job = self._q.get()
+                if job is None:
+                    return
+                self.log.append(self._write(job))
+        except BaseException as e:  # raised in the main thread by put / close
+            self.fatal = e
 
     def close(self) -> None:
-        self._q.put(None)
-        self._thread.join()
-        self.log.close()
+        """Finish the queued jobs and close the part file; raises the writer's failure, if any."""
+        try:
+            if self._thread.is_alive():
+                self.put(None)
+                self._thread.join()
+            self._raise_fatal()
+        finally:
+            try:
+                self.log.close()
+            except OSError:
+                pass
 
 
 def compute(items: Sequence[Item], batches: Sequence[List[int]], pending: Set[int], explainer: Any,
@@ -136,8 +175,8 @@ def compute(items: Sequence[Item], batches: Sequence[List[int]], pending: Set[in
     if not batches:
         return
     loader = DataLoader(Decode(items, transform), batch_sampler=batches, num_workers=workers,
-                        collate_fn=_as_list, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
+                        collate_fn=_as_list, pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
+                        prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0))
     bar = tqdm(total=len(pending), unit="img", desc=f"camkit export rank 0/{world}", disable=not progress or None,
                file=sys.stderr, smoothing=0.1)
     dtype = next(explainer.model.parameters()).dtype

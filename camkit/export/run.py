@@ -4,7 +4,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,11 +16,12 @@ import torch
 from torch import nn
 
 from ..adapters import num_classes
-from ..app import Built, ExplainSpec, categories
+from ..app import Built, ExplainSpec, categories, state_sha256
 from ..errors import InputError
 from .distributed import Dist, rank_batches
 from .files import PathLike, atomic_write, is_complete, remove_stale_tmp
-from .manifest import PartLog, merge_manifest
+from .lock import folder_lock
+from .manifest import PartLog, last_records, merge_manifest
 from .pipeline import Writer, compute
 from .worklist import Item, list_images, work_items
 
@@ -56,23 +59,33 @@ def _sha256(path: PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _check_options(spec: ExplainSpec, topk: int, batch_size: int, workers: int, bg_threshold: float) -> None:
+def _int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_options(spec: ExplainSpec, out: Path, topk: int, batch_size: int, workers: int, threads: int,
+                   bg_threshold: float) -> None:
     if not isinstance(spec, ExplainSpec):
         raise InputError(f"spec must be a camkit.app.ExplainSpec, got {type(spec).__name__}")
-    if not isinstance(topk, int) or topk < 1:
-        raise InputError(f"--topk must be a positive integer, got {topk!r}")
-    if batch_size < 1 or workers < 0:
-        raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
-    if not 0.0 <= float(bg_threshold) <= 1.0:
-        raise InputError(f"--bg-threshold must lie in [0, 1], got {bg_threshold}")
+    _int("--topk", topk, 1)
+    _int("--batch-size", batch_size, 1)
+    _int("--workers", workers, 0)
+    _int("--threads", threads, 0)
+    if isinstance(bg_threshold, bool) or not isinstance(bg_threshold, (int, float)) \
+            or not 0.0 <= float(bg_threshold) <= 1.0:
+        raise InputError(f"--bg-threshold must be a number in [0, 1], got {bg_threshold!r}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
     if spec.method.raw:
         raise InputError("export writes maps in [0, 1] and thresholds them: --normalize none is not available; "
                          "use minmax, sigmoid, relu_max or tanh_max")
 
 
 def _settings(spec: ExplainSpec, built: Built, src: PathLike, labels: Optional[PathLike], topk: int,
-              bg_threshold: float) -> Dict[str, Any]:
-    """What a resumed run must share with the run it resumes."""
+              bg_threshold: float, names: Sequence[str]) -> Dict[str, Any]:
+    """What a resumed run must share with the run it resumes (the model's weights and the class
+    names among them)."""
     m, named = spec.method, not isinstance(spec.model.name, nn.Module)
     return {
         "src": str(Path(src).resolve()), "model": spec.model.label, "weights": spec.model.weights if named else None,
@@ -81,6 +94,7 @@ def _settings(spec: ExplainSpec, built: Built, src: PathLike, labels: Optional[P
         "labels": {"file": str(Path(labels).resolve()), "sha256": _sha256(labels)}
         if labels and Path(labels).is_file() else (str(labels) if labels else None),
         "topk": None if labels else topk, "bg_threshold": float(bg_threshold), "transform": repr(built.preset.transform),
+        "weights_sha256": state_sha256(built.model), "categories": list(names),
     }
 
 
@@ -97,7 +111,6 @@ def _check_settings(out: Path, settings: Dict[str, Any], names: Sequence[str], o
             raise InputError(f"{out} holds an export made with other settings ({', '.join(diff) or 'unreadable'}"
                              f"); use another --out, or --overwrite to recompute every image")
     blob = json.dumps({"settings": settings, "categories": list(names)}, indent=1).encode()
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(blob))
 
 
@@ -127,8 +140,8 @@ def _plan(dist: Dist, src: PathLike, out: Path, labels: Optional[PathLike], name
     plan = dist.broadcast(plan)
     if plan["error"]:
         raise InputError(plan["error"])
-    items = [Item(d["path"], d["rel"], tuple(d["labels"]) if d["labels"] is not None else None)
-             for d in plan["items"]]
+    items = [Item(d["path"], d["rel"], tuple(d["labels"]) if d["labels"] is not None else None,
+                  tuple(d["stat"]) if d["stat"] is not None else None) for d in plan["items"]]
     return items, plan["run"]
 
 
@@ -164,8 +177,8 @@ def run(src: PathLike, out: PathLike, spec: Optional[ExplainSpec] = None, *, lab
         InputError: bad options, input or settings that differ from the export in ``out``.
     """
     spec = ExplainSpec() if spec is None else spec
-    _check_options(spec, topk, batch_size, workers, bg_threshold)
     out_p = Path(out)
+    _check_options(spec, out_p, topk, batch_size, workers, threads, bg_threshold)
     with _torch_threads(threads):
         dist = Dist(device)
         try:
@@ -179,13 +192,33 @@ def run(src: PathLike, out: PathLike, spec: Optional[ExplainSpec] = None, *, lab
             run_device = next(built.model.parameters()).device
             names = categories(built.preset.categories, num_classes(
                 built.model, built.preset.input_size, built.preset.output), classes)
-            settings = _settings(spec, built, src, labels, topk, bg_threshold)
-            items, run_id = _plan(dist, src, out_p, labels, names, settings, overwrite)
-            return _execute(items, run_id, built, dist, run_device, out_p, settings, batch_size=batch_size,
-                            workers=workers, topk=topk, bg_threshold=bg_threshold, overwrite=overwrite,
-                            progress=progress)
+            settings = _settings(spec, built, src, labels, topk, bg_threshold, names)
+            with folder_lock(out_p, dist.rank == 0):
+                items, run_id = _plan(dist, src, out_p, labels, names, settings, overwrite)
+                return _execute(items, run_id, built, dist, run_device, out_p, settings, batch_size=batch_size,
+                                workers=workers, topk=topk, bg_threshold=bg_threshold, overwrite=overwrite,
+                                progress=progress)
         finally:
             dist.close()
+
+
+def _done(out: Path, item: Item, last: Optional[Dict[str, Any]]) -> bool:
+    """An image is done when its outputs read back and its last record says they were made from
+    the file as it is now (same size and modification time)."""
+    if last is None or last.get("status") != "ok" or item.stat is None or last.get("stat") != list(item.stat):
+        return False
+    return is_complete(out, item.rel)
+
+
+def _capped_workers(workers: int, batches: int, say: bool) -> int:
+    """No more decoding processes than batches to decode and cores to run them."""
+    cap = max(1, min(batches, os.cpu_count() or 1))
+    if workers > cap:
+        if say:
+            warnings.warn(f"--workers {workers} capped at {cap} (the batches to compute and the cores here)",
+                          stacklevel=3)
+        return cap
+    return workers
 
 
 def _execute(items: Sequence[Item], run_id: str, built: Built, dist: Dist, run_device: torch.device, out: Path,
@@ -194,13 +227,16 @@ def _execute(items: Sequence[Item], run_id: str, built: Built, dist: Dist, run_d
     """This rank's share of the work, then the merged manifest and the totals."""
     batches = rank_batches(len(items), batch_size, dist.rank, dist.world)
     mine = [i for b in batches for i in b]
-    pending = set(mine) if overwrite else {i for i in mine if not is_complete(out, items[i].rel)}
+    last = {} if overwrite else last_records(out)
+    pending = set(mine) if overwrite else {i for i in mine if not _done(out, items[i], last.get(items[i].rel))}
     skipped = len(mine) - len(pending)
     todo = [list(b) for b in batches if any(i in pending for i in b)]  # recomputed whole
+    workers = _capped_workers(workers, len(todo), dist.rank == 0)
     t0 = time.perf_counter()
     tf = built.preset.transform
     log = PartLog(out / "parts" / f"{run_id}.rank{dist.rank}.jsonl", dist.rank, run_id)
-    writer = Writer(out, log, float(bg_threshold), tf, maxsize=4 * batch_size)
+    writer = Writer(out, log, float(bg_threshold), tf, maxsize=4 * batch_size,
+                    num_classes=len(settings["categories"]))
     try:
         with built.method:
             compute(items, todo, pending, built.method, tf, writer, run_device, workers, topk,

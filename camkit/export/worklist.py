@@ -22,11 +22,29 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 @dataclass(frozen=True)
 class Item:
-    """One image of the work list: its path as found, its output name (posix, no extension), its labels."""
+    """One image of the work list.
+
+    Attributes:
+        path: its path as found.
+        rel: its output name (posix, no extension).
+        labels: the class indices to explain (None: the model's top classes).
+        stat: ``[size in bytes, mtime in ns]`` of the file when the work was listed (None: unreadable);
+            a resumed run recomputes an image whose file changed.
+    """
 
     path: str
     rel: str
     labels: Optional[Tuple[int, ...]] = None
+    stat: Optional[Tuple[int, int]] = None
+
+
+def file_stat(path: str) -> Optional[Tuple[int, int]]:
+    """``(size, mtime_ns)`` of a file, None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return int(st.st_size), int(st.st_mtime_ns)
 
 
 def _rel_name(rel: str) -> str:
@@ -89,7 +107,7 @@ def work_items(images: Sequence[Tuple[str, str]], labels_file: Optional[PathLike
     """The work list: each image with the class indices of its row in ``labels_file``
     (:mod:`camkit.app.labels`), or without labels (the model's top classes are explained)."""
     if not labels_file:
-        return [Item(p, r) for p, r in images]
+        return [Item(p, r, None, file_stat(p)) for p, r in images]
     rows = labels_of([p for p, _ in images], read_labels(labels_file), labels_file)
-    return [Item(p, r, class_indices(row, categories, f"{labels_file} ({p})"))
+    return [Item(p, r, class_indices(row, categories, f"{labels_file} ({p})"), file_stat(p))
             for (p, r), row in zip(images, rows)]

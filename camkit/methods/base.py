@@ -82,6 +82,7 @@ class _Method:
         self.options = make_options(type(self).Options, type(self).__name__, options)
         self._setup()
         self.layers = resolve_layers(model, self._default_layers(layers))
+        self._module_of = dict(self.layers)
         self._check_fusion_options()
         self.normalize: Optional[Normalizer] = self._normalizer(self.options.normalize)
         self._recorder = ActivationRecorder(model, self._hooked(), make_differentiable=self.needs_grad,
@@ -105,6 +106,10 @@ class _Method:
         if self.info is not None and not self.info.fuses and (o.fusion != "max" or o.weights is not None):
             raise InputError(f"{type(self).__name__} does not fuse layers: fusion= and weights= do not apply")
         self.options = with_weights(o, check_fusion(o.fusion, o.weights, len(self.layers)))
+
+    def _as_4d(self, name: str, a: Tensor) -> Tensor:
+        """A hooked output as ``(B, C, h, w)`` (``reshape`` applied; channels-last refused)."""
+        return as_4d(name, a, self.options.reshape, self._module_of.get(name))
 
     def _normalizer(self, spec: Union[str, Normalizer, None]) -> Optional[Normalizer]:
         if spec == DEFAULT:
@@ -180,7 +185,7 @@ class _Method:
         with eval_mode(self.model), self._recorder.recording() as acts, torch.no_grad():
             ctx = self._forward(x, acts, target)
             layer_maps = self._layer_maps(ctx)
-        raise_problems(x, ctx.scores, ctx.problems)
+        raise_problems(x, ctx.scores, ctx.values, ctx.problems)
         return self._result(ctx, layer_maps, tuple(x.shape[-2:]))
 
     def _forward(self, x: Tensor, acts: Dict[str, Tensor], target: Target) -> CallContext:
@@ -285,6 +290,11 @@ def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: boo
     return [g.transpose(0, 1) if g is not None else None for g in grads]
 
 
+def all_zero(tensors: Sequence[Tensor]) -> Tensor:
+    """A 0-d bool on the device: every element of every tensor is exactly 0 (no host sync)."""
+    return torch.stack([t.eq(0).all() for t in tensors]).all()
+
+
 NO_PATH = ("the targets do not depend on layer(s) {names} through autograd: is a layer off the path to the "
            "output, or does the model use gradient checkpointing (torch.utils.checkpoint, timm's "
            "set_grad_checkpointing)? Turn checkpointing off for the call")
@@ -325,10 +335,11 @@ class _GradientMethod(_Method):
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         names = self.layer_names
         grads = self._gradients(ctx.values, [ctx.acts[n] for n in names], names)
+        ctx.flag("zero_gradients", all_zero(grads))
         out: Dict[str, Tensor] = {}
         with float32_math(ctx.values.device.type):
             for name, g in zip(names, grads):
-                A = as_4d(name, ctx.acts[name].detach(), self.options.reshape)
+                A = self._as_4d(name, ctx.acts[name].detach())
                 out[name] = self._formula(work_dtype(A), work_dtype(self._reshaped(g)))
         return out
 

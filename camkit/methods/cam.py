@@ -18,7 +18,6 @@ from ..hooks import LayerSpec, dry_model, dry_run
 from ..normalize import Normalizer, get_normalizer
 from ..targets import Target
 from .base import CallContext, Layers, _Method
-from .checks import as_4d
 from .options import Options
 from .output import Output, select_output
 from .precision import float32_math, work_dtype
@@ -141,7 +140,7 @@ class CAM(_Method):
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         (name,) = self.layer_names
         classes = _class_targets("CAM", ctx.target, ctx.scores)
-        A = as_4d(name, ctx.acts[name], self.options.reshape)
+        A = self._as_4d(name, ctx.acts[name])
         if A.shape[1] != self.fc.in_features:
             raise InputError(
                 f"layer {name!r} has {A.shape[1]} channels but the linear layer takes {self.fc.in_features} features"

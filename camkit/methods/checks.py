@@ -2,6 +2,7 @@
 the on-device problem flags raised after the call in one host read."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -40,25 +41,33 @@ def check_input(x: object, model: nn.Module) -> Tensor:
     return x
 
 
-def raise_problems(x: Tensor, scores: Tensor, problems: Sequence[Tuple[str, Optional[Tensor]]]) -> None:
-    """All checks of a call's values in ONE host read: non-finite input or scores
-    per image, and the on-device flags in ``problems`` (name, 0-d bool)."""
-    b = x.shape[0]
-    flags = [(~torch.isfinite(x).reshape(b, -1).all(dim=1)).to(scores.device),
-             ~torch.isfinite(scores.detach()).reshape(b, -1).all(dim=1)]
+def _not_finite(t: Tensor, b: int, device: torch.device) -> Tensor:
+    return (~torch.isfinite(t.detach()).reshape(b, -1).all(dim=1)).to(device)
+
+
+def raise_problems(x: Tensor, scores: Tensor, values: Tensor,
+                   problems: Sequence[Tuple[str, Optional[Tensor]]]) -> None:
+    """All checks of a call's values in ONE host read: non-finite input, scores or target
+    values per image, and the on-device flags in ``problems`` (name, 0-d bool): an error for
+    the names in :data:`PROBLEMS`, a warning for those in :data:`WARNINGS`."""
+    b, dev = x.shape[0], scores.device
+    flags = [_not_finite(x, b, dev), _not_finite(scores, b, dev), _not_finite(values, b, dev)]
     named = [(name, f) for name, f in problems if f is not None]
-    flags += [f.reshape(1) for _, f in named]
+    flags += [f.reshape(1).to(dev) for _, f in named]
     host = torch.cat(flags).tolist()  # the one host-device synchronization of a call
-    bad_x = [i for i in range(b) if host[i]]
-    bad_s = [i for i in range(b) if host[b + i]]
-    if bad_x:
-        raise InputError(f"the input has NaN or Inf values in image(s) {bad_x}")
-    if bad_s:
-        raise InputError(f"the model's output is NaN or Inf for image(s) {bad_s} "
+    bad = [[i for i in range(b) if host[j * b + i]] for j in range(3)]
+    if bad[0]:
+        raise InputError(f"the input has NaN or Inf values in image(s) {bad[0]}")
+    if bad[1]:
+        raise InputError(f"the model's output is NaN or Inf for image(s) {bad[1]} "
                          "(check the weights and the input's range)")
-    for (name, _), flag in zip(named, host[2 * b:]):
-        if flag:
+    if bad[2]:
+        raise InputError(f"the target values are NaN or Inf for image(s) {bad[2]} (check the target function)")
+    for (name, _), flag in zip(named, host[3 * b:]):
+        if flag and name in PROBLEMS:
             raise InputError(PROBLEMS[name])
+        if flag:
+            warnings.warn(WARNINGS[name], stacklevel=4)
 
 
 PROBLEMS = {
@@ -66,12 +75,42 @@ PROBLEMS = {
     "head": ("the model's logits are not fc(GAP(layer)): its head is not global-average-pool + linear on this "
              "layer. Use another layer, or a camkit.CAMHead"),
 }
+WARNINGS = {
+    "zero_gradients": ("the targets' gradients are exactly zero at every hooked layer, so the maps are blank: "
+                       "does the output depend on these layers, or is the head zero-initialized (e.g. a "
+                       "torchvision ViT built with weights=None)?"),
+}
 
 
-def as_4d(name: str, a: Tensor, reshape: Optional[Reshape]) -> Tensor:
-    """Layer ``name``'s output ``a`` after ``reshape``, which must be ``(B, C, h, w)``."""
+def _width(module: Optional[nn.Module]) -> Optional[int]:
+    """The feature width of a module's output: that of the last of its submodules with one
+    (Linear's out_features, LayerNorm's last normalized dimension, a conv's out_channels, a norm's
+    num_features), None if none has one."""
+    width = None
+    for m in (module.modules() if module is not None else ()):
+        if isinstance(m, nn.Linear):
+            width = m.out_features
+        elif isinstance(m, nn.LayerNorm):
+            width = int(m.normalized_shape[-1])
+        elif isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Conv1d)):
+            width = m.out_channels
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            width = getattr(m, "num_features", None) or getattr(m, "num_channels", None)
+    return width
+
+
+def as_4d(name: str, a: Tensor, reshape: Optional[Reshape], module: Optional[nn.Module] = None) -> Tensor:
+    """Layer ``name``'s output ``a`` after ``reshape``, which must be ``(B, C, h, w)``.
+
+    Without ``reshape``, a 4-D output whose last dimension is the layer's feature width (and the
+    second is not) is channels-last ``(B, h, w, C)`` (e.g. a Swin stage): refused, never read as
+    ``(B, C, h, w)``."""
     if reshape is not None:
         a = reshape(a)
+    elif a.dim() == 4 and a.shape[1] != a.shape[-1] and _width(module) == a.shape[-1]:
+        raise InputError(f"layer {name!r} outputs shape {tuple(a.shape)}: channels last (B, h, w, C), with "
+                         f"C = {a.shape[-1]} its width. Pass reshape=lambda t: t.permute(0, 3, 1, 2) "
+                         "(camkit.adapters presets give it for the models they know)")
     if a.dim() != 4:
         raise InputError(
             f"layer {name!r} outputs shape {tuple(a.shape)}; expected (B, C, h, w). For token outputs (B, N, C) "

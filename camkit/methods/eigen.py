@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from .base import CallContext, _Method
-from .checks import as_4d
 from .options import SmoothingOptions
 from .precision import float32_math, work_dtype
 from .registry import register_method
@@ -71,7 +70,7 @@ class EigenCAM(_Method):
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         out: Dict[str, Tensor] = {}
         for name in self.layer_names:
-            A = as_4d(name, ctx.acts[name], self.options.reshape)
+            A = self._as_4d(name, ctx.acts[name])
             with float32_math(A.device.type):
                 out[name] = eigencam_formula(work_dtype(A))[:, None].expand(-1, ctx.values.shape[1], -1, -1)
         return out

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..hooks import LayerSpec
 from ..normalize import Normalizer, minmax
-from .base import CallContext, Layers, _GradientMethod
+from .base import CallContext, Layers, _GradientMethod, all_zero
 from .options import GradientOptions
 from .precision import float32_math, work_dtype
 from .registry import register_method
@@ -119,6 +119,7 @@ class FullGrad(_GradientMethod):
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         x, names, per_channel = ctx.x, self.layer_names, self.options.per_channel
         grads = self._gradients(ctx.values, [x] + [ctx.acts[n] for n in names], ["input"] + names)
+        ctx.flag("zero_gradients", all_zero(grads))
         out: Dict[str, Tensor] = {}
         with float32_math(ctx.values.device.type):
             out["input"] = fullgrad_term(work_dtype(grads[0]), work_dtype(x.detach())[:, None], per_channel)

@@ -43,7 +43,6 @@ from ..errors import InputError
 from ..normalize import minmax
 from ..targets import Target, check_values
 from .base import CallContext, _Method
-from .checks import as_4d
 from .eigen import channel_map
 from .options import SmoothingOptions, check_noise, positive_int
 from .output import select_output
@@ -200,12 +199,9 @@ class ScoreCAM(_PerturbationMethod):
     dedupe = True  # channels with equal normalized maps share a forward
     default_batch_size = 16  # whole-model forwards: 16 fit the CPU's caches better than 64
 
-    def _generator(self) -> Optional[torch.Generator]:
-        """The call's private noise generator (None: no noise)."""
-        return None
-
-    def _samples(self, masks: Tensor, gen: Optional[torch.Generator]) -> Iterator[Tensor]:
-        """The mask(s) ``(n, H, W)`` the input is multiplied by; S is the mean of their values."""
+    def _samples(self, masks: Tensor, b: int, channels: range) -> Iterator[Tensor]:
+        """The mask(s) ``(n, H, W)`` the input is multiplied by; S is the mean of their values.
+        ``masks`` are image ``b``'s channels ``channels`` (positions in the maps scored)."""
         yield masks
 
     def _forward_fn(self) -> Callable[[Tensor], object]:
@@ -223,8 +219,7 @@ class ScoreCAM(_PerturbationMethod):
 
         return run
 
-    def _masked_values(self, run: Callable[[Tensor], object], x: Tensor, A: Tensor, values: Values,
-                       gen: Optional[torch.Generator]) -> Tensor:
+    def _masked_values(self, run: Callable[[Tensor], object], x: Tensor, A: Tensor, values: Values) -> Tensor:
         """S (B, K, C): the targets' values on the input masked by each channel of A."""
         B, C, h, w = A.shape
         size = x.shape[-2:]
@@ -237,10 +232,11 @@ class ScoreCAM(_PerturbationMethod):
             else:
                 maps, inverse = low[b], None
             vals = []
-            for chunk in maps.split(self.batch_size):
-                masks = score_masks(chunk, size)
+            for start in range(0, len(maps), self.batch_size):
+                chunk = range(start, min(len(maps), start + self.batch_size))
+                masks = score_masks(maps[chunk.start:chunk.stop], size)
                 draws = [values(self._scores(run(x[b] * m[:, None].to(x.dtype)), len(m)), b)
-                         for m in self._samples(masks, gen)]
+                         for m in self._samples(masks, b, chunk)]
                 vals.append(sum(draws[1:], draws[0]) / len(draws))
             s = torch.cat(vals)
             S.append(s[inverse] if inverse is not None else s)
@@ -249,13 +245,12 @@ class ScoreCAM(_PerturbationMethod):
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         x = ctx.x.contiguous()
         fn = perturbed_values(ctx.target, ctx.scores)
-        gen = self._generator()
         out: Dict[str, Tensor] = {}
         with self._recorder.paused():
             run = self._forward_fn()
             for name in self.layer_names:
-                A = as_4d(name, ctx.acts[name], self.options.reshape)
-                S = self._masked_values(run, x, A, fn, gen)
+                A = self._as_4d(name, ctx.acts[name])
+                S = self._masked_values(run, x, A, fn)
                 with float32_math(A.device.type):
                     out[name] = scorecam_formula(work_dtype(A), work_dtype(S), self.options.softmax,
                                                  self.options.eigen_smooth)
@@ -287,12 +282,13 @@ class SSCAM(ScoreCAM):
     Options = SSCAMOptions
     dedupe = False  # each channel draws its own noise
 
-    def _generator(self) -> Optional[torch.Generator]:
-        return torch.Generator().manual_seed(self.options.seed)
-
-    def _samples(self, masks: Tensor, gen: Optional[torch.Generator]) -> Iterator[Tensor]:
+    def _samples(self, masks: Tensor, b: int, channels: range) -> Iterator[Tensor]:
+        # Each (image, channel) has its own generator: the noise does not depend on batch_size.
+        gens = [torch.Generator().manual_seed((self.options.seed * 1_000_003 + b) * 65_537 + c) for c in channels]
+        shape = masks.shape[1:]
         for _ in range(self.options.num_samples):
-            yield masks + torch.randn(masks.shape, generator=gen).mul_(self.options.std).to(masks)
+            noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+            yield masks + noise.mul_(self.options.std).to(masks)
 
 
 @dataclass(frozen=True)
@@ -314,7 +310,7 @@ class ISCAM(ScoreCAM):
 
     Options = ISCAMOptions
 
-    def _samples(self, masks: Tensor, gen: Optional[torch.Generator]) -> Iterator[Tensor]:
+    def _samples(self, masks: Tensor, b: int, channels: range) -> Iterator[Tensor]:
         n = self.options.num_samples
         coeff = 0.0
         for i in range(1, n + 1):
@@ -391,7 +387,7 @@ class AblationCAM(_PerturbationMethod):
         out: Dict[str, Tensor] = {}
         with self._recorder.paused():
             for name, module in self.layers:
-                A = as_4d(name, ctx.acts[name], None)
+                A = self._as_4d(name, ctx.acts[name])
                 S = self._ablated_values(module, x, A, y, fn, state)
                 with float32_math(A.device.type):
                     out[name] = ablationcam_formula(work_dtype(A), work_dtype(y), work_dtype(S),

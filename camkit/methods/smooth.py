@@ -16,7 +16,6 @@ from torch import Tensor
 from ..hooks import ActivationRecorder
 from ..targets import ClassScore, check_values
 from .base import CallContext, _GradientMethod
-from .checks import as_4d
 from .eigen import channel_map
 from .gradient import gradcampp_weights
 from .options import GradientOptions, check_noise
@@ -90,7 +89,7 @@ class SmoothGradCAMpp(_GradientMethod):
         out: Dict[str, Tensor] = {}
         with float32_math(x.device.type):
             for n in names:
-                A = work_dtype(as_4d(n, ctx.acts[n].detach(), o.reshape))
+                A = work_dtype(self._as_4d(n, ctx.acts[n].detach()))
                 D1, D2, D3 = (s / o.num_samples for s in sums[n])
                 out[n] = smoothgradcampp_formula(A, D1, D2, D3, o.eigen_smooth)
         return out
