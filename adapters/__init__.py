@@ -5,12 +5,12 @@ layer and linear head, token reshape for vision transformers, preprocessing);
 ``build(name, weights)`` creates a torchvision / timm model or the offline
 ``efficientnet_lite0`` with its preset; ``list_layers`` shows hookable layers.
 """
-from .build import OFFLINE_MODEL, LayerInfo, ModelError, build, default_marks, known_models, list_layers
+from .build import OFFLINE_MODEL, LayerInfo, ModelError, build, create, default_marks, known_models, list_layers
 from .presets import Preset, TokenReshape, imagenet_categories, num_classes, resolve
 from .pretrained import efficientnet_lite0, lite0_weights_path
 
 __all__ = [
     "Preset", "TokenReshape", "resolve", "imagenet_categories", "num_classes",
-    "build", "ModelError", "OFFLINE_MODEL", "known_models", "list_layers", "LayerInfo", "default_marks",
+    "build", "create", "ModelError", "OFFLINE_MODEL", "known_models", "list_layers", "LayerInfo", "default_marks",
     "efficientnet_lite0", "lite0_weights_path",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -86,7 +86,7 @@ def _tv_names() -> Tuple[List[str], List[str]]:
     return tvm.list_models(module=tvm), tvm.list_models(module=tvm.segmentation)
 
 
-def _torchvision(name: str, weights: str) -> Tuple[nn.Module, Preset]:
+def _torchvision(name: str, weights: str) -> Tuple[nn.Module, Any]:
     import torchvision.models as tvm
 
     # random segmentation models must not fetch an ImageNet backbone
@@ -108,11 +108,10 @@ def _torchvision(name: str, weights: str) -> Tuple[nn.Module, Preset]:
         model = tvm.get_model(name, weights=None, **no_backbone)
         if weights not in ("none", ""):
             _load_state_dict(model, weights)
-    model.eval()
-    return model, resolve(model, weights=enum_member)
+    return model.eval(), enum_member
 
 
-def _timm(name: str, weights: str) -> Tuple[nn.Module, Preset]:
+def _timm(name: str, weights: str) -> nn.Module:
     import timm
 
     if weights == "imagenet":
@@ -127,8 +126,7 @@ def _timm(name: str, weights: str) -> Tuple[nn.Module, Preset]:
         model = timm.create_model(name, pretrained=False)
         if weights not in ("none", ""):
             _load_state_dict(model, weights)
-    model.eval()
-    return model, resolve(model)
+    return model.eval()
 
 
 def known_models() -> Dict[str, List[str]]:
@@ -163,12 +161,23 @@ def build(name: str, weights: str = "imagenet") -> Tuple[nn.Module, Preset]:
         ModelError: (an InputError) with a one-line message for unknown names, failed downloads and
         bad files.
     """
+    model, enum_member = _create(name, weights)
+    return model, resolve(model, weights=enum_member)
+
+
+def create(name: str, weights: str = "imagenet") -> nn.Module:
+    """The model of :func:`build` alone, in eval mode (for a model camkit has no preset for)."""
+    return _create(name, weights)[0]
+
+
+def _create(name: str, weights: str) -> Tuple[nn.Module, Any]:
+    """The model and, for torchvision's pretrained weights, their enum member (its preset's transform)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
-        return _build(name, weights)
+        return _create_seeded(name, weights)
 
 
-def _build(name: str, weights: str) -> Tuple[nn.Module, Preset]:
+def _create_seeded(name: str, weights: str) -> Tuple[nn.Module, Any]:
     import timm
 
     source = None
@@ -187,12 +196,12 @@ def _build(name: str, weights: str) -> Tuple[nn.Module, Preset]:
             model = efficientnet_lite0(pretrained=False)
             if weights not in ("none", ""):
                 _load_state_dict(model, weights)
-        return model.eval(), resolve(model)
+        return model.eval(), None
     tv_names = sum(_tv_names(), [])
     if source in (None, "tv") and name in tv_names:
         return _torchvision(name, weights)
     if source in (None, "timm") and timm.is_model(name):
-        return _timm(name, weights)
+        return _timm(name, weights), None
     import difflib
 
     pool = ([OFFLINE_MODEL] if source is None else []) + (tv_names if source != "timm" else []) + \

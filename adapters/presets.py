@@ -490,6 +490,19 @@ def _vgg_sets(feats: nn.Sequential, prefix: str) -> Dict[str, Tuple[str, ...]]:
             "convs": tuple(f"{prefix}{r}" for r in relus[-3:])}
 
 
+def _tv_swin(model: nn.Module) -> Preset:
+    """torchvision Swin: its stages and ``norm`` return channels-last ``(B, h, w, C)`` maps, read through
+    :func:`nhwc_to_nchw`; the pooling sees ``norm``'s output, so that is Grad-CAM's and CAM's layer."""
+    children = _children(model.features, "features.")
+    kept, logits = _dry(model, children + ["norm"])
+    nchw = {n: nhwc_to_nchw(o) for n, o in kept.items() if o.dim() == 4}
+    layers = _stage_ends(nchw, children)
+    ok = _gap_linear(kept["norm"], logits, model.head, nhwc_to_nchw)
+    return Preset(family="torchvision-swin", layers=layers, gradcam_layer="norm", cam_layer="norm" if ok else None,
+                  fc="head" if ok else None, cam_reshape=nhwc_to_nchw if ok else None, reshape=nhwc_to_nchw,
+                  layer_sets={"default": layers}, transform=_imagenet_transform())
+
+
 def _tv_resnet(model: nn.Module) -> Preset:
     layers = ("layer2", "layer3", "layer4")
     kept, logits = _dry(model, ["layer4"])
@@ -590,11 +603,13 @@ def _family_preset(model: nn.Module) -> Preset:
         return _tv_features_family(model, "densenet")
     if isinstance(model, tvm.VisionTransformer):
         return _tv_vit(model)
+    if isinstance(model, tvm.SwinTransformer):
+        return _tv_swin(model)
     if isinstance(model, (tvs.FCN, tvs.DeepLabV3, tvs.LRASPP)):
         return _tv_segmentation(model)
     raise InputError(
         f"camkit has no preset for {type(model).__module__}.{type(model).__name__}; "
-        "pass layers=[...] yourself (list them with `camkit layers` or model.named_modules())"
+        "pass layers=[...] yourself (see model.named_modules(), or `camkit layers` for a model built by name)"
     )
 
 

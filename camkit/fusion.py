@@ -15,7 +15,9 @@ from torch import Tensor
 
 from .errors import InputError, InputTypeError
 
-FUSIONS = ("max", "weighted")
+#: ``max`` (the LayerCAM paper), ``weighted`` (the seed study), ``mean`` (pytorch-grad-cam's multi-layer
+#: rule), ``tanh_max`` (torchcam's LayerCAM fusion).
+FUSIONS = ("max", "weighted", "mean", "tanh_max")
 
 
 def _stack(maps: Sequence[Tensor]) -> Tensor:
@@ -63,7 +65,7 @@ def check_fusion(fusion: str, weights: Optional[Sequence[float]], count: int) ->
     """Check a fusion name and its weights together.
 
     Args:
-        fusion (str): One of :data:`FUSIONS`: ``"max"`` or ``"weighted"``.
+        fusion (str): One of :data:`FUSIONS`.
         weights (sequence of float or None): ``None`` for ``"max"``; one
             weight per layer for ``"weighted"``.
         count (int): The number of layers.
@@ -78,9 +80,9 @@ def check_fusion(fusion: str, weights: Optional[Sequence[float]], count: int) ->
     """
     if fusion not in FUSIONS:
         raise InputError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-    if fusion == "max":
+    if fusion != "weighted":
         if weights is not None:
-            raise InputError("fusion='max' takes no weights; use fusion='weighted' to weight layers")
+            raise InputError(f"fusion={fusion!r} takes no weights; use fusion='weighted' to weight layers")
         return None
     if weights is None:
         raise InputError(f"fusion='weighted' needs one weight per layer ({count} layers), e.g. weights=[0.4, 0.4, 0.2]")
@@ -100,6 +102,22 @@ def fuse_max(maps: Sequence[Tensor]) -> Tensor:
         InputError: No maps, or maps of different shapes.
     """
     return _stack(maps).amax(dim=0)
+
+
+def fuse_mean(maps: Sequence[Tensor]) -> Tensor:
+    """The mean over layers, min-max normalized again per map: pytorch-grad-cam's rule for several
+    target layers (its ``aggregate_multi_layers``: each layer's map min-max scaled and resized to the
+    input, ReLU, mean, then ``scale_cam_image``).
+
+    Args:
+        maps (sequence of Tensor): ``L >= 1`` maps ``(B, K, H, W)``, each normalized.
+
+    Returns:
+        *Tensor*: ``(B, K, H, W)`` in [0, 1] (0 where the mean is constant).
+    """
+    from .normalize import minmax
+
+    return minmax(_stack(maps).clamp(min=0).mean(dim=0))
 
 
 def _weighted(stacked: Tensor, weights: Tuple[float, ...], scale: Optional[float]) -> Tensor:

@@ -517,6 +517,7 @@ def average_drop_increase(model: Model, images: Tensor, maps: Tensor, targets: T
         raise InputError("maps must lie in [0, 1] for the average drop (normalize them first)")
     t = _check_targets(targets, B)
     _check_score(score)
+    _check_batch_size(batch_size)
     base = None if baseline is None else make_baseline(images, baseline)
     with _inference(model):
         Y = _batched_scores(model, images, t, score, torch.arange(B), batch_size)

@@ -43,6 +43,8 @@ def _index_tensor(idx: Indices, what: str) -> Tensor:
         raise InputTypeError(f"{what}: class indices must be integers, got a bool")
     if isinstance(idx, numbers.Integral):
         return torch.tensor(int(idx))
+    if isinstance(idx, (list, tuple)) and _holds_bool(idx):
+        raise InputTypeError(f"{what}: class indices must be integers, got a bool in {idx!r}")
     try:
         t = idx if isinstance(idx, Tensor) else torch.as_tensor(idx)
     except (TypeError, ValueError, RuntimeError):
@@ -54,6 +56,10 @@ def _index_tensor(idx: Indices, what: str) -> Tensor:
     if t.dim() > 2:
         raise InputError(f"{what}: class indices must be an int, (B,) or (B, K), got shape {tuple(t.shape)}")
     return t.long()
+
+
+def _holds_bool(seq: Sequence) -> bool:
+    return any(_holds_bool(v) if isinstance(v, (list, tuple)) else isinstance(v, bool) for v in seq)
 
 
 def _per_image(t: Tensor, batch: int, what: str) -> Tensor:

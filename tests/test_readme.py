@@ -37,7 +37,18 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
     ns: dict = {"__name__": "__main__"}
     exec(compile(blocks[0], "README.md (first block)", "exec"), ns)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and all(re.fullmatch(r".+: \d+\.\d%, map \(300, 451\)", ln) for ln in lines), lines
+    # what it prints, against a plain forward of the same model on the same photo: the top-3 classes
+    # and their softmax probabilities (the bug this guards: probabilities read off classes 0-2)
+    import torch
+    from PIL import Image, ImageOps
+
+    model, preset = camkit.adapters.build("efficientnet_lite0")
+    photo = ImageOps.exif_transpose(Image.open(camkit.app.sample_images()[0])).convert("RGB")
+    with torch.no_grad():
+        top = model(preset.transform(photo)[None]).softmax(1)[0].topk(3)
+    expected = [f"{preset.categories[c]}: {p:.1%}, map ({photo.height}, {photo.width})"
+                for p, c in zip(top.values.tolist(), top.indices.tolist())]
+    assert lines == expected, (lines, expected)
     assert "cat" in lines[0]  # the bundled photo is a cat; the offline weights are ImageNet's
     assert sorted(p.name for p in tmp_path.glob("chelsea_*.png")) == ["chelsea_1.png", "chelsea_2.png",
                                                                       "chelsea_3.png"]

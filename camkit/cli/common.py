@@ -7,6 +7,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ..app import DEFAULT_MODEL, MethodSpec
 from ..errors import DependencyError, InputError
+from ..fusion import FUSIONS
 from ..overlay import colormap
 
 
@@ -58,7 +59,8 @@ def method_args(sp: argparse.ArgumentParser) -> None:
     """``--layers``, ``--fusion``, ``--layer-weights``."""
     sp.add_argument("--layers", nargs="+", metavar="LAYER",
                     help="layer names (see `camkit layers`) or a preset's layer set (vgg: pools, convs)")
-    sp.add_argument("--fusion", choices=["max", "weighted"], default="max", help="multi-layer fusion; default max")
+    sp.add_argument("--fusion", choices=FUSIONS, default="max", help="multi-layer fusion: max (LayerCAM's), weighted "
+                    "(the study's), mean (pytorch-grad-cam's), tanh_max (torchcam's); default max")
     sp.add_argument("--layer-weights", nargs="+", type=float, metavar="W",
                     help="one weight per layer for --fusion weighted (the study: 0.4 0.4 0.2)")
 

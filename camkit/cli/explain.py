@@ -12,6 +12,7 @@ where the network saw it (resize and center crop undone,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -116,8 +117,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     specs = method_specs(args.method, args)
     spec, _ = _target(args)
     items, labels_file = _items(args)
-    for p, _ in items:
-        check_image(p)
+    for p in args.images:  # an image named on the command line must read; a folder's are read as they come
+        if not os.path.isdir(p):
+            check_image(p)
     truths: Dict[str, str] = {}
     if labels_file:
         rows = labels_of([p for p, _ in items], read_labels(labels_file), labels_file)

@@ -80,28 +80,53 @@ class ExplainRun:
         self.figures = Figures(list(job.explainers)) if not a.no_figures else None
         self.categories: Optional[List[str]] = None
         self.look = {"alpha": a.alpha, "cmap": a.cmap, "postprocess": a.postprocess}
+        self.done: List[str] = []                 # output keys of the images explained
+        self.failed: List[Tuple[str, str]] = []   # (path, why) of the images that could not be read
+
+    def _load(self, chunk: Sequence[Tuple[str, str]]) -> Tuple[List[Tuple[str, str]], List[Image.Image]]:
+        """The chunk's images that read; the others are recorded as failed (the run goes on)."""
+        items, photos = [], []
+        for path, key in chunk:
+            try:
+                photos.append(load_image(path, _note))
+                items.append((path, key))
+            except InputError as e:
+                self.failed.append((path, " ".join(str(e).split())))
+        return items, photos
 
     def run(self) -> int:
         job = self.job
         bar = tqdm.tqdm(total=len(job.items), desc="camkit", unit="image", disable=None, file=sys.stderr)
         bs = job.args.batch_size
         for start in range(0, len(job.items), bs):
-            chunk = job.items[start:start + bs]
-            photos = [load_image(p, _note) for p, _ in chunk]
+            chunk, photos = self._load(job.items[start:start + bs])
             xs = [job.preset.transform(ph) for ph in photos]  # type: ignore[misc]
             for run in _same_shape_runs(xs):
                 self._batch([chunk[i] for i in run], [photos[i] for i in run], torch.stack([xs[i] for i in run]))
                 bar.update(len(run))
+            bar.update(len(job.items[start:start + bs]) - len(chunk))
         bar.close()
-        first = None
+        if not self.done:
+            first = self.failed[0][1]
+            raise InputError(first if len(self.failed) == 1 else
+                             f"none of the {len(self.failed)} images could be read (first: {first})")
+        return self._finish()
+
+    def _finish(self) -> int:
+        job, first = self.job, None
         if self.figures is not None:
             a = job.args
-            first = self.figures.write([k for _, k in job.items], job.outputs, a.cmap, a.colorbar, job.raw,
+            first = self.figures.write(self.done, job.outputs, a.cmap, a.colorbar, job.raw,
                                        f"{{method}} on {a.model} ({job.preset.family})")
         shows = f" ({first.relative_to(job.outputs.root).as_posix()} shows them all)" if first else ""
         n = len(job.outputs.written)
         print(f"wrote {n} file{'' if n == 1 else 's'} to {job.outputs.root}/{shows}")
-        return 0
+        for _, why in self.failed:
+            print(f"camkit: error: {why}", file=sys.stderr)
+        if self.failed:
+            print(f"camkit: {len(self.failed)} of {len(job.items)} images could not be read; the others were "
+                  "explained", file=sys.stderr)
+        return 1 if self.failed else 0
 
     def _batch(self, items: Sequence[Tuple[str, str]], photos: Sequence[Image.Image], x: torch.Tensor) -> None:
         job = self.job
@@ -113,6 +138,7 @@ class ExplainRun:
                 raise InputError(f"class index {job.target_class} out of range 0..{num_classes - 1}")
         for j, ((path, key), photo) in enumerate(zip(items, photos)):
             self._image(j, path, key, photo, x[j], results)
+            self.done.append(key)
 
     def _image(self, j: int, path: str, key: str, photo: Image.Image, x: torch.Tensor, results: Dict[str, Any]) -> None:
         job, cats = self.job, self.categories

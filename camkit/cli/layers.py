@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Tuple
 
 from torch import nn
 
-from ..adapters import default_marks, list_layers
+from ..adapters import Preset, create, default_marks, list_layers, resolve
 from ..app import ModelSpec
 from ..errors import InputError
 from .common import int_at_least, model_args
@@ -52,14 +53,29 @@ def _layers_at(model: nn.Module, size: Tuple[int, int], name: str, default: Tupl
                          f"its default is {default[0]} {default[1]}") from None
 
 
+def _model(args: argparse.Namespace) -> Tuple[nn.Module, Optional[Preset]]:
+    """The model and its preset; a model camkit has no preset for is listed all the same."""
+    spec = ModelSpec(args.model, args.weights, args.head)
+    if args.head:
+        return spec.build()
+    model = create(args.model, args.weights)
+    try:
+        return model, resolve(model)
+    except InputError as e:
+        print(f"camkit: note: no defaults to mark: {str(e).split(';')[0]}", file=sys.stderr)
+        return model, None
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
-    model, preset = ModelSpec(args.model, args.weights, args.head).build()
-    size = tuple(args.input_size) if args.input_size else tuple(preset.input_size)
-    infos = _layers_at(model, size, args.model, preset.input_size) if args.input_size else list_layers(model, size)
-    marks = default_marks(preset)
+    model, preset = _model(args)
+    default = tuple(preset.input_size) if preset is not None else (_fixed_input_size(model) or (224, 224))
+    size = tuple(args.input_size) if args.input_size else default
+    infos = _layers_at(model, size, args.model, default) if args.input_size else list_layers(model, size)
+    marks = default_marks(preset) if preset is not None else {}
     width = max(len(i.name) for i in infos)
     tw = max(len(i.type) for i in infos)
-    print(f"{args.model} ({preset.family}), input (1, 3, {size[0]}, {size[1]}); * = default layer of the methods shown")
+    family = preset.family if preset is not None else "no preset"
+    print(f"{args.model} ({family}), input (1, 3, {size[0]}, {size[1]}); * = default layer of the methods shown")
     for info in infos:
         if args.defaults_only and info.name not in marks:
             continue

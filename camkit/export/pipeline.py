@@ -54,7 +54,7 @@ class Job:
 
 
 class Decode:
-    """DataLoader dataset: item i -> ``(i, tensor (3, h, w) | None, (H, W) | None, error | None)``."""
+    """DataLoader dataset: item i -> ``(i, array (3, h, w) | None, (H, W) | None, error | None)``."""
 
     def __init__(self, items: Sequence[Item], transform: Callable[[Any], Tensor]) -> None:
         self.items, self.transform = list(items), transform
@@ -66,7 +66,9 @@ class Decode:
         path = self.items[i].path
         try:
             rgb = load_image(path)  # decodes fully: a truncated file fails here
-            return i, self.transform(rgb), (rgb.height, rgb.width), None
+            # as an array, pickled through the pipe: a tensor would travel as a shared file descriptor,
+            # whose sharer thread prints a traceback when Ctrl-C stops the workers
+            return i, self.transform(rgb).numpy(), (rgb.height, rgb.width), None
         except Exception as e:  # any failure of this image is recorded, the run goes on
             msg = " ".join(str(e).split())
             return i, None, None, msg if isinstance(e, InputError) else f"{type(e).__name__}: {msg}"
@@ -86,6 +88,13 @@ def back_on_original(maps: Tensor, size: Size, transform: Callable) -> Tensor:
     if maps.shape[0] == 0:
         return torch.zeros(0, *size, dtype=torch.float16)
     return to_original(maps.float(), size, transform).clamp_(0.0, 1.0).half()
+
+
+def disk_error(e: OSError, out: Path) -> InputError:
+    """A write that failed (a full disk, a quota, a file-size limit) as one line for the user."""
+    where = f" writing {e.filename}" if getattr(e, "filename", None) else f" writing in {out}"
+    return InputError(f"{(e.strerror or str(e)).lower()}{where}: the export stopped; what it wrote is kept, and the "
+                      "same command resumes it")
 
 
 class Writer:
@@ -121,9 +130,7 @@ class Writer:
         if e is None:
             return
         if isinstance(e, OSError):
-            where = f" writing {e.filename}" if getattr(e, "filename", None) else f" in {self.out}"
-            raise InputError(f"{(e.strerror or str(e)).lower()}{where}: the export stopped; what it wrote is kept, "
-                             "and the same command resumes it") from e
+            raise disk_error(e, self.out) from e
         raise RuntimeError("the export's writer thread failed") from e
 
     def _write(self, job: Job) -> Dict[str, Any]:
@@ -188,7 +195,7 @@ def compute(items: Sequence[Item], batches: Sequence[List[int]], pending: Set[in
                     if i in pending:
                         writer.put(Job(items[i], error=err))
                 else:
-                    groups.setdefault(tuple(x.shape), []).append((i, x, size))
+                    groups.setdefault(tuple(x.shape), []).append((i, torch.from_numpy(x), size))
             for group in groups.values():
                 jobs = explain_group([items[i] for i, _, _ in group], [x for _, x, _ in group],
                                      [s for _, _, s in group], explainer, device, dtype, topk)

@@ -22,7 +22,7 @@ from .distributed import Dist, rank_batches
 from .files import PathLike, atomic_write, is_complete, remove_stale_tmp
 from .lock import folder_lock
 from .manifest import PartLog, last_records, merge_manifest
-from .pipeline import Writer, compute
+from .pipeline import Writer, compute, disk_error
 from .worklist import Item, list_images, work_items
 
 DEFAULT_THRESHOLD = 0.15  # IRN's and ReCAM's cam_eval_thres default
@@ -198,6 +198,8 @@ def run(src: PathLike, out: PathLike, spec: Optional[ExplainSpec] = None, *, lab
                 return _execute(items, run_id, built, dist, run_device, out_p, settings, batch_size=batch_size,
                                 workers=workers, topk=topk, bg_threshold=bg_threshold, overwrite=overwrite,
                                 progress=progress)
+        except OSError as e:  # the output folder's disk, not camkit: a full disk, a quota, a size limit
+            raise disk_error(e, out_p) from e
         finally:
             dist.close()
 

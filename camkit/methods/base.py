@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..fusion import check_fusion, fuse_max, fuse_weighted
+from ..fusion import check_fusion, fuse_max, fuse_mean, fuse_weighted
 from ..hooks import ActivationRecorder, LayerSpec, eval_mode, resolve_layers
 from ..normalize import Normalizer, get_normalizer
 from ..targets import Target, TargetSpec, as_target, check_values
@@ -238,22 +238,36 @@ class _Method:
         valid: Optional[Tensor] = None,
     ) -> Tensor:
         """Normalize each layer's (B, K, h, w) maps, upsample them (one interpolate call per layer
-        for all K maps), fuse. Without a normalizer the raw maps are upsampled and fused as they
-        are: ``max`` takes the element-wise maximum, ``weighted`` the plain weighted sum (no tanh)."""
+        for all K maps), fuse (:mod:`camkit.fusion`). Without a normalizer the raw maps are upsampled
+        and fused as they are: ``max`` takes the element-wise maximum, ``weighted`` the plain weighted
+        sum (no tanh), ``mean`` the mean. ``tanh_max`` (torchcam's) fuses at the largest layer's size,
+        then upsamples the fused map."""
         first = next(iter(layer_maps.values()))
         with float32_math(first.device.type):
-            ups = [
-                F.interpolate(m if normalize is None else normalize(m), size=tuple(size), mode="bilinear",
-                              align_corners=False)
-                for m in layer_maps.values()
-            ]
-            if fusion == "weighted":
-                out = fuse_weighted(ups, weights, scale=None if normalize is None else 2.0)  # type: ignore[arg-type]
+            maps = [m if normalize is None else normalize(m) for m in layer_maps.values()]
+            if fusion == "tanh_max":  # torchcam's: tanh(2 M) per layer, the max at the largest layer's size
+                at = max((tuple(m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
+                out = _upsample(fuse_max([_upsample(torch.tanh(2.0 * m), at) for m in maps]), tuple(size))
             else:
-                out = ups[0] if len(ups) == 1 else fuse_max(ups)
+                ups = [_upsample(m, tuple(size)) for m in maps]
+                if len(ups) == 1 and fusion in ("max", "mean"):
+                    out = ups[0]
+                elif fusion == "weighted":
+                    out = fuse_weighted(ups, weights, scale=None if normalize is None else 2.0)  # type: ignore[arg-type]
+                elif fusion == "mean":
+                    out = fuse_mean(ups) if normalize is not None else torch.stack(ups).mean(0)
+                else:
+                    out = fuse_max(ups)
             if valid is not None:
                 out = out * valid[..., None, None]
         return out
+
+
+def _upsample(m: Tensor, size: Tuple[int, ...]) -> Tensor:
+    """``(B, K, h, w)`` -> ``(B, K, *size)``, bilinear (``align_corners=False``); as is at that size."""
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: bool = True) -> List[Optional[Tensor]]:

@@ -3,23 +3,28 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from ..errors import InputError
 
 
 class CAMResult:
-    """What every method returns.
+    """What every method returns. Per target, ``K`` columns (column k of image b is map
+    ``maps[b, k]``):
 
-    maps: (B, K, H, W) at the input's resolution (normalized, fused; in [0, 1]
-    for the built-in normalizers; raw with ``normalize=None``), float32
-    (float64 for a float64 model). targets: (B, K) long, the class of each
-    map (-1 where a target is not one class, e.g. a padded MultiLabel column
-    or a custom function). scores: (B, K) the target values the maps explain.
-    valid: (B, K) bool, False for padding (those maps are all zeros).
-    logits: what ``output=`` selected from the model's output, e.g. (B, C).
-    layer_maps: raw per-layer maps (B, K, h, w) after the method's own ReLU,
-    before normalization and upsampling.
+    - ``maps`` ``(B, K, H, W)`` at the input's resolution (normalized, fused; in [0, 1] for the
+      built-in normalizers; raw with ``normalize=None``), float32 (float64 for a float64 model);
+    - ``targets`` ``(B, K)`` long: the class of each map (-1 where a target is not one class,
+      e.g. a padded MultiLabel column or a custom function);
+    - ``scores`` ``(B, K)``: the target values the maps explain (e.g. the classes' logits);
+    - ``target_probs`` ``(B, K)``: each target class's softmax probability (NaN where not a class);
+    - ``valid`` ``(B, K)`` bool: False for padding (those maps are all zeros);
+    - ``layer_maps`` ``{layer: (B, K, h, w)}``: raw per-layer maps after the method's own ReLU,
+      before normalization and upsampling.
+
+    Per class, ``C`` columns (index them with ``targets``, not with k): ``logits``, what
+    ``output=`` selected from the model's output, e.g. ``(B, C)``, and ``probs`` ``(B, C)``.
 
     ``maps`` is computed from ``layer_maps`` on first access and kept: a call
     for many classes (``targets="all"``) costs no upsampling until the maps at
@@ -69,8 +74,16 @@ class CAMResult:
 
     @property
     def probs(self) -> Tensor:
-        """Softmax of (B, C) logits over the classes."""
+        """``(B, C)``: the softmax of the logits over the classes (per class, not per target)."""
         if self.logits is None or self.logits.dim() != 2:
             shape = None if self.logits is None else tuple(self.logits.shape)
             raise InputError(f"probs needs logits of shape (B, C), got {shape}")
         return self.logits.softmax(dim=-1)
+
+    @property
+    def target_probs(self) -> Tensor:
+        """``(B, K)``: the softmax probability of each map's class (NaN where a target is not one class)."""
+        probs = self.probs
+        t = self.targets
+        got = probs.gather(1, t.clamp(min=0).to(probs.device))
+        return torch.where(t.to(probs.device) >= 0, got, torch.full_like(got, float("nan")))
