@@ -87,8 +87,8 @@ def measure(n_flowers: int) -> Dict[str, Any]:
         mine = _minmax(res.layer_maps["bn2"][0, 0].double())
         theirs = pgc_at_layer(GradCAMPlusPlus, model, [mods["bn2"]], x, c, at_input=False).double()
         row["gradcampp_pgc"] = float((mine - _minmax(theirs)).abs().max())
-        acts = {}
-        h = mods["bn2"].register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+        acts: Dict[str, Tensor] = {}
+        h = mods["bn2"].register_forward_hook(lambda m, i, o, acts=acts: acts.setdefault("a", o))
         y = model(x)[0, c]
         h.remove()
         (g,) = torch.autograd.grad(y, acts["a"])
