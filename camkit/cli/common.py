@@ -15,6 +15,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``camkit: error: ...`` and exit status 2, like camkit's own."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``camkit: error: MESSAGE`` and exit with status 2."""
         self.exit(2, f"camkit: error: {message} (see {self.prog} --help)\n")
 
 

@@ -112,6 +112,7 @@ def _call(model_name: str, segmentation: bool, target_class: Optional[int], topk
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """Run ``camkit explain``; returns the exit status (1 when some images could not be read)."""
     # everything that can be checked without the model, first
     check_cmap(args.cmap)
     specs = method_specs(args.method, args)

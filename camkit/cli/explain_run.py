@@ -95,6 +95,7 @@ class ExplainRun:
         return items, photos
 
     def run(self) -> int:
+        """Explain every image, write the figures; returns the exit status."""
         job = self.job
         bar = tqdm.tqdm(total=len(job.items), desc="camkit", unit="image", disable=None, file=sys.stderr)
         bs = job.args.batch_size

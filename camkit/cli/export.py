@@ -14,6 +14,7 @@ from .common import int_at_least, method_args, method_specs, model_args, unit_fl
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """Run ``camkit export``; returns 1 when some images failed."""
     (method,) = method_specs([args.method], args)
     spec = ExplainSpec(ModelSpec(args.model, args.weights, args.head), method)
     summary = run(args.src, args.out, spec, labels=args.labels, classes=args.classes, topk=args.topk,
@@ -25,6 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run ``camkit evaluate-masks``."""
     if args.sweep and args.threshold is not None:
         raise InputError("give --sweep or --threshold, not both")
     ts = parse_sweep(args.sweep) if args.sweep else ([args.threshold] if args.threshold is not None else None)

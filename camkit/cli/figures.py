@@ -38,6 +38,7 @@ class Figures:
             d.update({m: [] for m in self.methods})
 
     def add_row(self, method: str, tiles: List[Any], titles: List[str], captions: List[str]) -> None:
+        """One image's K tiles of ``method``, their titles and strip captions."""
         self.tiles[method].append(tiles)
         self.titles[method].append(titles)
         self.captions[method].append(captions)

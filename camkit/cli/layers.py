@@ -67,6 +67,7 @@ def _model(args: argparse.Namespace) -> Tuple[nn.Module, Optional[Preset]]:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    """Run ``camkit layers``."""
     model, preset = _model(args)
     default = tuple(preset.input_size) if preset is not None else (_fixed_input_size(model) or (224, 224))
     size = tuple(args.input_size) if args.input_size else default

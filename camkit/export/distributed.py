@@ -104,9 +104,11 @@ class Dist:
         return t.tolist()
 
     def barrier(self) -> None:
+        """Wait for every rank."""
         if self.on:
             tdist.barrier()
 
     def close(self) -> None:
+        """End the process group this process started."""
         if self.own:
             tdist.destroy_process_group()

@@ -83,11 +83,13 @@ class PartLog:
         self._f = open(path, "a")
 
     def append(self, rec: Dict[str, Any]) -> None:
+        """Append one image's record (with this rank and run), flushed."""
         rec.update(rank=self.rank, run=self.run_id)
         self._f.write(json.dumps(rec) + "\n")
         self._f.flush()
 
     def close(self) -> None:
+        """Flush to disk and close."""
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()

@@ -45,6 +45,7 @@ class Summary:
 
     @property
     def images_per_s(self) -> float:
+        """Images computed per second of the run (all ranks)."""
         return self.computed / self.seconds if self.seconds > 0 else float("nan")
 
     def line(self) -> str:
