@@ -197,7 +197,8 @@ class _Method:
         with torch.enable_grad() if self.grad_from_input else nullcontext():
             raw = self._run_model(xin)
         torch.set_grad_enabled(False)
-        scores = select_output(raw, self.options.output)
+        with torch.enable_grad() if self.needs_grad else nullcontext():  # an output= function may compute
+            scores = select_output(raw, self.options.output)
         if scores.dim() == 0 or scores.shape[0] != b:
             raise InputError(f"the model's output has shape {tuple(scores.shape)} for {b} input images: "
                              "its first dimension must be the batch (does the model reduce over the batch?)")
