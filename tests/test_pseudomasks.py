@@ -36,15 +36,16 @@ def _maps(seed, K, H, W, levels=None):
        t=st.sampled_from([0.0, 0.15, 0.25, 0.5, 1.0]), levels=st.sampled_from([None, 4]))
 def test_mask_rule_per_pixel(seed, K, H, W, t, levels):
     maps = _maps(seed, K, H, W, levels)
-    got = masks_from_maps(maps, t)
-    assert got.dtype == np.uint8 and got.shape == (H, W)
+    keys = np.random.default_rng(seed).choice(300, size=K, replace=False)
+    got = masks_from_maps(maps, t, keys)
+    assert got.dtype == np.int64 and got.shape == (H, W)
     for i in range(H):
         for j in range(W):
             vals = [float(maps[k, i, j]) for k in range(K)]
             if not vals or all(v < t for v in vals):
                 want = 0
             else:
-                want = 1 + vals.index(max(vals))  # the first class on ties
+                want = 1 + keys[vals.index(max(vals))]  # 1 + the class id; the first class on ties
             assert got[i, j] == want
 
 
@@ -58,7 +59,9 @@ def test_class_labels_match_recam_eval_cam(seed, K, t):
     keys = rng.choice(20, size=K, replace=False)
     padded = np.pad(maps, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=t)
     recam = np.pad(keys + 1, (1, 0), mode="constant")[np.argmax(padded, axis=0)]
-    np.testing.assert_array_equal(class_labels(masks_from_maps(maps, t), keys), recam)
+    np.testing.assert_array_equal(masks_from_maps(maps, t, keys), recam)
+    positions = np.pad(np.arange(1, K + 1), (1, 0))[np.argmax(padded, axis=0)]  # 0 / 1 + position in keys
+    np.testing.assert_array_equal(class_labels(positions, keys), recam)
 
 
 def test_confusion_and_scores_hand_counted():
@@ -98,7 +101,7 @@ def test_sweep_equals_direct_per_threshold(seed, K, levels):
     ts = parse_sweep("0:1:0.2")
     got = sweep_confusion(maps, keys, gt, ts, num_classes=5)
     for i, t in enumerate(ts):
-        direct = confusion(class_labels(masks_from_maps(maps, t), keys), gt, 5)
+        direct = confusion(masks_from_maps(maps, t, keys), gt, 5)
         np.testing.assert_array_equal(got[i], direct, err_msg=f"threshold {t}")
 
 
@@ -110,11 +113,17 @@ def test_best_threshold_and_sweep_parsing():
         parse_sweep("0.1-0.9")
     with pytest.raises(InputError, match="STEP > 0"):
         parse_sweep("0.5:0.1:0.1")
+    for bad, msg in (("nan:1:0.1", "finite"), ("0:inf:0.1", "finite"), ("0:1:nan", "finite"),
+                     ("-1:0.5:0.1", r"\[0, 1\]"), ("0.1:0.2:1e-7", "at most 1000")):
+        with pytest.raises(InputError, match=msg):
+            parse_sweep(bad)
 
 
 def test_shape_errors_name_the_problem():
     with pytest.raises(InputError, match=r"\(K, H, W\)"):
-        masks_from_maps(np.zeros((4, 4)), 0.5)
+        masks_from_maps(np.zeros((4, 4)), 0.5, [])
+    with pytest.raises(InputError, match="one class >= 0 per map"):
+        masks_from_maps(np.zeros((2, 4, 4)), 0.5, [1])
     with pytest.raises(InputError, match="ground truth of shape"):
         confusion(np.zeros((3, 3)), np.zeros((3, 4)), 2)
     with pytest.raises(InputError, match="outside 0..1"):
