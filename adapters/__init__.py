@@ -6,11 +6,11 @@ layer and linear head, token reshape for vision transformers, preprocessing);
 ``efficientnet_lite0`` with its preset; ``list_layers`` shows hookable layers.
 """
 from .build import OFFLINE_MODEL, LayerInfo, ModelError, build, create, default_marks, known_models, list_layers
-from .presets import Preset, TokenReshape, imagenet_categories, num_classes, resolve
+from .presets import NoPresetError, Preset, TokenReshape, imagenet_categories, imagenet_transform, num_classes, resolve
 from .pretrained import efficientnet_lite0, lite0_weights_path
 
 __all__ = [
-    "Preset", "TokenReshape", "resolve", "imagenet_categories", "num_classes",
+    "Preset", "TokenReshape", "resolve", "imagenet_categories", "imagenet_transform", "num_classes", "NoPresetError",
     "build", "create", "ModelError", "OFFLINE_MODEL", "known_models", "list_layers", "LayerInfo", "default_marks",
     "efficientnet_lite0", "lite0_weights_path",
 ]

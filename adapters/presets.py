@@ -69,6 +69,10 @@ Reshape = Callable[[Tensor], Tensor]
 Output = Union[str, int, Callable[[Any], Tensor]]
 
 
+class NoPresetError(InputError):
+    """camkit has no preset for this kind of model (its layers must be named by hand)."""
+
+
 class TokenReshape:
     """Turn transformer tokens ``(B, N, C)`` into maps ``(B, C, h, w)``.
 
@@ -302,7 +306,8 @@ def _gap_linear(features: Tensor, logits: Any, fc: nn.Module, reshape: Optional[
 
 # --------------------------------------------------------------------------- preprocessing
 
-def _imagenet_transform(size: int = 224, resize: int = 256) -> Callable[[Any], Tensor]:
+def imagenet_transform(size: int = 224, resize: int = 256) -> Callable[[Any], Tensor]:
+    """ImageNet preprocessing: resize the short side to ``resize``, center-crop ``size``, normalize."""
     from torchvision import transforms as T
 
     return T.Compose([
@@ -445,7 +450,7 @@ def _tv_vit(model: nn.Module) -> Preset:
         layers=names,
         gradcam_layer=names[-1],
         reshape=TokenReshape(1, (side, side)),
-        transform=_imagenet_transform(model.image_size, int(model.image_size * 256 / 224)),
+        transform=imagenet_transform(model.image_size, int(model.image_size * 256 / 224)),
         input_size=(model.image_size, model.image_size),
     )
 
@@ -479,7 +484,7 @@ def _tv_features_family(model: nn.Module, family: str) -> Preset:
         else:
             fc = cam_reshape = None
     return Preset(family=family, layers=layers, gradcam_layer=gradcam, cam_layer=cam_layer, fc=fc,
-                  cam_reshape=cam_reshape, layer_sets=layer_sets, transform=_imagenet_transform())
+                  cam_reshape=cam_reshape, layer_sets=layer_sets, transform=imagenet_transform())
 
 
 def _vgg_sets(feats: nn.Sequential, prefix: str) -> Dict[str, Tuple[str, ...]]:
@@ -500,7 +505,7 @@ def _tv_swin(model: nn.Module) -> Preset:
     ok = _gap_linear(kept["norm"], logits, model.head, nhwc_to_nchw)
     return Preset(family="torchvision-swin", layers=layers, gradcam_layer="norm", cam_layer="norm" if ok else None,
                   fc="head" if ok else None, cam_reshape=nhwc_to_nchw if ok else None, reshape=nhwc_to_nchw,
-                  layer_sets={"default": layers}, transform=_imagenet_transform())
+                  layer_sets={"default": layers}, transform=imagenet_transform())
 
 
 def _tv_resnet(model: nn.Module) -> Preset:
@@ -509,7 +514,7 @@ def _tv_resnet(model: nn.Module) -> Preset:
     ok = _gap_linear(kept["layer4"], logits, model.fc)
     return Preset(family="resnet", layers=layers, gradcam_layer="layer4",
                   cam_layer="layer4" if ok else None, fc="fc" if ok else None,
-                  layer_sets={"default": layers}, transform=_imagenet_transform())
+                  layer_sets={"default": layers}, transform=imagenet_transform())
 
 
 def _tv_segmentation(model: nn.Module) -> Preset:
@@ -555,7 +560,7 @@ def _cam_model(model: nn.Module) -> Preset:
     layers = back + ("head.relu",)
     return Preset(family="cammodel", layers=layers, gradcam_layer="head.relu", cam_layer="head.relu",
                   fc="head.fc", layer_sets={"default": layers, "head": ("head.relu",)},
-                  transform=_imagenet_transform(), head_type=type(model.head))
+                  transform=imagenet_transform(), head_type=type(model.head))
 
 
 def resolve(model: nn.Module, weights: Any = None) -> Preset:
@@ -607,7 +612,7 @@ def _family_preset(model: nn.Module) -> Preset:
         return _tv_swin(model)
     if isinstance(model, (tvs.FCN, tvs.DeepLabV3, tvs.LRASPP)):
         return _tv_segmentation(model)
-    raise InputError(
+    raise NoPresetError(
         f"camkit has no preset for {type(model).__module__}.{type(model).__name__}; "
         "pass layers=[...] yourself (see model.named_modules(), or `camkit layers` for a model built by name)"
     )

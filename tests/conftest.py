@@ -38,11 +38,29 @@ def threads():
 
 @pytest.fixture(scope="session")
 def vgg64():
-    """VGG16 with random weights in float64 (exact comparisons), eval mode."""
+    """torchvision's VGG16 with random weights in float64 (exact comparisons), eval mode, its classifier
+    narrowed: the same three Linear / ReLU / Dropout stages and 1000 classes, hidden width 256 instead
+    of 4096. The tests read VGG16's feature layers (``features.N``, the same weights as the full model's:
+    drawn first from the same seed); the full classifier's 25088 x 4096 float64 weight (0.8 GB) cost
+    more on every forward and backward than all the convolutions at 64 x 64. The hidden layers' weights
+    are drawn as VGG draws them (normal, bias 0) with the standard deviation scaled by sqrt(4096 / 256),
+    so that logits and gradients keep the full model's magnitudes."""
     import torchvision
+    from torch import nn
 
     torch.manual_seed(0)
-    return torchvision.models.vgg16().double().eval()
+    model = torchvision.models.vgg16()
+    hidden = 256
+    model.classifier = nn.Sequential(
+        nn.Linear(512 * 7 * 7, hidden), nn.ReLU(True), nn.Dropout(0.5),
+        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(0.5),
+        nn.Linear(hidden, 1000),
+    )
+    for m in model.classifier:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01 if m.in_features == 512 * 7 * 7 else 0.01 * (4096 / hidden) ** 0.5)
+            nn.init.constant_(m.bias, 0)
+    return model.double().eval()
 
 
 @pytest.fixture(scope="session")

@@ -305,8 +305,31 @@ def test_quality_verdict_is_computed_from_the_numbers():
 # ------------------------------------------------------------------ --quick end to end
 
 
+#: Image side of the --quick run below (the study's: data.IMAGE_SIZE, 256). At 128 the 204 images cost the
+#: backbone a quarter of the time; every check below reads the pipeline's own outputs against the same
+#: functions (data.load_image, build_backbone's preprocessing), the 7 x 7 feature grid stays (the backbone
+#: ends in AdaptiveAvgPool2d(7)), and the figures' tiles are resized to 128 pixels anyway.
+QUICK_SIZE = 128
+
+
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def quick_size():
+    """data.load_image and models.preprocess_transform default to QUICK_SIZE (their ``size=IMAGE_SIZE``
+    default) while this module's --quick tests run: the pipeline and the tests' own references alike."""
+    import inspect
+
+    from benchmarks.flower17 import models
+
+    with pytest.MonkeyPatch.context() as mp:
+        for fn in (data.load_image, models.preprocess_transform):
+            size = inspect.signature(fn).parameters["size"]
+            assert size.default == data.IMAGE_SIZE and fn.__defaults__[-1] == data.IMAGE_SIZE, fn  # the last one
+            mp.setattr(fn, "__defaults__", fn.__defaults__[:-1] + (QUICK_SIZE,))
+        yield QUICK_SIZE
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, quick_size):
     from benchmarks.flower17.__main__ import main
 
     run = tmp_path_factory.mktemp("run")
@@ -330,6 +353,7 @@ def test_quick_cache_equals_direct_backbone_forward(quick):
     copies = data.augmented_copies(data.load_image(p0), int(Path(p0).stem[-4:]), seed=0)
     pv, _ = data.subset(split["val"], 1)[5]
     x = torch.stack([pre(copies[0]), pre(copies[3]), pre(data.load_image(pv))])
+    assert x.shape[-2:] == (QUICK_SIZE, QUICK_SIZE) == copies[0].size
     with torch.no_grad():
         ref = net(x)
     got = torch.stack([blob["train"]["x"][0], blob["train"]["x"][3], blob["val"]["x"][5]]).float()

@@ -151,8 +151,9 @@ class Spy(nn.Module):
 
 def test_backward_stops_at_shallowest_hooked_layer():
     torch.manual_seed(0)
-    vgg = torchvision.models.vgg11(num_classes=4)
-    model = nn.Sequential(vgg.features[:3], Spy(), vgg.features[3:], nn.Flatten(), nn.LazyLinear(4)).eval()
+    # VGG11's feature layers as torchvision builds them (without its 25088 x 4096 classifier, unused here)
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["A"])
+    model = nn.Sequential(features[:3], Spy(), features[3:], nn.Flatten(), nn.LazyLinear(4)).eval()
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
     model(x)  # materialize the lazy layer
     CountBackward.calls = 0
@@ -183,7 +184,7 @@ def test_layer_errors(vgg64):
     with pytest.raises(ValueError, match="one weight per layer"):
         camkit.LayerCAM(vgg64, layers=["features.22", "features.29"], fusion="weighted", weights=[0.5])
     with pytest.raises(ValueError, match="unknown fusion"):
-        camkit.LayerCAM(vgg64, layers=["features.29"], fusion="mean")
+        camkit.LayerCAM(vgg64, layers=["features.29"], fusion="median")
     with pytest.raises(ValueError, match="unknown normalizer"):
         camkit.LayerCAM(vgg64, layers=["features.29"], normalize="softmax")
 

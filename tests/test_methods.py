@@ -14,8 +14,6 @@ from reference import reference_maps, timm_effnet_forward, vgg_forward
 from torch import nn
 
 import camkit
-from camkit.fusion import fuse_max, fuse_weighted
-from camkit.normalize import minmax
 
 GRAD_METHODS = {"gradcam": camkit.GradCAM, "gradcampp": camkit.GradCAMpp, "layercam": camkit.LayerCAM}
 VGG_LAYERS = [15, 28, 29]  # a ReLU output, a conv overwritten by an in-place ReLU, that ReLU
@@ -26,14 +24,32 @@ def assert_close(actual, expected, rtol=1e-5):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale.item())
 
 
+VGG_TARGETS = torch.tensor([[3, 7, 999], [0, 500, 3]])
+
+
+@pytest.fixture(scope="module")
+def vgg_reference(vgg64, img64):
+    """reference_maps(method) on vgg64, img64 and VGG_TARGETS, computed once per method for both
+    backward modes below (the same model, input and targets: the same reference)."""
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            forward = functools.partial(vgg_forward, vgg64, capture=VGG_LAYERS)
+            cache[method] = reference_maps(forward, img64, VGG_TARGETS, method)
+        return cache[method]
+
+    return get
+
+
 @pytest.mark.parametrize("batched", [True, False], ids=["batched_backward", "loop_backward"])
 @pytest.mark.parametrize("method", sorted(GRAD_METHODS))
-def test_vgg16_layer_maps_match_reference(method, batched, vgg64, img64):
-    targets = torch.tensor([[3, 7, 999], [0, 500, 3]])
+def test_vgg16_layer_maps_match_reference(method, batched, vgg64, img64, vgg_reference):
+    targets = VGG_TARGETS
     names = [f"features.{i}" for i in VGG_LAYERS]
     with GRAD_METHODS[method](vgg64, layers=names, batched_backward=batched) as cam:
         res = cam(img64, targets=targets)
-    ref = reference_maps(functools.partial(vgg_forward, vgg64, capture=VGG_LAYERS), img64, targets, method)
+    ref = vgg_reference(method)
     for i, name in zip(VGG_LAYERS, names):
         assert res.layer_maps[name].shape == ref[i].shape
         assert_close(res.layer_maps[name], ref[i])
@@ -150,11 +166,22 @@ def test_recam_matches_reference():
 
 
 def test_maps_are_normalized_upsampled_fused(vgg64, img64):
+    """res.maps from res.layer_maps, written out in plain torch (not camkit's normalize / fusion): each
+    layer's map min-max normalized on its own grid, upsampled bilinearly to the input, then the
+    element-wise max over the layers, or tanh(2 * sum_l w_l M_l) for the weighted fusion."""
     names = ["features.15", "features.22", "features.29"]
     for fusion, weights in (("max", None), ("weighted", [0.4, 0.4, 0.2])):
         res = camkit.LayerCAM(vgg64, layers=names, fusion=fusion, weights=weights)(img64, targets=[1, 2])
-        ups = [F.interpolate(minmax(res.layer_maps[n]), size=(64, 64), mode="bilinear", align_corners=False) for n in names]
-        expected = fuse_max(ups) if fusion == "max" else fuse_weighted(ups, weights)
+        ups = []
+        for n in names:
+            m = res.layer_maps[n]  # (B, K, h, w), before normalization
+            lo, hi = m.amin(dim=(2, 3), keepdim=True), m.amax(dim=(2, 3), keepdim=True)
+            assert (hi > lo).all(), n  # no constant map: (m - min) / (max - min) is defined everywhere
+            ups.append(F.interpolate((m - lo) / (hi - lo), size=(64, 64), mode="bilinear", align_corners=False))
+        if fusion == "max":
+            expected = torch.maximum(torch.maximum(ups[0], ups[1]), ups[2])
+        else:
+            expected = torch.tanh(2 * (weights[0] * ups[0] + weights[1] * ups[1] + weights[2] * ups[2]))
         assert_close(res.maps, expected)
         assert res.maps.shape == (2, 1, 64, 64)
         assert res.maps.min() >= 0 and res.maps.max() <= 1

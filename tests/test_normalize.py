@@ -93,8 +93,10 @@ def test_minmax_invariant_under_positive_affine(m, a, b):
     torch.testing.assert_close(minmax(a * m + b), minmax(m), atol=1e-6, rtol=1e-6)
 
 
-@given(m=arrays(np.float64, (2, 4, 4), elements=st.floats(-1e3, 1e3)).map(torch.from_numpy), a=st.floats(1e-3, 1e3))
+@given(m=arrays(np.float64, (2, 4, 4), elements=st.floats(-1e3, 1e3, allow_subnormal=False)).map(torch.from_numpy),
+       a=st.floats(1e-3, 1e3))
 def test_relu_and_tanh_invariant_under_positive_scaling(m, a):
+    """(Subnormal values are left out: a * m can underflow to 0 there, which no normalizer can undo.)"""
     torch.testing.assert_close(relu_max(a * m), relu_max(m), atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(tanh_max(a * m), tanh_max(m), atol=1e-9, rtol=1e-9)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from small_models import narrow_fcn_resnet50
 from torch import nn
 
 import camkit
@@ -188,9 +189,12 @@ def test_regression_output(net, x):
 
 @pytest.fixture(scope="module")
 def fcn():
+    """torchvision's FCN-ResNet50 (its FCN class, dilated ResNet50 backbone, FCNHead, upsampled
+    {"out": ...}) 8 times narrower: the region targets and hooks below do not depend on the width, and
+    the full model's float64 hand computations cost seconds per call (the full model's preset runs end
+    to end in test_adapters.py::test_segmentation_preset_end_to_end_against_autograd)."""
     torch.manual_seed(0)
-    return torchvision.models.segmentation.fcn_resnet50(
-        weights=None, weights_backbone=None, num_classes=5, aux_loss=False).double().eval()
+    return narrow_fcn_resnet50(num_classes=5).double().eval()
 
 
 @pytest.mark.parametrize("method, formula", [("gradcam", gradcam_hand), ("layercam", layercam_hand)])

@@ -94,9 +94,8 @@ class ModelSpec:
         if isinstance(self.name, nn.Module):
             model, preset = self.name, adapters.resolve(self.name)
         else:
-            model, preset = adapters.build(self.name, self.weights)
-            if self.head:
-                model, preset = _with_head(model, preset, self.head, self.name)
+            model, preset = _with_head(self.name, self.weights, self.head) if self.head else \
+                adapters.build(self.name, self.weights)
             if device is not None:
                 model = model.to(device)
         if self.transform is not None:
@@ -104,17 +103,21 @@ class ModelSpec:
         return model, preset
 
 
-def _with_head(model: nn.Module, preset: Preset, head_path: str, name: str) -> Tuple[nn.Module, Preset]:
-    """``CAMModel(Sequential(model.features, AdaptiveAvgPool2d(7)), head)`` with the
-    original preprocessing."""
+def _with_head(name: str, weights: str, head_path: str) -> Tuple[nn.Module, Preset]:
+    """``CAMModel(Sequential(model.features, AdaptiveAvgPool2d(7)), head)`` with the original model's
+    preprocessing (ImageNet's for a model camkit has no preset for)."""
+    try:
+        model, preset = adapters.build(name, weights)
+        prep = {"transform": preset.transform, "mean": preset.mean, "std": preset.std,
+                "input_size": preset.input_size}
+    except adapters.NoPresetError:
+        model, prep = adapters.create(name, weights), {"transform": adapters.imagenet_transform()}
     feats = getattr(model, "features", None)
     if not isinstance(feats, nn.Sequential):
         raise InputError(f"--head needs a model with a 'features' Sequential (e.g. vgg16); {name} has none")
     head = load_head(head_path)
     cam_model = CAMModel(nn.Sequential(feats, nn.AdaptiveAvgPool2d(7)), head).eval()
-    new = adapters.resolve(cam_model)
-    return cam_model, replace(new, transform=preset.transform, mean=preset.mean, std=preset.std,
-                              input_size=preset.input_size, categories=None)
+    return cam_model, replace(adapters.resolve(cam_model), categories=None, **prep)
 
 
 @dataclass(frozen=True)

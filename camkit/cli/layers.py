@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 from torch import nn
 
-from ..adapters import Preset, create, default_marks, list_layers, resolve
+from ..adapters import NoPresetError, Preset, create, default_marks, list_layers, resolve
 from ..app import ModelSpec
 from ..errors import InputError
 from .common import int_at_least, model_args
@@ -61,7 +61,7 @@ def _model(args: argparse.Namespace) -> Tuple[nn.Module, Optional[Preset]]:
     model = create(args.model, args.weights)
     try:
         return model, resolve(model)
-    except InputError as e:
+    except NoPresetError as e:
         print(f"camkit: note: no defaults to mark: {str(e).split(';')[0]}", file=sys.stderr)
         return model, None
 

@@ -7,10 +7,12 @@ original image, writes the files and appends the manifest records.
 """
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
@@ -78,9 +80,19 @@ def _as_list(batch):
     return batch
 
 
-def _quiet_worker(worker_id: int) -> None:
-    """A decoding worker leaves Ctrl-C to the main process (which stops the run and its workers)."""
+def _worker_init(worker_id: int) -> None:
+    """A decoding worker leaves Ctrl-C to the main process (which stops the run and its workers), and
+    exits as soon as that process is gone: its results travel through a pipe nobody reads any more,
+    which would keep it waiting forever after a killed rank."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="camkit-orphan-watch", daemon=True).start()
 
 
 def back_on_original(maps: Tensor, size: Size, transform: Callable) -> Tensor:
@@ -182,7 +194,7 @@ def compute(items: Sequence[Item], batches: Sequence[List[int]], pending: Set[in
     if not batches:
         return
     loader = DataLoader(Decode(items, transform), batch_sampler=batches, num_workers=workers,
-                        collate_fn=_as_list, pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
+                        collate_fn=_as_list, pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
                         prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0))
     bar = tqdm(total=len(pending), unit="img", desc=f"camkit export rank 0/{world}", disable=not progress or None,
                file=sys.stderr, smoothing=0.1)
