@@ -149,25 +149,6 @@ def test_outputs_shapes_geometry_and_mask_rule(reference, src):
         np.testing.assert_array_equal(np.asarray(mask), want)
 
 
-def test_torchrun_two_processes_match_one(reference, src, weights, tmp_path):
-    ref, _ = reference
-    out = tmp_path / "out"
-    p = _torchrun(src, "--out", out, "--weights", weights, *ARGS)
-    stdout, stderr = p.communicate(timeout=240)
-    assert p.returncode != 0, stderr  # the corrupt image
-    assert f"{N_OK + 1} images, {N_OK} ok ({N_OK} computed, 0 already done), 1 failed" in stdout
-    assert "on 2 processes" in stdout and stdout.count("camkit export:") == 1  # rank 0 prints
-    _assert_same_outputs(ref, out)
-    # each rank did its own contiguous run of whole batches: no image twice, none lost
-    parts = sorted((out / "parts").glob("*.jsonl"))
-    assert [q.name.split(".rank")[1] for q in parts] == ["0.jsonl", "1.jsonl"]
-    rels = [r["rel"] for r in _records(ref, drop=())]
-    for rank, part in enumerate(parts):
-        got = [json.loads(line)["rel"] for line in part.read_text().splitlines()]
-        assert sorted(got) == [rels[i] for b in rank_batches(len(rels), BATCH, rank, 2) for i in b]
-        assert len(got) == (10, 8)[rank]
-
-
 def _descendant_with_rank(root_pid: int, rank: int):
     """The shallowest process under root_pid whose environment says LOCAL_RANK=rank (not its loader workers)."""
     parents = {}
@@ -191,20 +172,25 @@ def _descendant_with_rank(root_pid: int, rank: int):
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir() or not hasattr(os, "mkfifo"), reason="needs /proc and FIFOs")
-def test_killed_rank_then_rerun_completes_identically(reference, src, weights, tmp_path):
-    """Rank 1 blocks on an image that is a FIFO (deterministically mid-run), is SIGKILLed; the rerun
-    writes only what is missing, leaves the finished files alone and gives the reference's files, byte
-    for byte (a batch with a missing output is recomputed whole)."""
+def _rank_rels(part: Path):
+    return [json.loads(line)["rel"] for line in part.read_text().splitlines()]
+
+
+def test_torchrun_killed_rank_then_two_processes_match_one(reference, src, weights, tmp_path):
+    """On two processes, rank 1 blocks on an image that is a FIFO (deterministically mid-run) and is
+    SIGKILLed: each rank had done its own contiguous run of whole batches, rank 0 never merged. The
+    rerun on two processes writes only what is missing, leaves the finished files alone, prints once
+    (rank 0), and gives the one-process reference's files byte for byte: no image twice, none lost."""
     ref, _ = reference
     src2 = tmp_path / "src"
     shutil.copytree(src, src2)
     rels = [r["rel"] for r in _records(ref, drop=())]
-    mine = [i for b in rank_batches(len(rels), BATCH, 1, 2) for i in b]
-    stuck = rels[mine[2 * BATCH]]  # rank 1 finishes 2 batches, then waits on this one
+    batches = [[rels[i] for b in rank_batches(len(rels), BATCH, rank, 2) for i in b] for rank in (0, 1)]
+    assert [len(b) for b in batches] == [10, 8]
+    stuck = batches[1][2 * BATCH]  # rank 1 finishes 2 batches, then waits on this one
     real = next(src2.glob(stuck + ".*"))
-    fifo = real.with_name(real.name)
     real.unlink()
-    os.mkfifo(fifo)
+    os.mkfifo(real)
     out = tmp_path / "out"
     p = _torchrun(src2, "--out", out, "--weights", weights, *ARGS)
     try:
@@ -220,22 +206,30 @@ def test_killed_rank_then_rerun_completes_identically(reference, src, weights, t
         os.kill(pid, signal.SIGKILL)
     finally:
         try:  # let the loader worker blocked on the FIFO see EOF
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            os.close(os.open(real, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
         p.communicate(timeout=120)
     assert p.returncode != 0
     assert not (out / "manifest.jsonl").exists()  # rank 0 never merged
+    parts = sorted((out / "parts").glob("*.jsonl"))
+    assert [q.name.split(".rank")[1] for q in parts] == ["0.jsonl", "1.jsonl"]
+    got0, got1 = (_rank_rels(q) for q in parts)
+    assert got1 == batches[1][:2 * BATCH] and got0 == batches[0][:len(got0)]  # each rank its own batches, in order
     done_before = {rel for rel in rels if output_paths(out, rel)[1].exists()}
-    assert stuck not in done_before and rels[mine[-2]] not in done_before
-    fifo.unlink()
+    assert stuck not in done_before and batches[1][-1] not in done_before
+    real.unlink()
     shutil.copy(next(src.glob(stuck + ".*")), real)
     mtimes = {rel: output_paths(out, rel)[0].stat().st_mtime_ns for rel in done_before}
-    assert _export(src2, out, weights) == 1
+    p = _torchrun(src2, "--out", out, "--weights", weights, *ARGS)
+    stdout, stderr = p.communicate(timeout=240)
+    assert p.returncode == 1, stderr  # the corrupt image
+    done = len(done_before)
+    assert f"{N_OK + 1} images, {N_OK} ok ({N_OK - done} computed, {done} already done), 1 failed" in stdout
+    assert "on 2 processes" in stdout and stdout.count("camkit export:") == 1  # rank 0 prints
     assert {rel: output_paths(out, rel)[0].stat().st_mtime_ns for rel in done_before} == mtimes
     _assert_same_outputs(ref, out)
     assert not list(out.rglob("*.camkit-tmp"))
-
 
 def test_resume_recomputes_only_missing_outputs(reference, src, weights, tmp_path, capsys):
     ref, _ = reference
