@@ -52,7 +52,8 @@ def provenance(argv: Optional[Sequence[str]] = None, module: Optional[str] = Non
     return {
         "command": command_line(argv, module),
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # the code's state: results written by earlier runs of the same commit do not count
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),
