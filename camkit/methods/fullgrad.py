@@ -36,6 +36,7 @@ from ..errors import InputError
 from ..hooks import LayerSpec
 from ..normalize import Normalizer, minmax
 from .base import CallContext, Layers, _GradientMethod, all_zero
+from .eigen import eigen_projection
 from .options import GradientOptions
 from .precision import float32_math, work_dtype
 from .registry import register_method
@@ -49,6 +50,25 @@ def fullgrad_term(G: Tensor, b: Tensor, per_channel: bool = False) -> Tensor:
     if per_channel:
         return minmax(m).sum(dim=2)
     return minmax(m.flatten(-3, -2)).unflatten(-2, m.shape[-3:-1]).sum(dim=2)
+
+
+def fullgrad_eigen(terms: Sequence[Tensor], size: Tuple[int, ...], renormalize: bool = False) -> Tensor:
+    """FullGrad's ``eigen_smooth``: the L terms ``(B, K, h_l, w_l)`` reduced by their first principal
+    component instead of their sum -> ``(B, K, *size)``.
+
+    As pytorch-grad-cam does, the terms are brought to the input's size, then to an eighth of it
+    (``max(1, H // 8)``; bilinear, ``align_corners=False`` both times), where each position's vector of
+    L terms is projected on their first principal direction (:func:`camkit.methods.eigen_projection`:
+    centered, camkit's sign rule); ReLU; the projection upsampled (bilinear) to ``size``.
+    ``renormalize`` (``per_channel=True``, pytorch-grad-cam's): each term min-max normalized at the
+    eighth size before the projection."""
+    small = (max(1, size[0] // 8), max(1, size[1] // 8))
+    E = torch.stack([F.interpolate(F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False),
+                                   size=small, mode="bilinear", align_corners=False) for m in terms], dim=2)
+    if renormalize:
+        E = minmax(E)
+    p = eigen_projection(E).clamp(min=0)
+    return F.interpolate(p, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def bias_of(layer: nn.Module) -> Tensor:
@@ -90,8 +110,8 @@ class FullGradOptions(GradientOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.aug_smooth or self.eigen_smooth:
-            raise InputError("FullGrad takes neither aug_smooth nor eigen_smooth")
+        if self.aug_smooth:
+            raise InputError("FullGrad takes no aug_smooth")
 
 
 @register_method("fullgrad", layers="biases")
@@ -128,14 +148,17 @@ class FullGrad(_GradientMethod):
                 out[name] = fullgrad_term(work_dtype(g), b, per_channel)
         return out
 
-    @staticmethod
-    def _combine(layer_maps: Dict[str, Tensor], size: Tuple[int, ...], normalize: Optional[Normalizer],
+    def _combine(self, layer_maps: Dict[str, Tensor], size: Tuple[int, ...], normalize: Optional[Normalizer],
                  fusion: str, weights: Optional[Sequence[float]], valid: Optional[Tensor] = None) -> Tensor:
-        """The terms upsampled (bilinear) to the input and summed, then normalized."""
+        """The terms upsampled (bilinear) to the input and summed (``eigen_smooth``: reduced by
+        :func:`fullgrad_eigen`), then normalized."""
         first = next(iter(layer_maps.values()))
         with float32_math(first.device.type):
-            total = sum(F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
-                        for m in layer_maps.values())
+            if self.options.eigen_smooth:
+                total = fullgrad_eigen(list(layer_maps.values()), tuple(size), self.options.per_channel)
+            else:
+                total = sum(F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+                            for m in layer_maps.values())
             out = total if normalize is None else normalize(total)  # type: ignore[arg-type]
             if valid is not None:
                 out = out * valid[..., None, None]
