@@ -217,6 +217,7 @@ def _explain_from_files(folder: Path, known_methods: Sequence[str]) -> Run:
     if not found:
         raise InputError(f"{folder} holds no camkit output: no manifest.jsonl (camkit export), explain.jsonl "
                          "or overlays named KEY_METHOD.png (camkit explain)")
+    methods.sort(key=list(known_methods).index)  # the registry's order, as explain runs them
     names: List[str] = []
     rows = []
     for key, per in found.items():
