@@ -20,11 +20,13 @@ import camkit
 from camkit.errors import InputError
 from camkit.evaluation import (
     RunningMetrics,
+    arcc,
     complexity,
     effective_complexity,
     faithfulness_correlation,
     hog_similarity,
     infidelity,
+    irof,
     local_lipschitz,
     model_randomization,
     monotonicity,
@@ -36,9 +38,11 @@ from camkit.evaluation import (
     road,
     sensitivity,
     shuffled_labels,
+    slic_segments,
     sparseness,
     spearman_similarity,
     ssim,
+    sufficiency,
 )
 from camkit.evaluation.sanity import method_explainer
 
@@ -348,3 +352,57 @@ def test_running_metrics():
     assert agg.summary() == {}
     with pytest.raises(InputError, match="infinite"):
         agg.update(x=torch.tensor([float("inf")]))
+
+
+def test_irof_equals_quantus(data, monkeypatch):
+    """Quantus 0.6's IROF calls np.trapz, which numpy 2.4 no longer has: np.trapezoid under its old name."""
+    monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+    model, x, t, a = data
+    segments = slic_segments(x)
+    ours = irof(model, x, a, t, segments, baseline="zeros")
+    metric = quantus.IROF(perturb_baseline=0.0, abs=False, normalise=False, return_aggregate=False,
+                          disable_warnings=True)
+    theirs = metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a[:, None].numpy(), device="cpu",
+                    softmax=True)
+    assert np.allclose(ours["aoc"].numpy(), theirs, atol=1e-5)
+    with pytest.raises(InputError, match="segments"):
+        irof(model, x, a, t, segments.float())
+
+
+def test_sufficiency_equals_quantus():
+    model = tiny()
+    g = torch.Generator().manual_seed(9)
+    x, maps = torch.randn(6, 1, 8, 8, generator=g), torch.rand(6, 8, 8, generator=g)
+    maps[3] = maps[0] + 0.01 * maps[5]  # a near pair
+    for threshold in (0.3, 0.9):
+        ours = sufficiency(model, x, maps, threshold=threshold)
+        metric = quantus.Sufficiency(threshold=threshold, abs=False, normalise=False, return_aggregate=False,
+                                     disable_warnings=True)
+        theirs = metric(model=model, x_batch=x.numpy(), y_batch=np.zeros(6, dtype=int),
+                        a_batch=maps[:, None].numpy(), device="cpu")
+        assert np.allclose(ours.numpy(), theirs, atol=1e-9), threshold
+
+
+def test_arcc_equals_pytorch_grad_cam(monkeypatch):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.metrics.arcc import ARCC
+
+    """pytorch-grad-cam's ROAD removes every pixel tied at its percentile: maps of distinct values (the Grad-CAM
+    maps plus a little noise), on 10 x 10 images where its percentiles 20..80 remove 80, 60, 40, 20 pixels."""
+    model = tiny(3, 10)
+    g = torch.Generator().manual_seed(10)
+    x, t = torch.randn(2, 3, 10, 10, generator=g), torch.tensor([1, 4])
+    cam = GradCAM(model, target_layers=[model[2]])
+    targets = [ClassifierOutputTarget(int(c)) for c in t]
+    cams = cam(input_tensor=x, targets=targets)
+    cams = np.clip(cams + 0.05 * torch.rand(2, 10, 10, generator=g).numpy(), 0, 1).astype(np.float32)
+
+    def explain(m, xx, tt):
+        return torch.from_numpy(cam(input_tensor=xx, targets=[ClassifierOutputTarget(int(c)) for c in tt]))
+
+    monkeypatch.setattr(gc_road.NoisyLinearImputer.__init__, "__defaults__", (0.0, gc_road.neighbors_weights))
+    theirs = ARCC(base_method=cam)(x, cams, targets, model)
+    ours = arcc(model, explain, x, torch.from_numpy(cams), t, noise=0.0)
+    assert np.allclose(ours["arcc"].numpy(), theirs, atol=1e-4)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        arcc(model, explain, x, torch.from_numpy(cams) * 2, t)

@@ -23,12 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import DependencyError, InputError
 from ..metrics import Baseline, Model, Targets, _check_images, make_baseline, pixel_ranks
-from ._common import check_inputs, check_percentiles, check_positive_int, check_score, generator, pearson, scores
+from ._common import (
+    check_inputs,
+    check_percentiles,
+    check_positive_int,
+    check_score,
+    generator,
+    pearson,
+    predictions,
+    scores,
+)
 
 __all__ = ["noisy_linear_imputation", "road", "faithfulness_correlation", "pixel_flipping", "region_perturbation",
-           "monotonicity", "infidelity"]
+           "monotonicity", "infidelity", "irof", "slic_segments", "sufficiency"]
 
 _NEIGHBOURS = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
 
@@ -358,3 +367,114 @@ def infidelity(model: Model, images: Tensor, maps: Tensor, targets: Targets, sam
         beta = (dot * diff).mean(1) / dot.square().mean(1).clamp(min=torch.finfo(torch.float64).tiny)
         dot = beta[:, None] * dot
     return (dot - diff).square().mean(1)
+
+
+def slic_segments(images: Tensor, n_segments: int = 100, **slic_options: object) -> Tensor:
+    """Superpixels of each image by scikit-image's SLIC (an optional dependency), labels from 0, as Quantus's
+    IROF segments images (``slic(image HWC float64, start_label=0)``); computed on the CPU.
+
+    Args:
+        images (Tensor): ``(B, C, H, W)``.
+        n_segments (int, optional): SLIC's target number of segments. Default: 100 (SLIC's).
+        **slic_options: More options of ``skimage.segmentation.slic``.
+
+    Returns:
+        *Tensor*: ``(B, H, W)`` long, on the images' device.
+
+    Raises:
+        DependencyError: scikit-image is not installed.
+    """
+    images = _check_images(images)
+    try:
+        from skimage.segmentation import slic
+    except ImportError as e:  # pragma: no cover - scikit-image is in the test environment
+        raise DependencyError("slic_segments needs scikit-image: pip install scikit-image") from e
+    out = [torch.from_numpy(slic(im.permute(1, 2, 0).double().numpy(), n_segments=n_segments, start_label=0,
+                                 **slic_options).astype("int64")) for im in images.detach().cpu()]
+    return torch.stack(out).to(images.device)
+
+
+def _segment_ranks(maps: Tensor, segments: Tensor) -> tuple:
+    """Per pixel, the rank of its segment by decreasing mean map value (ties by label), and the segment counts.
+    maps (B, H, W), segments (B, H, W) long labels (relabelled 0 .. S_b - 1 per image)."""
+    B = maps.shape[0]
+    flat = segments.flatten(1)
+    labels = torch.stack([torch.unique(f, return_inverse=True)[1] for f in flat])  # 0 .. S_b - 1
+    S = int(labels.max()) + 1
+    n_seg = labels.amax(1) + 1
+    sums = torch.zeros(B, S, dtype=torch.float64, device=maps.device).scatter_add_(1, labels, maps.flatten(1).double())
+    cnt = torch.zeros(B, S, dtype=torch.float64, device=maps.device).scatter_add_(1, labels, torch.ones_like(sums[:, :1])
+                                                                                  .expand_as(labels).contiguous())
+    mean = torch.where(cnt > 0, sums / cnt.clamp(min=1), torch.full_like(sums, -float("inf")))
+    order = torch.sort(mean, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(S, device=maps.device).expand(B, S).contiguous())
+    return rank.gather(1, labels).view_as(segments), n_seg
+
+
+def irof(model: Model, images: Tensor, maps: Tensor, targets: Targets, segments: Tensor,
+         baseline: Baseline = "mean", score: str = "softmax", batch_size: int = 64) -> Dict[str, Tensor]:
+    """IROF, Iterative Removal Of Features (Rieger and Hansen, 2020; Quantus's ``IROF``): the segments are
+    ordered by their mean map value and removed one after the other (replaced by the baseline); the curve is
+    the target's score relative to the image's, and IROF the area over it.
+
+    Args:
+        model, images, maps, targets, score, batch_size: As in :func:`pixel_flipping` (default score softmax,
+            Quantus's).
+        segments (Tensor): ``(B, H, W)`` integer labels, e.g. :func:`slic_segments`.
+        baseline (str, Tensor or callable, optional): Default: ``"mean"``, each image's per-channel mean.
+
+    Returns:
+        *dict*: ``{"aoc": (B,), "curve": (B, S) (0 past an image's last segment), "segments": (B,) long}``, with
+        ``aoc = S_b - trapz(curve_b)`` (unit steps; Quantus's score; divide by ``segments`` for [0, 1]).
+
+    Raises:
+        InputError: Segments of another shape or not integers, or what :func:`pixel_flipping` refuses.
+    """
+    images, maps, t = check_inputs(images, maps, targets)
+    check_score(score)
+    check_positive_int(batch_size, "batch_size")
+    if not isinstance(segments, Tensor) or segments.shape != maps.shape or segments.is_floating_point():
+        raise InputError(f"segments must be an integer tensor of shape {tuple(maps.shape)}")
+    ranks, n_seg = _segment_ranks(maps, segments.to(images.device).long())
+    counts = torch.arange(1, int(n_seg.max()) + 1, device=images.device)
+    base = make_baseline(images, baseline)
+    y = scores(model, images, t, score, batch_size).double()
+    curve = _unit_curve(model, images, base, ranks, counts, t, score, batch_size, False) / y[:, None]
+    curve = torch.where(counts[None] <= n_seg[:, None], curve, torch.zeros_like(curve))
+    return {"aoc": n_seg.double() - torch.trapezoid(curve, dim=1), "curve": curve, "segments": n_seg}
+
+
+def sufficiency(model: Model, images: Tensor, maps: Tensor, threshold: float = 0.6, batch_size: int = 64,
+                relative: bool = True) -> Tensor:
+    """Sufficiency (Dasgupta et al., ICML 2022; Quantus's ``Sufficiency``): for each image, the fraction of the
+    *other* images of the batch whose map lies within ``threshold`` of its map (standardized Euclidean
+    distance, variances as scipy's ``cdist(A, A, "seuclidean")`` takes them; with ``relative``, divided by the
+    batch's largest distance, as Quantus does) that the model puts in the same class (top-1); 0 for an image
+    without such neighbours. A batch-level metric: it depends on the batch.
+
+    Args:
+        model (callable): Images ``(N, C, H, W)`` -> logits ``(N, num_classes)``.
+        images (Tensor): ``(B, C, H, W)``.
+        maps (Tensor): ``(B, H, W)``.
+        threshold (float, optional): Default: 0.6.
+        batch_size (int, optional): Images per model call. Default: 64.
+        relative (bool, optional): Distances relative to the batch's largest. Default: True.
+
+    Returns:
+        *Tensor*: ``(B,)`` float64 in [0, 1].
+
+    Raises:
+        InputError: Bad inputs.
+    """
+    images, maps, _ = check_inputs(images, maps, 0)
+    a = maps.flatten(1).double()
+    both = torch.cat([a, a])
+    var = both.var(0, unbiased=True)
+    d = ((a[:, None] - a[None]).square() / var).sum(2).sqrt()
+    if relative and bool(d.max() > 0):
+        d = d / d.max()
+    near = (d <= threshold) & ~torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
+    pred = predictions(model, images, check_positive_int(batch_size, "batch_size")).argmax(1)
+    same = pred[:, None] == pred[None]
+    n = near.sum(1)
+    return torch.where(n > 0, (near & same).sum(1).double() / n.clamp(min=1), torch.zeros_like(n, dtype=torch.float64))
