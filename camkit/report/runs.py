@@ -17,12 +17,12 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import InputError
 from ..export import read_manifest
-from ..export.files import output_paths
 
 #: Manifest fields that are not per-image metrics.
 KNOWN = {"path", "rel", "status", "keys", "scores", "size", "error", "rank", "run", "stat", "probs"}
@@ -60,7 +60,7 @@ class Row:
     mask: Optional[str] = None         # the pseudo-mask PNG
     links: List[List[str]] = field(default_factory=list)        # per method: original overlay files
 
-    @property
+    @cached_property
     def key(self) -> str:
         """A stable id for the row's thumbnails: 16 hex digits of the name's SHA-1."""
         return hashlib.sha1(self.name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -114,10 +114,9 @@ def _export_row(folder: Path, rec: Dict[str, Any], names: List[str], labelled: b
     probs = rec.get("probs") or rec.get("scores") or []
     row.conf = _number(probs[0]) if probs else None
     row.metrics = {k: float(v) for k, v in rec.items() if k not in KNOWN and _number(v) is not None}
-    if row.status == "ok":
-        npz, png = output_paths(folder, rel)
-        row.views = [View("npz", [str(npz)], keys)]
-        row.mask = str(png)
+    if row.status == "ok":  # the paths of camkit.export.files.output_paths, as strings (fast at 50,000)
+        row.views = [View("npz", [f"{folder}/cams/{rel}.npz"], keys)]
+        row.mask = f"{folder}/masks/{rel}.png"
     else:
         row.views = [None]
         row.error = row.error or "no outputs"
@@ -141,7 +140,7 @@ def read_export(folder: Path, compare: Sequence[Path] = ()) -> Run:
                 row.views.append(None)
                 continue
             keys = [int(k) for k in rec.get("keys") or [] if isinstance(k, int) and k >= 0]
-            row.views.append(View("npz", [str(output_paths(other, row.name)[0])], keys))
+            row.views.append(View("npz", [f"{other}/cams/{row.name}.npz"], keys))
     methods = [m if methods.count(m) == 1 else f"{m} ({i + 1})" for i, m in enumerate(methods)]
     conf = "probability" if any("probs" in r for r in recs[:1]) else "score (logit)"
     return Run(folder, "export", methods, names, rows, settings, confidence=conf)

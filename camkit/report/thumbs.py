@@ -112,8 +112,9 @@ def _npz_view(root: Path, row: Row, i: int, v: View, look: Look, photo: Optional
     if photo is None:
         photo = _photo(row, notes, high.shape[1:])
     big = _scaled(photo, look.large)
-    for k in range(high.shape[0]):
-        img = ov.overlay(big, high[k], alpha=look.alpha, cmap=look.cmap)
+    for k in range(high.shape[0]):  # each map brought to the view's size first: the overlay works at 448 px
+        small = Image.fromarray(high[k], mode="F").resize(big.size, Image.BILINEAR)
+        img = ov.overlay(big, np.array(small), alpha=look.alpha, cmap=look.cmap)
         _save(img, view_path(root, row.key, f"m{i}k{k}"))
         if k == 0:
             _save(_scaled(img, look.thumb), view_path(root, row.key, f"m{i}"))
@@ -134,15 +135,18 @@ def _png_view(root: Path, row: Row, i: int, v: View, look: Look) -> Tuple[int, O
 
 
 def _mask_views(root: Path, row: Row, look: Look, photo: Image.Image) -> float:
+    """The mask's colours over the photo (background dimmed), at the view's size; returns the
+    foreground share of the mask itself (its pixels > 0)."""
+    big = _scaled(photo, look.large)
     with Image.open(row.mask) as im:  # type: ignore[arg-type]
         labels = np.asarray(im)
-        colours = np.asarray(im.convert("RGB"), dtype=np.float32)
-    big = _scaled(photo, look.large)
+        shown = im.resize(big.size, Image.NEAREST)
+        small_fg = np.asarray(shown) > 0
+        colours = np.asarray(shown.convert("RGB"), dtype=np.float32)
     fg = labels > 0
-    base = np.asarray(photo.resize((labels.shape[1], labels.shape[0]), Image.BILINEAR), dtype=np.float32)
-    a = np.where(fg, np.float32(0.6), np.float32(0.0))[..., None]
-    blend = Image.fromarray(((1 - a) * base * np.where(fg, 1.0, 0.45)[..., None] + a * colours).astype(np.uint8))
-    blend = blend.resize(big.size, Image.NEAREST)
+    base = np.asarray(big, dtype=np.float32)
+    a = np.where(small_fg, np.float32(0.6), np.float32(0.0))[..., None]
+    blend = Image.fromarray(((1 - a) * base * np.where(small_fg, 1.0, 0.45)[..., None] + a * colours).astype(np.uint8))
     _save(blend, view_path(root, row.key, "maskL"))
     _save(_scaled(blend, look.thumb), view_path(root, row.key, "mask"))
     return float(fg.mean()) if fg.size else 0.0
