@@ -86,11 +86,25 @@ def _tv_names() -> Tuple[List[str], List[str]]:
     return tvm.list_models(module=tvm), tvm.list_models(module=tvm.segmentation)
 
 
+def _tv_detection_names() -> List[str]:
+    """torchvision's detection model names (Faster / Mask / Keypoint R-CNN, RetinaNet, FCOS, SSD, SSDlite)."""
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm.detection)
+
+
+def _random_detector_kw(name: str) -> Dict[str, Any]:
+    """A random detector's scores are near 1 / num_classes, under torchvision's 0.05 threshold:
+    ``--weights none`` builds it with threshold 0, so that it detects (random) boxes."""
+    return {"box_score_thresh": 0.0} if "rcnn" in name else {"score_thresh": 0.0}
+
+
 def _torchvision(name: str, weights: str) -> Tuple[nn.Module, Any]:
     import torchvision.models as tvm
 
-    # random segmentation models must not fetch an ImageNet backbone
-    no_backbone = {"weights_backbone": None} if name in _tv_names()[1] else {}
+    # random segmentation and detection models must not fetch an ImageNet backbone
+    detector = name in _tv_detection_names()
+    no_backbone = {"weights_backbone": None} if name in _tv_names()[1] or detector else {}
     enum_member = None
     if weights == "imagenet":
         try:
@@ -105,6 +119,8 @@ def _torchvision(name: str, weights: str) -> Tuple[nn.Module, Any]:
                 f"{str(e).splitlines()[0] if str(e) else ''}); offline? {_offline_hint()}"
             ) from None
     else:
+        if detector and weights in ("none", ""):
+            no_backbone.update(_random_detector_kw(name))
         model = tvm.get_model(name, weights=None, **no_backbone)
         if weights not in ("none", ""):
             _load_state_dict(model, weights)
@@ -135,7 +151,7 @@ def known_models() -> Dict[str, List[str]]:
 
     classification, segmentation = _tv_names()
     return {"offline": [OFFLINE_MODEL], "torchvision": classification, "torchvision-segmentation": segmentation,
-            "timm": timm.list_models()}
+            "torchvision-detection": _tv_detection_names(), "timm": timm.list_models()}
 
 
 #: The seed of a built model's random initialization (``weights="none"``): every build of a
@@ -197,7 +213,7 @@ def _create_seeded(name: str, weights: str) -> Tuple[nn.Module, Any]:
             if weights not in ("none", ""):
                 _load_state_dict(model, weights)
         return model.eval(), None
-    tv_names = sum(_tv_names(), [])
+    tv_names = sum(_tv_names(), []) + _tv_detection_names()
     if source in (None, "tv") and name in tv_names:
         return _torchvision(name, weights)
     if source in (None, "timm") and timm.is_model(name):
@@ -208,7 +224,7 @@ def _create_seeded(name: str, weights: str) -> Tuple[nn.Module, Any]:
         (timm.list_models() if source != "tv" else [])
     close = difflib.get_close_matches(name, pool, n=4, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ModelError(f"unknown model {name!r}{hint} (torchvision classification and segmentation, and timm model names work)")
+    raise ModelError(f"unknown model {name!r}{hint} (torchvision classification, segmentation and detection, and timm model names work)")
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,14 @@ class FitTransform:
         return TF.to_tensor(image)
 
 
+def _coco(n: int) -> Optional[Tuple[str, ...]]:
+    """torchvision's COCO class names (91, with ``__background__`` and ``N/A``) for a 91-class detector."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    cats = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    return tuple(cats) if len(cats) == n else None
+
+
 def detection_fields(model: nn.Module, categories: Optional[Tuple[str, ...]] = None) -> Dict[str, Any]:
     """The :class:`camkit.adapters.Preset` fields of a torchvision detector (``task="detection"``)."""
     stages, last = _layers(model)
@@ -114,6 +122,6 @@ def detection_fields(model: nn.Module, categories: Optional[Tuple[str, ...]] = N
         "family": "tv-detection", "layers": stages, "gradcam_layer": last, "layer_sets": {"default": stages},
         "task": "detection", "output": DetectorOutput(n), "transform": transform,
         "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "input_size": (int(size[0]), int(size[1])),
-        "categories": categories or tuple(f"class {k}" for k in range(n)),
+        "categories": categories or _coco(n) or tuple(f"class {k}" for k in range(n)),
     }
 

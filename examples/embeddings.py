@@ -32,9 +32,11 @@ def explain(model: nn.Module, x: torch.Tensor, references: torch.Tensor, method:
 
 
 def main(model: Optional[nn.Module] = None) -> dict:
-    import timm
+    """Run on ``model`` (default: timm's tiny ``test_efficientnet`` with ``num_classes=0``, random weights)."""
+    if model is None:
+        import timm
 
-    model = model or timm.create_model("test_efficientnet", num_classes=0).eval()
+        model = timm.create_model("test_efficientnet", num_classes=0).eval()
     g = torch.Generator().manual_seed(0)
     x, refs = torch.rand(2, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
     got = explain(model, x, refs)

@@ -322,15 +322,28 @@ def test_detection_bad_input(frcnn, x64):
 
 @pytest.fixture(scope="module")
 def embedder():
+    """An embedding model: a narrow torchvision ResNet18 whose classifier is removed (D = 64)."""
+    from small_models import narrow_resnet18
+
+    m = narrow_resnet18(num_classes=5)
+    m.fc = nn.Identity()
+    return _reinit(m, 10)
+
+
+def _timm_embedder():
     timm = pytest.importorskip("timm")
     return timm.create_model("test_efficientnet", num_classes=0).eval()
 
 
-def test_similarity_equals_hand_autograd(embedder):
+@pytest.mark.parametrize("which", ["resnet", pytest.param("timm", marks=pytest.mark.slow(
+    reason="importing timm takes ~2 s on the shared machine; the resnet case runs by default"))])
+def test_similarity_equals_hand_autograd(embedder, which):
+    embedder, layer = (embedder, "layer4") if which == "resnet" else (_timm_embedder(), "bn2")
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    concept = torch.randn(2, embedder.num_features, generator=torch.Generator().manual_seed(4))
+    dim = embedder(x[:1]).shape[1]
+    concept = torch.randn(2, dim, generator=torch.Generator().manual_seed(4))
     kept = {}
-    h = embedder.bn2.register_forward_hook(lambda m, i, o: kept.update(A=o))
+    h = _layer(embedder, layer).register_forward_hook(lambda m, i, o: kept.update(A=o))
     try:
         emb = embedder(x)
     finally:
@@ -341,13 +354,14 @@ def test_similarity_equals_hand_autograd(embedder):
         cos = (emb * concept[k]).sum(1) / (emb.norm(dim=1) * concept[k].norm())  # (B,)
         (g,) = torch.autograd.grad(cos.sum(), A, retain_graph=True)
         hand.append(torch.relu((g.mean(dim=(-2, -1), keepdim=True) * A).sum(1)).detach())
-    res = camkit.GradCAM(embedder, layers=["bn2"], normalize=None)(x, targets=Similarity(concept))
-    torch.testing.assert_close(res.layer_maps["bn2"], torch.stack(hand, 1), atol=1e-5, rtol=1e-4)
+    res = camkit.GradCAM(embedder, layers=[layer], normalize=None)(x, targets=Similarity(concept))
+    torch.testing.assert_close(res.layer_maps[layer], torch.stack(hand, 1), atol=1e-5, rtol=1e-4)
+    assert float(torch.stack(hand).sum()) > 0
     one = Similarity(concept[0])(emb.detach())
     assert one.shape == (2, 1)
     torch.testing.assert_close(one[:, 0], torch.nn.functional.cosine_similarity(emb.detach(), concept[:1]))
     with pytest.raises(InputError, match=f"the concept has 7 features, the model's embeddings have {emb.shape[1]}"):
-        camkit.GradCAM(embedder, layers=["bn2"])(x, targets=Similarity(torch.randn(7)))
+        camkit.GradCAM(embedder, layers=[layer])(x, targets=Similarity(torch.randn(7)))
     with pytest.raises(InputError, match=r"embedding \(D,\) or \(K, D\)"):
         Similarity(torch.randn(1, 2, 3))
 
@@ -449,3 +463,26 @@ def test_other_detector_families(name):
         if method == "gradcam":
             assert float(res.maps.amax()) > 0
     assert_as_found(model, before)
+
+
+def test_cli_explain_draws_the_boxes_and_one_map_per_box(frcnn, tmp_path, monkeypatch, capsys):
+    """``camkit explain --model tv:... --weights none photo.jpg`` on a detector (the tiny one stands in for
+    the model the name builds): the boxes image, and one overlay per method and box."""
+    from PIL import Image
+
+    from camkit import cli
+    from camkit.app import spec
+
+    monkeypatch.setattr(spec.adapters, "build", lambda name, weights: (frcnn, adapters.resolve(frcnn)))
+    photo = tmp_path / "street.png"
+    Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)).save(photo)
+    out = tmp_path / "out"
+    rc = cli.main(["explain", str(photo), "--model", "tv:fasterrcnn_resnet50_fpn", "--weights", "none",
+                   "--method", "gradcam", "eigencam", "--target", "top2", "--out", str(out)])
+    assert rc == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names[0] == "street_boxes.png" and len(names) == 5
+    assert all(Image.open(out / n).size == (80, 48) for n in names)
+    line = capsys.readouterr().out
+    assert line.startswith(f"{photo}: class ") and line.count(" at [") == 2
+    assert cli.main(["explain", str(photo), "--model", "tv:x", "--target-class", "1", "--out", str(out)]) == 2

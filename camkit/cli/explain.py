@@ -32,6 +32,7 @@ from ..errors import InputError
 from ..methods import cli_names
 from ..targets import SegmentationRegion
 from .common import check_cmap, int_at_least, method_args, method_specs, model_args, unit_float
+from .explain_detect import DetectionRun, detection_call, detection_k
 from .explain_run import ExplainRun, Job
 from .outputs import Outputs, output_dir
 from .target_option import check_target_syntax, parse_target
@@ -138,6 +139,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         explainers = {s.name: s.build(model, preset) for s in specs}
         if known_names is None and preset.categories is not None:
             known_names = list(preset.categories)
+        if preset.task == "detection":  # boxes drawn, one map per box (camkit/cli/explain_detect.py)
+            if args.target_class is not None:
+                raise InputError(f"{args.model} is a detector: --target topK explains its K best boxes")
+            call = detection_call(detection_k(spec, args.target is not None))
+            job = Job(args, items, truths, explainers, call, preset, None, False, outputs, raw=specs[0].raw)
+            return DetectionRun(job).run()
         target_class, topk = parse_target(spec, known_names)
         segmentation = preset.task == "segmentation"
         call = _call(args.model, segmentation, target_class, topk, known_names)
