@@ -460,8 +460,8 @@ def test_other_detector_families(name):
     for method in ("gradcam", "eigencam", "layercam"):
         res = camkit.METHODS[method](model, **preset.method_kwargs(method))(x, targets=TopDetections(2))
         assert res.maps.shape == (1, 2, 64, 64) and bool(torch.isfinite(res.maps).all())
-        if method == "gradcam":
-            assert float(res.maps.amax()) > 0
+        if method == "layercam":  # (Grad-CAM's 2x2 map at layer4 may be all zero after its ReLU)
+            assert float(res.maps.amax()) > 0 and float(res.scores.amin()) > 0
     assert_as_found(model, before)
 
 
