@@ -165,6 +165,32 @@ def browser_phase(pages: Dict[int, Path]) -> Optional[Dict[str, Any]]:
     return out
 
 
+def screenshot(page: Path, out: Path, width: int = 1400, height: int = 1000) -> None:
+    """A PNG of the page as headless chromium shows it from ``file://`` (the first screen)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "chromium"
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              f"--window-size={width},{height}"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=opts)
+    try:
+        driver.get(page.resolve().as_uri())
+        while driver.execute_script("return document.body.dataset.ready") != "1":
+            time.sleep(0.01)
+        seen = ("return [...document.images].filter(i => i.getBoundingClientRect().top < innerHeight)"
+                ".every(i => i.complete && i.naturalWidth > 0)")
+        end = time.time() + 10
+        while not driver.execute_script(seen) and time.time() < end:  # the lazy thumbnails on the first screen
+            time.sleep(0.05)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+
+
 def _body(draw: Optional[Dict[str, Any]], pages: Dict[int, Dict[str, Any]], browser: Optional[Dict[str, Any]]) -> str:
     parts = []
     if draw:
@@ -191,6 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "but for its report.html and report_files/)")
     ap.add_argument("--workers", type=int, default=1, help="processes drawing the thumbnails")
     ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--screenshot", metavar="PNG", help="with --export: a screenshot of its report (docs/report.png)")
     ap.add_argument("--out", default=str(RESULTS / "report.md"))
     args = ap.parse_args(argv)
     prov = run_provenance(sys.argv[1:] if argv is None else argv, "benchmarks.report")
@@ -198,6 +225,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         draw = None
         if args.export:
             draw = draw_phase(Path(args.export), args.workers)
+            if args.screenshot:
+                screenshot(Path(args.export) / "report.html", Path(args.screenshot))
         elif args.draw_images:
             photos = sorted(FLOWERS.glob("*.jpg"))[: args.draw_images]
             if not photos:

@@ -14,7 +14,9 @@ header h1{margin:0;font-size:18px;font-weight:600}
 header .sub{opacity:.75;font-size:12px}
 main{padding:12px 20px}
 details.summary{background:#fff;border:1px solid #d9dde3;border-radius:6px;padding:8px 14px;margin-bottom:12px}
-details.summary>summary{cursor:pointer;font-weight:600}
+details.summary>summary,details.inner>summary{cursor:pointer;font-weight:600}
+details.inner{margin:6px 0 4px}
+.cols h3{margin:8px 0 6px;font-size:14px}
 .cols{display:flex;flex-wrap:wrap;gap:24px}
 .cols>div{min-width:240px;max-width:520px}
 table.t{border-collapse:collapse;font-size:12px}
@@ -52,7 +54,7 @@ dl.kv dd{margin:0;word-break:break-all}
 .mrow{display:flex;gap:8px;align-items:flex-start;margin:6px 0;flex-wrap:wrap}
 .mrow .lab{width:110px;font-size:12px;font-weight:600;padding-top:4px}
 figure{margin:0}
-figure img{max-width:min(420px,40vw);max-height:420px;display:block;border-radius:3px}
+figure img{max-width:min(360px,40vw);max-height:360px;display:block;border-radius:3px}
 figcaption{font-size:12px;color:#3e4c59}
 svg text{font-size:10px;fill:#52606d}
 """

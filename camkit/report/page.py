@@ -137,9 +137,11 @@ def summary_html(run: Run, data: Sequence[List[Any]], made_info: Dict[str, Any])
         f"<div><h3>Classes</h3>{_class_table(run)}</div>"
         f"<div><h3>Foreground share of the pseudo-masks</h3>{hist}</div>"
         f"<div><h3>Failed images</h3>{_failed_table(run, data)}</div>"
-        f"<div><h3>Run settings</h3>{_kv(settings) if settings else '<p>not recorded</p>'}</div>"
-        f"<div><h3>This page</h3>{_kv(made_info)}</div>"
-        "</div></details>")
+        "</div>"
+        f'<details class="inner" id="settings"><summary>Run settings ({len(settings)}) and this page</summary>'
+        f'<div class="cols"><div>{_kv(settings) if settings else "<p>not recorded</p>"}</div>'
+        f"<div>{_kv(made_info)}</div></div></details>"
+        "</details>")
 
 
 def _options(values: Sequence[Any], labels: Sequence[str]) -> str:

@@ -22,11 +22,15 @@ from PIL import Image
 from .. import overlay as ov
 from ..app import load_image
 from ..errors import InputError
+from ..pseudomasks import voc_palette
 from .runs import REPORT_FILES, Row, View
+
+PALETTE = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
 
 THUMB = 176     # the grid's thumbnails: longest side, pixels
 LARGE = 448     # the enlarged view's images
 AGREE_SIZE = 32  # maps are compared at this resolution
+DRAWING = 2      # how the views are drawn: a change redraws every report's thumbnails
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def _stat(p: Optional[str]) -> Optional[List[Any]]:
 def signature(row: Row, look: Look) -> List[Any]:
     """What the row's images are made from: the sources as they are now, and the look."""
     srcs = [row.photo, row.mask] + [s for v in row.views if v is not None for s in v.sources]
-    return [[look.cmap, look.alpha, look.thumb, look.large]] + [_stat(s) for s in srcs]
+    return [[DRAWING, look.cmap, look.alpha, look.thumb, look.large]] + [_stat(s) for s in srcs]
 
 
 def _scaled(im: Image.Image, side: int) -> Image.Image:
@@ -140,9 +144,10 @@ def _mask_views(root: Path, row: Row, look: Look, photo: Image.Image) -> float:
     big = _scaled(photo, look.large)
     with Image.open(row.mask) as im:  # type: ignore[arg-type]
         labels = np.asarray(im)
-        shown = im.resize(big.size, Image.NEAREST)
-        small_fg = np.asarray(shown) > 0
-        colours = np.asarray(shown.convert("RGB"), dtype=np.float32)
+        shown = np.asarray(im.resize(big.size, Image.NEAREST)).astype(np.int64)
+    small_fg = shown > 0
+    # VOC colours by label, also for 16-bit masks (more than 254 classes): label v > 0 gets colour 1 + (v - 1) % 255
+    colours = PALETTE[np.where(small_fg, 1 + (shown - 1) % 255, 0)]
     fg = labels > 0
     base = np.asarray(big, dtype=np.float32)
     a = np.where(small_fg, np.float32(0.6), np.float32(0.0))[..., None]
