@@ -73,8 +73,9 @@ def raw(cls, model, layer, x, targets, **kw):
 # --------------------------------------------------------------------------- KPCA-CAM
 
 
-@pytest.mark.parametrize("kernel, gamma", [("sigmoid", None), ("rbf", 0.05), ("poly", None), ("cosine", None)])
+@pytest.mark.parametrize("kernel, gamma", [("sigmoid", None), ("rbf", 0.05), ("cosine", None)])
 def test_kpcacam_matches_pytorch_grad_cam_up_to_the_documented_sign(rn, x, kernel, gamma):
+    x = x[:1]
     t = top2(rn, x)[:, :1]
     peer = pgc_maps(pgc.KPCA_CAM, rn, rn.layer1, x, t, kernel=kernel, gamma=gamma)  # 8x8: 64 positions
     A = peer["acts"][:, 0]
@@ -283,3 +284,44 @@ def test_fullgrad_eigen_smooth_is_the_projection_of_its_terms_and_near_the_peers
     mine = camkit.normalize.minmax(ours[:, :1].float())[:, 0]
     corr = [torch.corrcoef(torch.stack([mine[b].flatten(), out[b].flatten()]))[0, 1].abs() for b in range(2)]
     assert min(corr) > 0.5, corr  # the definitions differ (see the module's notes); the README gives the numbers
+
+
+# --------------------------------------------------------------------------- every new method
+
+
+NEW = {"kpcacam": {}, "fem": {}, "randomcam": {}, "segeigencam": {}, "dff": {"n_components": 2, "max_iter": 10},
+       "guidedbackprop": {}, "guidedgradcam": {}}
+
+
+def test_new_methods_are_registered_for_the_cli_and_leave_the_model_as_found(x):
+    assert set(NEW) <= set(cm.cli_names()) and set(NEW) <= set(cm.METHODS)
+    assert all(getattr(camkit, cm.METHODS[n].__name__) is cm.METHODS[n] for n in NEW)
+    torch.manual_seed(0)
+    model = mixed(narrow_resnet18(num_classes=5).double(), "layer1")
+    before = snapshot(model)
+    for name, kw in NEW.items():
+        layers = None if name == "guidedbackprop" else ["layer4"]
+        with cm.METHODS[name](model, layers=layers, **kw) as cam:
+            res = cam(x[:1], topk=2)
+            assert res.maps.shape == (1, 2, 32, 32) and torch.isfinite(res.maps).all(), name
+            with pytest.raises(InputError):
+                cam(x[:1], targets=[5000])
+    res = cm.FullGrad(model, eigen_smooth=True)(x[:1], topk=2)
+    assert res.maps.shape == (1, 2, 32, 32)
+    assert_as_found(model, before)
+
+
+def test_speed_script_smoke(tmp_path):
+    """benchmarks/new_methods_activation.py end to end on a tiny net (one round, no warm-up): both runners
+    timed, the ratio and the provenance written."""
+    import json
+
+    from benchmarks.new_methods_activation import main
+
+    md, js = main(["--arch", "tiny", "--size", "16", "--rounds", "1", "--warm-size", "0", "--no-memory",
+                   "--method", "FEM", "Guided Backprop", "--out", str(tmp_path / "a.md")])
+    data = json.loads(js.read_text())
+    assert [r["method"] for r in data["results"]] == ["FEM", "Guided Backprop"]
+    assert all(set(r["times_s"]) == {f"camkit {r['method']}", f"pytorch-grad-cam {r['method']}"}
+               for r in data["results"])
+    assert "peer / camkit" in md.read_text() and data["provenance"]["git_commit"]

@@ -28,39 +28,53 @@ from torch import Tensor, nn
 from ..errors import InputError, InputTypeError
 from .base import CallContext, Layers, _Method
 from .cam import find_classifier
-from .options import Options, positive_int
+from .options import Options, non_negative, positive_int
 from .precision import float32_math, work_dtype
 from .registry import register_method
 from .result import CAMResult
 
 
-def nmf(V: Tensor, n: int, max_iter: int = 200, seed: int = 0, eps: float = 1e-12) -> Tuple[Tensor, Tensor]:
-    """``V (C, N) >= 0 ~= W (C, n) H (n, N)``, both non-negative, minimizing ``|V - W H|_F``: ``max_iter``
-    rounds of hierarchical alternating least squares (Cichocki and Phan, 2009: each row of H, then each
-    column of W, set to its non-negative least-squares optimum with the others fixed) from
+def nmf(V: Tensor, n: int, max_iter: int = 200, seed: int = 0, tol: float = 1e-4,
+        eps: float = 1e-12) -> Tuple[Tensor, Tensor]:
+    """``V (C, N) >= 0 ~= W (C, n) H (n, N)``, both non-negative, minimizing ``|V - W H|_F``: rounds of
+    hierarchical alternating least squares (Cichocki and Phan, 2009: each row of H, then each column of
+    W, set to its non-negative least-squares optimum with the others fixed) from
     ``|N(0, 1)| sqrt(mean(V) / n)`` (scikit-learn's ``init="random"`` scale), drawn from a private CPU
-    generator seeded by ``seed``."""
+    generator seeded by ``seed``. Stops after ``max_iter`` rounds, or when ten rounds lowered the
+    squared error by less than ``tol`` times its value (``tol=0``: never; one host read per ten rounds)."""
     g = torch.Generator().manual_seed(int(seed))
     scale = (V.mean() / n).clamp(min=0).sqrt()
     W = torch.randn(V.shape[0], n, generator=g, dtype=torch.float64).abs().to(V) * scale
     H = torch.randn(n, V.shape[1], generator=g, dtype=torch.float64).abs().to(V) * scale
-    for _ in range(max_iter):
-        WtV, WtW = W.T @ V, W.T @ W
+    vv, last = V.pow(2).sum(), None
+    Wt = W.T.contiguous()  # (n, C): W's columns as rows, updated in place like H's rows
+    for it in range(max_iter):
+        WtW = Wt @ Wt.T
+        d = WtW.diagonal().clamp(min=eps)[:, None]
+        WtV, WtW = (Wt @ V) / d, WtW / d  # row j: the step of H's row j
+        for j in range(n):  # H[j] <- max(0, H[j] + WtV[j] - WtW[j] @ H), in place
+            torch.clamp(torch.addmv(H[j] + WtV[j], H.T, WtW[j], alpha=-1), min=0, out=H[j])
+        HHt = H @ H.T
+        e = HHt.diagonal().clamp(min=eps)[:, None]
+        HVt, HHt = (H @ V.T) / e, HHt / e
         for j in range(n):
-            H[j] = (H[j] + (WtV[j] - WtW[j] @ H) / WtW[j, j].clamp(min=eps)).clamp(min=0)
-        VHt, HHt = V @ H.T, H @ H.T
-        for j in range(n):
-            W[:, j] = (W[:, j] + (VHt[:, j] - W @ HHt[:, j]) / HHt[j, j].clamp(min=eps)).clamp(min=0)
-    return W, H
+            torch.clamp(torch.addmv(Wt[j] + HVt[j], Wt.T, HHt[j], alpha=-1), min=0, out=Wt[j])
+        if tol > 0 and it % 10 == 9:
+            W, VHt, HHt = Wt.T, (HVt * e).T, HHt * e
+            err = float(vv - 2 * (W * VHt).sum() + ((Wt @ W) * HHt).sum())
+            if last is not None and last - err < tol * last:
+                break
+            last = err
+    return Wt.T, H
 
 
-def dff_formula(A: Tensor, n: int, max_iter: int = 200, seed: int = 0) -> Tuple[Tensor, Tensor]:
+def dff_formula(A: Tensor, n: int, max_iter: int = 200, seed: int = 0, tol: float = 1e-4) -> Tuple[Tensor, Tensor]:
     """Deep Feature Factorization of a batch: A ``(B, C, h, w)`` -> concepts ``(n, C)`` (channel vectors,
     the shift added back) and heatmaps ``(B, n, h, w)`` (each concept's maximum 1; ordered by share)."""
     B, C, h, w = A.shape
     V = A.transpose(0, 1).reshape(C, -1)
     offset = V.amin(dim=1, keepdim=True)
-    W, H = nmf(V - offset, n, max_iter, seed)
+    W, H = nmf(V - offset, n, max_iter, seed, tol)
     peak = H.amax(dim=1)
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))
     W, H = W * peak, H / peak[:, None]
@@ -94,12 +108,13 @@ class DFFResult(CAMResult):
 
 @dataclass(frozen=True)
 class DFFOptions(Options):
-    """Plus ``n_components`` (concepts; at most the layer's channels), ``max_iter`` (NMF updates),
-    ``seed`` (the NMF start's generator) and ``fc`` (the classifier of the concept vectors: a module or
+    """Plus ``n_components`` (concepts; at most the layer's channels), ``max_iter`` and ``tol`` (the NMF's
+    rounds and stopping tolerance, scikit-learn's defaults), ``seed`` (the NMF start's generator) and ``fc`` (the classifier of the concept vectors: a module or
     its name; None: the model's GAP + linear head)."""
 
     n_components: int = 5
     max_iter: int = 200
+    tol: float = 1e-4
     seed: int = 0
     fc: Union[None, str, nn.Module] = None
 
@@ -107,6 +122,7 @@ class DFFOptions(Options):
         super().__post_init__()
         positive_int("n_components", self.n_components)
         positive_int("max_iter", self.max_iter)
+        object.__setattr__(self, "tol", non_negative("tol", self.tol))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputTypeError(f"seed must be an int, got {self.seed!r}")
         if self.fc is not None and not isinstance(self.fc, (str, nn.Module)):
@@ -148,7 +164,7 @@ class DeepFeatureFactorization(_Method):
         if n > A.shape[1]:
             raise InputError(f"n_components={n} is larger than the layer's {A.shape[1]} channels")
         with float32_math(A.device.type):
-            concepts, heat = dff_formula(work_dtype(A), n, self.options.max_iter, self.options.seed)
+            concepts, heat = dff_formula(work_dtype(A), n, self.options.max_iter, self.options.seed, self.options.tol)
         scores = self._concept_scores(concepts).detach()
         classes = ctx.target.classes(ctx.scores)
         if classes is None:
