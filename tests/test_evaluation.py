@@ -6,7 +6,9 @@ formula is written out here. Tiny models (one input channel where Quantus pertur
 element is a pixel) and few perturbation steps keep the file under a second or two."""
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,10 +190,11 @@ def test_noisy_linear_imputation_equals_pytorch_grad_cam():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 3, 12, 10, generator=g)
     removed = torch.rand(2, 12, 10, generator=g) < 0.6
-    ours = noisy_linear_imputation(x, removed, noise=0.0)
+    ours = noisy_linear_imputation(x, removed, noise=0.0, tol=1e-7)
     for i in range(2):
         theirs = gc_road.NoisyLinearImputer(noise=0.0)(x[i], (~removed[i]).float())
         assert torch.allclose(ours[i], theirs, atol=1e-5)
+    assert (noisy_linear_imputation(x, removed, noise=0.0) - ours).abs().max() < 1e-3  # the default tolerance
     noisy = noisy_linear_imputation(x, removed, noise=0.01, seed=4)
     assert torch.equal(noisy, noisy_linear_imputation(x, removed, noise=0.01, seed=4))
     assert torch.equal(noisy[~removed[:, None].expand_as(x)], x[~removed[:, None].expand_as(x)])
@@ -205,7 +208,7 @@ def test_road_equals_pytorch_grad_cam(monkeypatch):
     g = torch.Generator().manual_seed(3)
     x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([2, 0])
     cams = torch.rand(2, 8, 8, generator=g)
-    ours = road(model, x, cams, t, percentiles=(25, 50, 75), noise=0.0)
+    ours = road(model, x, cams, t, percentiles=(25, 50, 75), noise=0.0, tol=1e-7)
     targets = [ClassifierOutputTarget(int(c)) for c in t]
     for j, q in enumerate((75, 50, 25)):
         for key, cls in (("morf", gc_road.RemoveMostRelevantFirst), ("lerf", gc_road.RemoveLeastRelevantFirst)):
@@ -402,7 +405,19 @@ def test_arcc_equals_pytorch_grad_cam(monkeypatch):
 
     monkeypatch.setattr(gc_road.NoisyLinearImputer.__init__, "__defaults__", (0.0, gc_road.neighbors_weights))
     theirs = ARCC(base_method=cam)(x, cams, targets, model)
-    ours = arcc(model, explain, x, torch.from_numpy(cams), t, noise=0.0)
+    ours = arcc(model, explain, x, torch.from_numpy(cams), t, noise=0.0, tol=1e-7)
     assert np.allclose(ours["arcc"].numpy(), theirs, atol=1e-4)
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         arcc(model, explain, x, torch.from_numpy(cams) * 2, t)
+
+
+def test_the_benchmark_runs(tmp_path):
+    """benchmarks/evaluation.py end to end without peers, in a second: its table and JSON come out."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.evaluation import main
+
+    md, js = main(["--arch", "tiny", "--size", "24", "--batch", "1", "--rounds", "1", "--no-peers", "--no-memory", "--runs", "2",
+                   "--subset", "8", "--steps", "3", "--samples", "2", "--layers", "1", "--chunk", "8",
+                   "--metric", "pixel_flipping", "road", "mprt", "--out", str(tmp_path / "e.md")])
+    text = md.read_text()
+    assert "| road | camkit |" in text and "| mprt | camkit |" in text and js.exists()

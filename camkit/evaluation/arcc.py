@@ -50,7 +50,7 @@ def coherency(model: Model, explain: Callable, images: Tensor, maps: Tensor, tar
 
 def arcc(model: Model, explain: Callable, images: Tensor, maps: Tensor, targets: Targets,
          percentiles: Sequence[float] = (20, 40, 60, 80), noise: float = 0.01, seed: int = 0,
-         batch_size: int = 64) -> Dict[str, Tensor]:
+         batch_size: int = 64, tol: float = 1e-4) -> Dict[str, Tensor]:
     """ARCC: ``3 / (1 / (coherency + e) + 1 / (1 - complexity + e) + 1 / (road + e))``, ``e = 1e-8``.
 
     Args:
@@ -63,6 +63,7 @@ def arcc(model: Model, explain: Callable, images: Tensor, maps: Tensor, targets:
         noise (float, optional): ROAD's imputation noise. Default: 0.01.
         seed (int, optional): ROAD's seed. Default: 0.
         batch_size (int, optional): Default: 64.
+        tol (float, optional): ROAD's imputation tolerance. Default: 1e-4.
 
     Returns:
         *dict*: ``{"arcc", "coherency", "complexity", "road"}``, each ``(B,)`` float64 (road: the clipped score).
@@ -72,6 +73,6 @@ def arcc(model: Model, explain: Callable, images: Tensor, maps: Tensor, targets:
     """
     coh = coherency(model, explain, images, maps, targets)
     comp = l1_complexity(maps).to(coh.device)
-    r = (2 * road(model, images, maps, targets, percentiles, noise, "logit", seed, batch_size)["combined"]).clamp(0, 1)
+    r = (2 * road(model, images, maps, targets, percentiles, noise, "logit", seed, batch_size, tol)["combined"]).clamp(0, 1)
     score = 3 / (1 / (coh + _EPS) + 1 / ((1 - comp) + _EPS) + 1 / (r + _EPS))
     return {"arcc": score, "coherency": coh, "complexity": comp, "road": r}
