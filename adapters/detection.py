@@ -6,8 +6,10 @@
 * **Layers**: R-CNN / RetinaNet / FCOS: the FPN's output convolutions
   ``backbone.fpn.layer_blocks.*`` (LayerCAM, one per pyramid level, fine to coarse); Grad-CAM and
   Eigen-CAM use the backbone's last stage returned to the FPN (``backbone.body.layer4`` for
-  ResNet), which every pyramid level depends on, so every box has a gradient there. SSD / SSDlite:
-  the feature extractor's blocks, Grad-CAM on the first (every head reads through it).
+  ResNet), which every pyramid level depends on, so every box has a gradient there. SSDlite: the
+  feature extractor's two blocks and its first extra block, Grad-CAM on the first block (every
+  head reads through it); SSD300: ``backbone.features`` (VGG to conv4_3) and ``backbone.extra.0``,
+  Grad-CAM on ``backbone.features``.
 * **Input**: images in [0, 1] (the detector normalizes and resizes them itself). The detector
   pads its resized batch to a multiple of ``size_divisible`` (32); maps and boxes are exact in the
   input's pixels when no padding happens, which :func:`fit_size` (and the preset's ``transform``)
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camkit.detection import DetectorOutput
@@ -56,7 +59,11 @@ def _layers(model: nn.Module) -> Tuple[Tuple[str, ...], str]:
         stages = tuple(f"backbone.fpn.layer_blocks.{i}" for i in range(len(fpn.layer_blocks)))
         last = list(backbone.body.return_layers)[-1]
         return stages, f"backbone.body.{last}"
-    feats = [f"backbone.features.{n}" for n, _ in backbone.features.named_children()]
+    from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNet
+
+    # SSDlite's heads read each block of ``features``; SSD300's VGG ``features`` is one level
+    feats = [f"backbone.features.{n}" for n, _ in backbone.features.named_children()] \
+        if isinstance(backbone, SSDLiteFeatureExtractorMobileNet) else ["backbone.features"]
     extra = [f"backbone.extra.{n}" for n, _ in backbone.extra.named_children()]
     return tuple(feats + extra[:1]), feats[0]
 
@@ -85,6 +92,15 @@ def fit_size(model: nn.Module, hw: Tuple[int, int]) -> Tuple[int, int]:
     if s > top or min(lo / s, hi / along) != 1.0:
         return int(hw[0]), int(hw[1])  # no exact size: the detector resizes (and may pad) itself
     return (s, along) if h <= w else (along, s)
+
+
+def fit_input(model: nn.Module, x: Tensor) -> Tensor:
+    """A batch ``(B, 3, H, W)`` resized (bilinear) to :func:`fit_size`, where the detector's maps and
+    boxes are exact in the input's pixels; as is when already there."""
+    size = fit_size(model, (int(x.shape[-2]), int(x.shape[-1])))
+    if size == tuple(x.shape[-2:]):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class FitTransform:

@@ -216,6 +216,9 @@ def test_fit_size_makes_the_detectors_resize_the_identity():
     assert (h, w) == (64, 96)
     images, _ = m.transform([torch.rand(3, h, w)])
     assert images.tensors.shape[-2:] == (h, w) and images.image_sizes == [(h, w)]
+    assert adapters.detection.fit_input(m, torch.rand(2, 3, 48, 80)).shape == (2, 3, 64, 96)
+    images, _ = m.transform([torch.rand(3, 48, 80)])  # unfitted: resized to 64 x 106, padded to 64 x 128
+    assert images.image_sizes == [(64, 106)] and images.tensors.shape[-2:] == (64, 128)
 
 
 def test_eigencam_on_a_detector_is_the_first_principal_component(frcnn, x64):
@@ -315,6 +318,8 @@ def test_detection_bad_input(frcnn, x64):
         BoxScore([[0, 0, 9, 9]], [1])(torch.zeros(2, 10))
     with pytest.raises(InputError, match="a list of dicts"):
         detections(torch.zeros(1, 5), 3)
+    with pytest.raises(InputError, match="a detector's list of dicts .* use the detection preset"):
+        camkit.GradCAM(frcnn, layers=[LAYER])(x64)
 
 
 # --------------------------------------------------------------------------- embeddings and other heads
@@ -444,8 +449,8 @@ def test_examples_run_on_small_random_models(frcnn, x64, embedder):
 # --------------------------------------------------------------------------- the other detector families
 
 
-@pytest.mark.slow(reason="RetinaNet, FCOS, SSDlite and Mask R-CNN with ResNet50 / MobileNetV3 backbones: ~10 s")
-@pytest.mark.parametrize("name", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large",
+@pytest.mark.slow(reason="RetinaNet, FCOS, SSDlite, SSD300 and Mask R-CNN with ResNet50 / MobileNetV3 / VGG16 backbones: ~20 s")
+@pytest.mark.parametrize("name", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large", "ssd300_vgg16",
                                   "maskrcnn_resnet50_fpn"])
 def test_other_detector_families(name):
     from torchvision.models import detection as tvd
