@@ -47,8 +47,18 @@ def select_output(raw: object, output: Output) -> Tensor:
     else:
         raise InputTypeError(f"output must be a key / attribute name, an index or a callable, got {output!r}")
     if not isinstance(got, Tensor):
+        if output is None and _detector_output(raw):
+            raise InputError("the model returned a detector's list of dicts (boxes, scores, labels): use the "
+                             "detection preset (camkit.adapters.resolve(model).method_kwargs(method)) or pass "
+                             "output=camkit.detection.DetectorOutput(num_classes), with camkit.targets.BoxScore "
+                             "or TopDetections as targets")
         if output is None:
             raise InputError(f"the model returned {describe_output(raw)}; pass output=... to choose the scores "
                              "(a key or attribute name, a tuple index, or a function of the output)")
         raise InputError(f"output={output!r} selected {describe_output(got)}, not a tensor")
     return got
+
+
+def _detector_output(raw: object) -> bool:
+    """Whether ``raw`` looks like a torchvision detector's eval output: a list of dicts with ``boxes``."""
+    return isinstance(raw, (list, tuple)) and bool(raw) and all(isinstance(d, dict) and "boxes" in d for d in raw)
