@@ -10,6 +10,7 @@ imported by :func:`show_result` when called, never when camkit is imported.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from typing import Any, Dict, List, Optional, Sequence
@@ -43,12 +44,33 @@ def input_view(x: torch.Tensor) -> np.ndarray:
     return (t.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def _short(v: Any) -> str:
-    """An option's value in a repr: functions and classes by name, long values cut."""
+def _short(v: Any, max_items: int = 4) -> str:
+    """A value in a repr: functions and classes by name; a long sequence as its first items, ``...``, its
+    last and its length; other long values cut at 60 characters, on one line."""
     if callable(v) and hasattr(v, "__name__"):
         return v.__name__
-    text = repr(v)
+    if isinstance(v, (list, tuple)) and len(v) > max_items:
+        ends = ", ".join(_short(x) for x in v[:2]) + f", ..., {_short(v[-1])}"
+        return f"[{ends}] ({len(v)} items)" if isinstance(v, list) else f"({ends}) ({len(v)} items)"
+    text = " ".join(repr(v).split())
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def dataclass_repr(obj: Any) -> str:
+    """A dataclass's short repr: the fields that differ from their defaults, long values shortened
+    (``Preset(family='resnet', ..., categories=('tench', 'goldfish', ..., 'toilet tissue') (1000 items))``)."""
+    parts = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        try:
+            if f.default is not dataclasses.MISSING and bool(v == f.default):
+                continue
+            if f.default_factory is not dataclasses.MISSING and bool(v == f.default_factory()):  # type: ignore[misc]
+                continue
+        except (RuntimeError, ValueError, TypeError):  # e.g. a tensor: shown
+            pass
+        parts.append(f"{f.name}={_short(v)}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
 
 
 def method_repr(cls_name: str, layers: Sequence[str], options: Dict[str, Any], max_layers: int = 4) -> str:
