@@ -252,14 +252,14 @@ def test_guided_backprop_refuses_models_without_relu_modules():
 
 
 def eigen_reference(terms, size, renormalize):
-    """The terms resized to the input then to 1/8 of it, centered, projected on the first right singular
+    """The terms resized to the input (min-max normalized with ``renormalize``) then to 1/8 of it, centered, projected on the first right singular
     vector (sign: loadings sum >= 0), ReLU, resized back (plain torch, written out)."""
     small = (size[0] // 8, size[1] // 8)
-    E = torch.stack([F.interpolate(F.interpolate(m, size=size, mode="bilinear"), size=small, mode="bilinear")
-                     for m in terms], dim=2)  # (B, K, L, h, w)
-    if renormalize:
+    E = torch.stack([F.interpolate(m, size=size, mode="bilinear") for m in terms], dim=2)  # (B, K, L, H, W)
+    if renormalize:  # each term min-max normalized at the input's size (0 for a constant one)
         lo, hi = E.amin(dim=(-2, -1), keepdim=True), E.amax(dim=(-2, -1), keepdim=True)
-        E = torch.where(hi > lo, (E - lo) / torch.where(hi > lo, hi - lo, 1.0), 0.0)  # 0 for a constant term
+        E = torch.where(hi > lo, (E - lo) / torch.where(hi > lo, hi - lo, 1.0), 0.0)
+    E = F.interpolate(E.flatten(1, 2), size=small, mode="bilinear").unflatten(1, E.shape[1:3])
     M = E.flatten(-2).transpose(-1, -2)
     M = M - M.mean(dim=-2, keepdim=True)
     v = torch.linalg.svd(M, full_matrices=False).Vh[..., 0, :]

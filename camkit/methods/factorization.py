@@ -151,8 +151,9 @@ class DeepFeatureFactorization(_Method):
         return layers
 
     def _concept_scores(self, concepts: Tensor) -> Tensor:
+        dtype = next((p.dtype for p in self.fc.parameters() if p.is_floating_point()), concepts.dtype)
         try:
-            return self.fc(concepts.to(next(self.fc.parameters()).dtype))
+            return self.fc(concepts.to(dtype))
         except RuntimeError as e:
             raise InputError(f"the classifier fc cannot score the layer's {concepts.shape[1]}-channel concepts "
                              f"({str(e).splitlines()[0]}); pass fc= a module that takes them") from e

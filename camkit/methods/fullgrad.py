@@ -20,7 +20,8 @@ of the K targets with respect to the input and to every hooked output.
 Each layer's term is summed over its channels at the layer's resolution
 (upsampling is linear, so it commutes with that sum): ``layer_maps`` holds
 one ``(B, K, h, w)`` map per layer plus ``"input"``, and the maps are their
-sum upsampled, then normalized.
+sum upsampled, then normalized. With ``eigen_smooth`` the terms are reduced by their first
+principal component instead of their sum (:func:`fullgrad_eigen`).
 """
 from __future__ import annotations
 
@@ -61,13 +62,14 @@ def fullgrad_eigen(terms: Sequence[Tensor], size: Tuple[int, ...], renormalize: 
     L terms is projected on their first principal direction (:func:`camkit.methods.eigen_projection`:
     centered, camkit's sign rule); ReLU; the projection upsampled (bilinear) to ``size``.
     ``renormalize`` (``per_channel=True``, pytorch-grad-cam's): each term min-max normalized at the
-    eighth size before the projection."""
+    input's size, before it is brought to the eighth."""
     small = (max(1, size[0] // 8), max(1, size[1] // 8))
-    E = torch.stack([F.interpolate(F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False),
-                                   size=small, mode="bilinear", align_corners=False) for m in terms], dim=2)
-    if renormalize:
-        E = minmax(E)
-    p = eigen_projection(E).clamp(min=0)
+
+    def at_small(m: Tensor) -> Tensor:
+        m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+        return F.interpolate(minmax(m) if renormalize else m, size=small, mode="bilinear", align_corners=False)
+
+    p = eigen_projection(torch.stack([at_small(m) for m in terms], dim=2)).clamp(min=0)
     return F.interpolate(p, size=tuple(size), mode="bilinear", align_corners=False)
 
 
@@ -104,7 +106,8 @@ def _is_timm_norm_act(m: nn.Module) -> bool:
 @dataclass(frozen=True)
 class FullGradOptions(GradientOptions):
     """Plus ``per_channel``: normalize each channel's term on its own (pytorch-grad-cam's)
-    instead of each layer's (the authors' code)."""
+    instead of each layer's (the authors' code). ``eigen_smooth`` applies (:func:`fullgrad_eigen`);
+    ``aug_smooth`` does not."""
 
     per_channel: bool = False
 
@@ -120,7 +123,8 @@ class FullGrad(_GradientMethod):
     ``layers`` is accepted so that every method takes the same call, and ignored with a
     warning (as pytorch-grad-cam does). ``normalize`` applies to the total (default min-max); None gives the raw sum.
     ``per_channel``: normalize each channel's term on its own (pytorch-grad-cam) instead of
-    each layer's (the authors' code)."""
+    each layer's (the authors' code). ``eigen_smooth``: the terms reduced by their first principal
+    component instead of their sum (:func:`fullgrad_eigen`, pytorch-grad-cam's option)."""
 
     Options = FullGradOptions
     grad_from_input = True  # dy/dx is one of the terms
