@@ -1,7 +1,8 @@
 """Fusion of several layers' maps into one: pure functions.
 
-Inputs are a sequence of L maps of equal shape ``(B, K, H, W)`` (normalized
-per map and upsampled to a common size); the output has the same shape.
+Inputs are a sequence of L maps of equal shape ``(B, K, H, W)``, or ``(B, K, T, H, W)``
+for videos and 3-D volumes (normalized per map and upsampled to a common size); the
+output has the same shape.
 With maps in [0, 1] the output stays in [0, 1]. Weights are checked on the
 host (:func:`check_weights`), so fusing does no host-device synchronization.
 """
@@ -117,7 +118,8 @@ def fuse_mean(maps: Sequence[Tensor]) -> Tensor:
     """
     from .normalize import minmax
 
-    return minmax(_stack(maps).clamp(min=0).mean(dim=0))
+    mean = _stack(maps).clamp(min=0).mean(dim=0)
+    return minmax(mean.flatten(2).unsqueeze(-1)).view_as(mean)  # each (H, W) or (T, H, W) map as one
 
 
 def _weighted(stacked: Tensor, weights: Tuple[float, ...], scale: Optional[float]) -> Tensor:
@@ -151,11 +153,12 @@ def fuse_weighted(maps: Sequence[Tensor], weights: Sequence[float], scale: Optio
 
 def fuse(maps: Sequence[Tensor], method: str = "max", weights: Optional[Sequence[float]] = None,
          scale: Optional[float] = 2.0) -> Tensor:
-    """Fuse with :func:`fuse_max` or :func:`fuse_weighted`, checked by :func:`check_fusion`.
+    """Fuse with :func:`fuse_max`, :func:`fuse_mean`, :func:`fuse_weighted` or ``tanh_max``
+    (the maximum of ``tanh(2 M)``, torchcam's rule at one size), checked by :func:`check_fusion`.
 
     Args:
         maps (sequence of Tensor): ``L >= 1`` maps of one shape ``(B, K, H, W)``.
-        method (str, optional): ``"max"`` or ``"weighted"``. Default: ``"max"``.
+        method (str, optional): One of :data:`FUSIONS`. Default: ``"max"``.
         weights (sequence of float, optional): ``L`` weights, for ``"weighted"`` only.
         scale (float or None, optional): ``"weighted"``'s tanh gain. Default: 2.0.
 
@@ -167,6 +170,8 @@ def fuse(maps: Sequence[Tensor], method: str = "max", weights: Optional[Sequence
     """
     if method != "weighted":
         check_fusion(method, weights, 0)  # the count only matters for "weighted"
-        return fuse_max(maps)
+        if method == "mean":
+            return fuse_mean(maps)
+        return fuse_max([torch.tanh(2.0 * m) for m in _stack(maps)] if method == "tanh_max" else maps)
     stacked = _stack(maps)  # the maps are checked before the weights, as in fuse_weighted
     return _weighted(stacked, check_fusion(method, weights, stacked.shape[0]), scale)  # type: ignore[arg-type]

@@ -85,6 +85,10 @@ def _check_finite(t: Tensor, what: str) -> None:
 def _check_images(images: object) -> Tensor:
     if not isinstance(images, Tensor):
         raise InputTypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.dim() == 5:
+        raise InputError(f"images have shape {tuple(images.shape)}: videos and 3-D volumes (B, C, T, H, W) are "
+                         "not supported by this metric (its baseline and perturbations are defined on 2-D "
+                         "images); iou and pointing_game take volumes with dims=3")
     if images.dim() != 4 or images.shape[0] == 0:
         raise InputError(f"images must have shape (B, C, H, W) with B >= 1, got {tuple(images.shape)}")
     if not images.is_floating_point():
@@ -548,50 +552,67 @@ def _check_masks(maps: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
     return maps, masks
 
 
-def _disk(radius: int, device) -> Tensor:
+def _disk(radius: int, device, dims: int = 2) -> Tensor:
+    """The pixels (voxels for ``dims=3``) within Euclidean distance ``radius`` of the centre."""
     r = torch.arange(-radius, radius + 1, device=device)
-    return ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2).float()
+    grids = torch.meshgrid(*([r] * dims), indexing="ij")
+    return (sum(g ** 2 for g in grids) <= radius ** 2).float()
 
 
-def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
+def _map_dims(dims: object, maps: Tensor) -> int:
+    """``dims`` (2: each map is ``(H, W)``; 3: each is a volume ``(T, H, W)``), checked against ``maps``."""
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise InputError(f"dims must be 2 (maps (..., H, W)) or 3 (volumes (..., T, H, W)), got {dims!r}")
+    if maps.dim() < dims:
+        raise InputError(f"dims={dims} needs maps of at least {dims} dimensions, got shape {tuple(maps.shape)}")
+    return int(dims)  # type: ignore[arg-type]
+
+
+def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0, dims: int = 2) -> Tensor:
     """Pointing game (Zhang et al., 2016): is the map's maximum inside the mask?
 
     maps, masks ``(..., H, W)`` -> bool ``(...)``. The point is the first
     maximum in raster order (``argmax`` of the flattened map), so ties are
     broken deterministically. With ``tolerance = r > 0`` pixels a hit is a point
-    within Euclidean distance r of the mask (Zhang et al. used 15).
+    within Euclidean distance r of the mask (Zhang et al. used 15). With
+    ``dims=3`` each map is a video's or volume's ``(T, H, W)``: the point is
+    the volume's maximum and the tolerance a ball of voxels.
 
     Args:
         maps (Tensor): ``(..., H, W)``.
         masks (Tensor): ``(..., H, W)``, bool or {0, 1}.
         tolerance (int, optional): ``r >= 0`` pixels. Default: 0.
+        dims (int, optional): 2 (maps ``(..., H, W)``) or 3 (volumes ``(..., T, H, W)``). Default: 2.
 
     Returns:
         *Tensor*: ``(...)`` bool.
 
     Raises:
-        InputError: Shapes differ, masks not 0/1, non-finite maps, or ``tolerance < 0``.
+        InputError: Shapes differ, masks not 0/1, non-finite maps, ``tolerance < 0`` or a bad ``dims``.
     """
     maps, masks = _check_masks(maps, masks)
-    H, W = maps.shape[-2:]
-    idx = maps.flatten(-2).argmax(dim=-1)
+    dims = _map_dims(dims, maps)
+    size = maps.shape[-dims:]
+    idx = maps.flatten(-dims).argmax(dim=-1)
     m = masks
     if tolerance < 0:
         raise InputError(f"tolerance must be >= 0, got {tolerance}")
     if tolerance > 0:
-        lead = m.shape[:-2]
-        k = _disk(int(tolerance), m.device)[None, None]
-        m = F.conv2d(m.reshape(-1, 1, H, W).float(), k, padding=int(tolerance)).reshape(*lead, H, W) > 0
-    return m.flatten(-2).gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+        lead = m.shape[:-dims]
+        k = _disk(int(tolerance), m.device, dims)[None, None]
+        conv = F.conv2d if dims == 2 else F.conv3d
+        m = conv(m.reshape(-1, 1, *size).float(), k, padding=int(tolerance)).reshape(*lead, *size) > 0
+    return m.flatten(-dims).gather(-1, idx.unsqueeze(-1)).squeeze(-1)
 
 
-def iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
+def iou(maps: Tensor, masks: Tensor, threshold: float = 0.5, dims: int = 2) -> Tensor:
     """Intersection over union of ``maps >= threshold`` and the masks; two empty sets give IoU 1.
 
     Args:
-        maps (Tensor): ``(..., H, W)``.
+        maps (Tensor): ``(..., H, W)`` (``dims=3``: volumes ``(..., T, H, W)``, one IoU per volume).
         masks (Tensor): ``(..., H, W)``, bool or {0, 1}.
         threshold (float, optional): Default: 0.5.
+        dims (int, optional): 2 or 3: the trailing dimensions that make one map. Default: 2.
 
     Returns:
         *Tensor*: ``(...)`` float32.
@@ -600,13 +621,15 @@ def iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
         InputError: Shapes differ, masks not 0/1, or non-finite maps.
     """
     maps, masks = _check_masks(maps, masks)
+    dims = _map_dims(dims, maps)
     pred = maps >= threshold
-    inter = (pred & masks).flatten(-2).sum(-1).float()
-    union = (pred | masks).flatten(-2).sum(-1).float()
+    inter = (pred & masks).flatten(-dims).sum(-1).float()
+    union = (pred | masks).flatten(-dims).sum(-1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def iou_sweep(maps: Tensor, masks: Tensor, thresholds: Optional[Union[Sequence[float], Tensor]] = None) -> dict:
+def iou_sweep(maps: Tensor, masks: Tensor, thresholds: Optional[Union[Sequence[float], Tensor]] = None,
+              dims: int = 2) -> dict:
     """:func:`iou` at every threshold.
 
     Args:
@@ -614,6 +637,7 @@ def iou_sweep(maps: Tensor, masks: Tensor, thresholds: Optional[Union[Sequence[f
         masks (Tensor): ``(..., H, W)``, bool or {0, 1}.
         thresholds (sequence of float or Tensor, optional): ``(T,)``, T >= 1;
             default 0.05, 0.10, ..., 0.95.
+        dims (int, optional): As :func:`iou`. Default: 2.
 
     Returns:
         *dict*: ``{"thresholds": (T,), "iou": (..., T), "mean": (T,),
@@ -629,7 +653,7 @@ def iou_sweep(maps: Tensor, masks: Tensor, thresholds: Optional[Union[Sequence[f
     th = torch.as_tensor(thresholds, dtype=torch.float32).reshape(-1)
     if th.numel() == 0:
         raise InputError("thresholds must not be empty")
-    vals = torch.stack([iou(maps, masks, float(v)) for v in th], dim=-1)
+    vals = torch.stack([iou(maps, masks, float(v), dims) for v in th], dim=-1)
     mean = vals.reshape(-1, th.numel()).mean(0)
     best = int(mean.argmax())
     return {"thresholds": th, "iou": vals, "mean": mean, "best_threshold": float(th[best]),

@@ -193,6 +193,30 @@ NORMALIZERS: Dict[str, Normalizer] = {
 _ALIASES = {"relu": "relu_max", "relu_hybrid": "relu_max", "tanh": "tanh_max", "min_max": "minmax"}
 
 
+def normalize_volume(m: Tensor, normalizer: str | Normalizer = "minmax") -> Tensor:
+    """Normalize each ``(T, H, W)`` volume as one map (a video's or a 3-D scan's), not frame by frame.
+
+    The volume is passed to the normalizer as the 2-D map ``(T * H, W)`` (its frames stacked), so
+    every built-in normalizer, which treats a map's positions as a set, sees all ``T * H * W``
+    values at once; a custom callable gets ``(..., T * H, W)`` too.
+
+    Args:
+        m (Tensor): ``(..., T, H, W)`` floating-point maps, ``T, H, W >= 1``.
+        normalizer (str or callable, optional): As :func:`get_normalizer` takes. Default: ``"minmax"``.
+
+    Returns:
+        *Tensor*: ``m``'s shape and dtype (e.g. in [0, 1] for ``minmax``).
+
+    Raises:
+        InputError: ``m`` is not a tensor of at least 3 dimensions, or what the normalizer refuses.
+    """
+    if not isinstance(m, Tensor):
+        raise InputTypeError(f"expected a torch.Tensor of shape (..., T, H, W), got {type(m).__name__}")
+    if m.dim() < 3 or 0 in m.shape[-3:]:
+        raise InputError(f"expected volumes of shape (..., T, H, W) (T, H, W >= 1), got shape {tuple(m.shape)}")
+    return get_normalizer(normalizer)(m.flatten(-3, -2)).unflatten(-2, m.shape[-3:-1])
+
+
 def get_normalizer(name_or_fn: str | Normalizer) -> Normalizer:
     """Look up a normalizer by name, or pass a callable through.
 

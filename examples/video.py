@@ -1,0 +1,64 @@
+"""Explain a video classifier (or a 3-D scan model): maps over time, a strip of frames, a GIF.
+
+    python examples/video.py            # torchvision r3d_18 with random weights, a synthetic clip
+
+A video is ``(B, C, T, H, W)`` into a model of ``nn.Conv3d`` layers (torchvision's r3d_18, mc3_18,
+r2plus1d_18, s3d, or your own); the maps are ``(B, K, T, H, W)``, each normalized over its whole
+clip, and ``layer_maps`` ``(B, K, t, h, w)`` at the layer's resolution. A 3-D medical scan is the
+same with C = 1 and the depth as T. With Kinetics-400 weights (``weights="DEFAULT"``, a download),
+normalize the clip with the weights' mean and std; the overlays take the clip in [0, 1].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+import camkit
+from camkit.video import frame_strip, save_gif
+
+
+def moving_square(frames: int = 8, size: int = 112) -> torch.Tensor:
+    """A synthetic clip ``(3, T, H, W)`` in [0, 1]: a bright square moving left to right on grey."""
+    clip = torch.full((3, frames, size, size), 0.3)
+    side = size // 4
+    for t in range(frames):
+        left = (size - side) * t // max(frames - 1, 1)
+        clip[:, t, size // 2 - side // 2: size // 2 + side // 2, left:left + side] = 1.0
+    return clip
+
+
+def explain(model: nn.Module, clip: torch.Tensor, layer: str, out: Optional[Path] = None, k: int = 2) -> dict:
+    """Grad-CAM maps of the clip's top-``k`` classes, and (with ``out``) a strip of frames and a GIF
+    of the first class's map.
+
+    Returns:
+        {"maps": (1, k, T, H, W), "layer_maps": (1, k, t, h, w), "classes": (1, k), "files": [paths]}.
+    """
+    res = camkit.GradCAM(model, layers=[layer])(clip[None], topk=k)
+    files = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        frame_strip(clip, res.maps[0, 0], frames=8).save(out / "strip.png")
+        files = [out / "strip.png", save_gif(out / "clip.gif", clip, res.maps[0, 0], fps=4)]
+    return {"maps": res.maps, "layer_maps": res.layer_maps[layer], "classes": res.targets, "files": files}
+
+
+def main(model: Optional[nn.Module] = None, layer: str = "layer4", frames: int = 8, size: int = 112,
+         out: Optional[Path] = Path("video_cam")) -> dict:
+    if model is None:
+        import torchvision
+
+        model = torchvision.models.video.r3d_18(weights=None).eval()
+    got = explain(model, moving_square(frames, size), layer, out)
+    print("classes:", got["classes"].tolist(), "maps:", tuple(got["maps"].shape),
+          "layer maps:", tuple(got["layer_maps"].shape))
+    for f in got["files"]:
+        print("wrote", f)
+    return got
+
+
+if __name__ == "__main__":
+    main()
