@@ -421,3 +421,60 @@ def test_the_benchmark_runs(tmp_path):
                    "--metric", "pixel_flipping", "road", "mprt", "--out", str(tmp_path / "e.md")])
     text = md.read_text()
     assert "| road | camkit |" in text and "| mprt | camkit |" in text and js.exists()
+
+
+# --------------------------------------------------------------------------- camkit evaluate
+
+
+@pytest.fixture
+def small_cli_model(monkeypatch):
+    """`camkit evaluate` builds a narrow ResNet18 at 32 px (5 classes) whatever --model says."""
+    import dataclasses
+
+    from small_models import narrow_resnet18
+    from torchvision import transforms as T
+
+    import camkit.adapters
+    from camkit.adapters import resolve
+
+    torch.manual_seed(0)
+    model = narrow_resnet18(num_classes=5).eval()
+    tf = T.Compose([T.Resize(36), T.CenterCrop(32), T.ToTensor()])
+    preset = dataclasses.replace(resolve(model), transform=tf, input_size=(32, 32), categories=tuple("abcde"))
+    monkeypatch.setattr(camkit.adapters, "build", lambda name, weights: (model, preset))
+    return model, tf
+
+
+def test_evaluate_command_end_to_end(small_cli_model, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from camkit import cli
+
+    model, tf = small_cli_model
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(2):
+        p = tmp_path / f"img{k}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    out = tmp_path / "out"
+    rc = cli.main(["evaluate", *paths, "--method", "layercam", "--metric", "sanity", "road", "sparseness",
+                   "--percentiles", "20", "80", "--randomize-layers", "1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "evaluation.json").read_text())
+    assert [r["image"] for r in data["per_image"]] == paths
+    # the per-image values are the library's on the same images, maps and seed
+    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
+    t = model(x).argmax(1)
+    maps = camkit.LayerCAM(model, ["layer2", "layer3", "layer4"])(x, t).maps[:, 0]
+    assert (maps.flatten(1).amax(1) > 0).all()
+    ref = road(model, x, maps, t, (20, 80))["combined"]
+    assert np.allclose([r["road"] for r in data["per_image"]], ref.numpy(), atol=1e-6)
+    assert np.allclose([r["sparseness"] for r in data["per_image"]], sparseness(maps).numpy(), atol=1e-9)
+    assert "| layercam | 2 |" in (out / "evaluation.md").read_text()
+    assert (out / "road.png").is_file() and (out / "sanity_spearman.png").is_file()
+    rc = cli.main(["evaluate", *paths, "--percentiles", "0", "50", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "camkit: error: percentiles must be numbers strictly between 0 and 100" in err
