@@ -11,7 +11,7 @@ normalize the clip with the weights' mean and std; the overlays take the clip in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -30,9 +30,10 @@ def moving_square(frames: int = 8, size: int = 112) -> torch.Tensor:
     return clip
 
 
-def explain(model: nn.Module, clip: torch.Tensor, layer: str, out: Optional[Path] = None, k: int = 2) -> dict:
+def explain(model: nn.Module, clip: torch.Tensor, layer: str, out: Optional[Path] = None, k: int = 2,
+            cmap: Any = "jet") -> dict:
     """Grad-CAM maps of the clip's top-``k`` classes, and (with ``out``) a strip of frames and a GIF
-    of the first class's map.
+    of the first class's map (``cmap``: a matplotlib colormap name or a function of values in [0, 1]).
 
     Returns:
         {"maps": (1, k, T, H, W), "layer_maps": (1, k, t, h, w), "classes": (1, k), "files": [paths]}.
@@ -41,18 +42,18 @@ def explain(model: nn.Module, clip: torch.Tensor, layer: str, out: Optional[Path
     files = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        frame_strip(clip, res.maps[0, 0], frames=8).save(out / "strip.png")
-        files = [out / "strip.png", save_gif(out / "clip.gif", clip, res.maps[0, 0], fps=4)]
+        frame_strip(clip, res.maps[0, 0], frames=8, cmap=cmap).save(out / "strip.png")
+        files = [out / "strip.png", save_gif(out / "clip.gif", clip, res.maps[0, 0], fps=4, cmap=cmap)]
     return {"maps": res.maps, "layer_maps": res.layer_maps[layer], "classes": res.targets, "files": files}
 
 
 def main(model: Optional[nn.Module] = None, layer: str = "layer4", frames: int = 8, size: int = 112,
-         out: Optional[Path] = Path("video_cam")) -> dict:
+         out: Optional[Path] = Path("video_cam"), cmap: Any = "jet") -> dict:
     if model is None:
         import torchvision
 
         model = torchvision.models.video.r3d_18(weights=None).eval()
-    got = explain(model, moving_square(frames, size), layer, out)
+    got = explain(model, moving_square(frames, size), layer, out, cmap=cmap)
     print("classes:", got["classes"].tolist(), "maps:", tuple(got["maps"].shape),
           "layer maps:", tuple(got["layer_maps"].shape))
     for f in got["files"]:

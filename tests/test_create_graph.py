@@ -173,6 +173,12 @@ def test_methods_without_a_gradient_path_refuse_create_graph(model, cls):
         cls(model, layers=["stem"], create_graph=True)
 
 
+def test_create_graph_inside_inference_mode_is_refused(model):
+    cam = camkit.CAM(model, layers=["head.1"], fc="head.4", create_graph=True)  # no backward of its own
+    with torch.inference_mode(), pytest.raises(InputError, match="inside torch.inference_mode"):
+        cam(X, CLASSES)
+
+
 def test_the_training_example_runs_and_the_maps_term_moves_the_parameters():
     """examples/train_with_maps.py: one step with the maps' term and one without, from the same
     weights and batch, end at different parameters (the term's gradient reaches the optimizer)."""

@@ -298,20 +298,25 @@ def test_metrics_on_volumes():
         iou(maps, masks, dims=4)
 
 
+def blue_red(v: np.ndarray) -> np.ndarray:
+    """A colormap: 0 blue (0, 0, 1), 1 red (1, 0, 0)."""
+    return np.stack([v, np.zeros_like(v), 1 - v], axis=-1)
+
+
 def test_frame_strip_and_gif(tmp_path):
     """Frame t of the strip is frame t blended with the map's frame t: with alpha=1 a map of 0 is
-    jet's dark blue (0, 0, 128), a map of 1 its dark red (128, 0, 0)."""
+    the colormap's blue, a map of 1 its red; the GIF's frame 1 is half grey (128), half red."""
     video = torch.full((3, 2, 6, 5), 0.5)
     cam = torch.stack([torch.zeros(6, 5), torch.ones(6, 5)])
-    strip = frame_strip(video, cam, alpha=1.0, labels=False, pad=2)
+    strip = frame_strip(video, cam, alpha=1.0, cmap=blue_red, labels=False, pad=2)
     assert strip.size == (2 * (5 + 2) + 2, 6 + 4)
     a = np.asarray(strip)
-    assert a[2 + 3, 2 + 2].tolist() == [0, 0, 128] and a[2 + 3, 9 + 2].tolist() == [128, 0, 0]
-    path = save_gif(tmp_path / "clip.gif", video, cam[None, None], fps=5)
+    assert a[2 + 3, 2 + 2].tolist() == [0, 0, 255] and a[2 + 3, 9 + 2].tolist() == [255, 0, 0]
+    path = save_gif(tmp_path / "clip.gif", video, cam[None, None], fps=5, cmap=blue_red)
     with Image.open(path) as gif:
         assert gif.n_frames == 2 and gif.size == (5, 6) and gif.info["duration"] == 200
-        gif.seek(1)  # half the grey frame (128) and half dark red, up to the GIF palette's rounding
-        assert np.abs(np.asarray(gif.convert("RGB"))[3, 2].astype(int) - [128, 64, 64]).max() <= 4
+        gif.seek(1)  # up to the GIF palette's rounding
+        assert np.abs(np.asarray(gif.convert("RGB"))[3, 2].astype(int) - [192, 64, 64]).max() <= 4
     with pytest.raises(InputError, match=r"\(T, H, W\)"):
         frame_strip(video, torch.zeros(6, 5))
 
@@ -322,6 +327,6 @@ def test_the_video_example_runs(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv3d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2), nn.AdaptiveAvgPool3d(1),
                           nn.Flatten(1), nn.Linear(4, 3)).eval()
-    got = ns["main"](model, layer="2", frames=4, size=16, out=tmp_path)
+    got = ns["main"](model, layer="2", frames=4, size=16, out=tmp_path, cmap=blue_red)
     assert got["maps"].shape == (1, 2, 4, 16, 16) and got["layer_maps"].shape == (1, 2, 2, 8, 8)
     assert [p.name for p in got["files"]] == ["strip.png", "clip.gif"] and all(p.stat().st_size > 0 for p in got["files"])
