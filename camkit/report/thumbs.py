@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .. import overlay as ov
@@ -228,11 +229,16 @@ def make_all(root: Path, rows: Sequence[Row], look: Look, workers: int = 1) -> T
         else:
             todo.append(row)
     reused = len(new)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            made = list(pool.map(_job, [(root, r, look) for r in todo], chunksize=16))
-    else:
-        made = [make_views(root, r, look) for r in todo]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # images of 448 pixels: threads cost more than they save (restored below)
+    try:
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                made = list(pool.map(_job, [(root, r, look) for r in todo], chunksize=16))
+        else:
+            made = [make_views(root, r, look) for r in todo]
+    finally:
+        torch.set_num_threads(threads)
     for row, got in zip(todo, made):
         new[row.key] = {**got, "sig": signature(row, look)}
     folder = root / REPORT_FILES
