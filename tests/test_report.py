@@ -167,3 +167,27 @@ def test_the_command_line(tmp_path, capsys, built):
     assert len(err) == 1 and err[0].startswith("camkit: error: ") and "holds no camkit output" in err[0]
     assert main(["report", str(a), "--cmap", "nosuchmap"]) == 2
     assert main(["report", str(a), "--compare", str(tmp_path)]) == 2
+
+
+def test_evaluate_values_become_sortable_metrics(tmp_path, built):
+    """camkit evaluate's evaluation.json: per image and method, its values; in an export folder they join the
+    export's rows (by image path), alone they make the rows."""
+    _, a, _, _ = built
+    recs = [json.loads(line) for line in (a / "manifest.jsonl").read_text().splitlines()]
+    per = [{"image": r["path"], "method": "gradcam", "class": 1, "road_morf": 0.5 - 0.1 * i, "sparseness": 2.0}
+           for i, r in enumerate(recs[:3])]
+    blob = {"settings": {"model": "tiny", "metric": ["road"]}, "summary": {}, "per_image": per}
+    (a / "evaluation.json").write_text(json.dumps(blob))
+    try:
+        d = _data(build_report(a, thumbnails=False).path)
+    finally:
+        (a / "evaluation.json").unlink()
+    assert d["metrics"] == ["gradcam road_morf", "gradcam sparseness", "iou"]
+    assert [r[7][0] for r in d["rows"][:4]] == [0.5, 0.4, pytest.approx(0.3), None]
+    alone = tmp_path / "eval"
+    alone.mkdir()
+    (alone / "evaluation.json").write_text(json.dumps(blob))
+    Image.new("RGB", (4, 4)).save(alone / "road.png")  # its curves: not overlays
+    d = _data(build_report(alone).path)
+    assert [r[0] for r in d["rows"]] == [r["path"] for r in recs[:3]] and d["rows"][0][3] == [1]
+    assert '<dt>model</dt><dd>tiny</dd>' in (alone / "report.html").read_text()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -230,9 +231,40 @@ def _explain_from_files(folder: Path, known_methods: Sequence[str]) -> Run:
     return Run(folder, "explain", methods, names, rows)
 
 
+def merge_evaluation(run: Run, path: Path) -> None:
+    """``camkit evaluate``'s per-image values (``evaluation.json``) as metrics named ``METHOD METRIC``,
+    matched to the run's images by path; an image the run lacks gets a row of its own (no maps)."""
+    try:
+        blob = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(f"{path} is not a camkit evaluate result (unreadable JSON)") from None
+    by_path = {os.path.abspath(r.photo): r for r in run.rows if r.photo}
+    for rec in blob.get("per_image") or [] if isinstance(blob, dict) else []:
+        image = str(rec.get("image"))
+        row = by_path.get(os.path.abspath(image))
+        if row is None:
+            row = by_path[os.path.abspath(image)] = Row(name=image, photo=image, views=[None] * len(run.methods),
+                                                        links=[[] for _ in run.methods])
+            run.rows.append(row)
+        if not row.pred and isinstance(rec.get("class"), int):
+            row.pred = [_class_list(run.classes, rec["class"])]
+        row.metrics.update({f"{rec.get('method')} {k}": float(v) for k, v in rec.items()
+                            if k not in ("image", "method", "class") and _number(v) is not None})
+    if not run.settings and isinstance(blob, dict):
+        run.settings = {k: v for k, v in (blob.get("settings") or {}).items() if not isinstance(v, (dict, list))}
+
+
 def read_run(folder: Path, compare: Sequence[Path] = (), known_methods: Sequence[str] = ()) -> Run:
     """The run in ``folder``: an export (``manifest.jsonl``) or an explain run (``explain.jsonl`` or
-    its overlays, with method names among ``known_methods``)."""
+    its overlays, with method names among ``known_methods``), with ``camkit evaluate``'s per-image values
+    where the folder holds its ``evaluation.json`` (an evaluate folder alone: its images and values)."""
+    run = _read_run(folder, compare, known_methods)
+    if (folder / "evaluation.json").is_file():
+        merge_evaluation(run, folder / "evaluation.json")
+    return run
+
+
+def _read_run(folder: Path, compare: Sequence[Path], known_methods: Sequence[str]) -> Run:
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder (give the --out folder of camkit explain or export)")
     if (folder / "manifest.jsonl").is_file():
@@ -245,4 +277,12 @@ def read_run(folder: Path, compare: Sequence[Path] = (), known_methods: Sequence
     rec = folder / "explain.jsonl"
     if rec.is_file():
         return _explain_from_records(folder, [ln for ln in rec.read_text().splitlines() if ln.strip()])
+    if (folder / "evaluation.json").is_file() and not _any_overlay(folder, known_methods):
+        return Run(folder, "evaluate", [], [], [])  # camkit evaluate's folder alone: read_run adds its images
     return _explain_from_files(folder, known_methods)
+
+
+def _any_overlay(folder: Path, known_methods: Sequence[str]) -> bool:
+    return any(_parse_overlay(p.relative_to(folder).with_suffix("").as_posix(), known_methods)
+               for p in folder.rglob("*.png") if not p.name.startswith(FIGURE_PREFIXES)
+               and p.relative_to(folder).parts[0] != REPORT_FILES)
