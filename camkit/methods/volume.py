@@ -46,7 +46,8 @@ def check_input_dims(x: Tensor, conv: Optional[Tuple[str, int]], method: str, vo
         raise InputError(
             f"the model's first convolution {conv[0]!r} is a Conv3d: it takes videos or volumes "
             f"(B, C, T, H, W), got a 4-D input {tuple(x.shape)} (which Conv3d would read as one unbatched "
-            "volume). Add the batch dimension (x[None]) or, for images, use a 2-D model")
+            "volume). If it is one clip (C, T, H, W), add the batch dimension (x[None]); for images, use a "
+            "2-D model")
     if x.dim() != 5:
         return
     if conv is not None and conv[1] != 3:
