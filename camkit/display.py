@@ -100,6 +100,18 @@ def target_label(res: Any, b: int, k: int, categories: Optional[Sequence[str]] =
     return name if math.isnan(p) else f"{name} {100 * p:.1f}%"
 
 
+def _picture_maps(res: Any) -> torch.Tensor:
+    """The maps to draw: ``res.maps`` when computed, else the maps at tile size (a result for 1000 classes
+    is not upsampled to the input's size for a picture of four of them)."""
+    size = getattr(res, "_size", None)
+    if getattr(res, "_maps", None) is None and size is not None and len(size) == 2:
+        try:
+            return res.maps_at((min(int(size[0]), TILE), min(int(size[1]), TILE)))
+        except InputError:
+            pass
+    return res.maps
+
+
 def result_picture(res: Any, categories: Optional[Sequence[str]] = None, images: int = MAX_IMAGES,
                    targets: int = MAX_TARGETS, cmap: Any = "jet", alpha: float = 0.5) -> Image.Image:
     """The result's overlays on its inputs: one labelled column per image, one tile per target.
@@ -114,7 +126,7 @@ def result_picture(res: Any, categories: Optional[Sequence[str]] = None, images:
     Returns:
         *PIL.Image.Image*: RGB.
     """
-    maps = res.maps.detach().float().cpu()
+    maps = _picture_maps(res).detach().float().cpu()
     B, K = int(maps.shape[0]), int(maps.shape[1])
     x = getattr(res, "inputs", None)
     columns: List[Image.Image] = []
