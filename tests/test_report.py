@@ -149,6 +149,13 @@ def test_an_explain_run_shows_its_methods_classes_and_links(tmp_path):
     for link in row[12][0] + row[12][1] + d["rows"][1][12][0]:
         assert (root / unquote(link)).is_file() and not link.startswith("/")
     assert d["rows"][2][0] == "/photos/bad.jpg" and d["rows"][2][1] == 0 and "cannot read" in d["rows"][2][13]
+    assert row[6] is None  # no maps saved: no agreement
+    maps = {m: np.random.default_rng(i).random((32, 32)).astype(np.float32) for i, m in enumerate(d["methods"])}
+    for m, arr in maps.items():  # --save-maps: each overlay's map beside it, as .npy
+        np.save(root / f"sub dir/a #1_{m}_1-cat.npy", arr)
+    d = _data(build_report(root).path)
+    want = np.corrcoef(maps["layercam"].ravel(), maps["gradcam"].ravel())[0, 1]
+    assert d["rows"][0][6] == pytest.approx(want, abs=1e-4) and d["rows"][1][6] is None
     (root / "explain.jsonl").unlink()  # an older run: the overlay file names alone
     d = _data(build_report(root).path)
     assert sorted(r[0] for r in d["rows"]) == ["b%c", "sub dir/a #1"] and sorted(d["methods"]) == ["gradcam",

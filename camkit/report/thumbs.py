@@ -62,6 +62,7 @@ def _stat(p: Optional[str]) -> Optional[List[Any]]:
 def signature(row: Row, look: Look) -> List[Any]:
     """What the row's images are made from: the sources as they are now, and the look."""
     srcs = [row.photo, row.mask] + [s for v in row.views if v is not None for s in v.sources]
+    srcs += [str(Path(v.sources[0]).with_suffix(".npy")) for v in row.views if v is not None and v.kind == "png"]
     return [[DRAWING, look.cmap, look.alpha, look.thumb, look.large]] + [_stat(s) for s in srcs]
 
 
