@@ -106,7 +106,7 @@ def build_report(folder: PathLike, compare: Sequence[PathLike] = (), *, labels: 
     text = page_html(run, made, info, page_size)
     out = root / "report.html"
     try:
-        tmp = out.with_name(".report.html.tmp")
+        tmp = out.with_name(f".report.html.{os.getpid()}.tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out)
     except OSError as e:

@@ -74,7 +74,7 @@ def _scaled(im: Image.Image, side: int) -> Image.Image:
 
 def _save(im: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     im.convert("RGB").save(tmp, format="JPEG", quality=85)
     os.replace(tmp, path)
 
@@ -244,6 +244,7 @@ def make_all(root: Path, rows: Sequence[Row], look: Look, workers: int = 1) -> T
         new[row.key] = {**got, "sig": signature(row, look)}
     folder = root / REPORT_FILES
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "index.json.tmp").write_text(json.dumps(new))
-    os.replace(folder / "index.json.tmp", folder / "index.json")
+    tmp = folder / f".index.json.{os.getpid()}.tmp"  # two reports at once: each its own, the last one stays
+    tmp.write_text(json.dumps(new))
+    os.replace(tmp, folder / "index.json")
     return new, len(todo), reused
