@@ -33,7 +33,7 @@ class Records:
     def write(self, outputs: Any, failed: Sequence[Tuple[str, str]]) -> None:
         """Write ``explain.jsonl`` through the run's :class:`~camkit.cli.outputs.Outputs`."""
         lines = self.lines + [{"path": p, "status": "error", "error": why} for p, why in failed]
-        text = "".join(json.dumps(r) + "\n" for r in lines)
+        text = "".join(json.dumps(r, default=str) + "\n" for r in lines)  # an odd option value as text
         outputs.write(outputs.root / "explain.jsonl", lambda p: Path(p).write_text(text))
 
 
