@@ -99,6 +99,7 @@ def test_the_report_works_in_chromium_from_file_urls(tmp_path):
         assert _names(driver) == by_fg + ["plain/broken"]
         Select(driver.find_element(By.ID, "dir")).select_by_value("1")
         assert _names(driver) == by_fg[::-1] + ["plain/broken"]
+        driver.execute_script("document.getElementById('grid').lastElementChild.scrollIntoView()")  # lazy: in view
         _wait(driver, ALL_LOADED, 5)  # the thumbnails load from relative file:// links
         assert len(driver.find_elements(By.CSS_SELECTOR, "#grid .card img")) == 2 * len(IMAGES)
         driver.find_element(By.ID, "masks").click()  # the pseudo-mask toggle adds one thumbnail per card
