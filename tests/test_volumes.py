@@ -3,7 +3,7 @@
 References: each formula written out over (t, h, w) on activations and gradients taken with plain
 torch.autograd.grad (no camkit code), trilinear upsampling by torch's F.interpolate, min-max per
 volume written out; torchcam 0.5.0 on its own video test case (its tests' Conv3d model and a
-(1, 3, 8, 16, 16) input) for CAM, Grad-CAM, XGrad-CAM, LayerCAM and its 3-D normalization.
+(1, 3, 8, 16, 16) input) for CAM, Grad-CAM, XGrad-CAM, LayerCAM, Score-CAM and its 3-D normalization.
 Grad-CAM++ is not compared with torchcam: torchcam's alpha differs by definition (README); the
 hand formula checks it. torchvision's r3d_18 runs at (1, 3, 4, 32, 32) (built once, on the meta
 device, then given seeded weights: its own initialisation costs a second).
@@ -145,6 +145,33 @@ def test_cam_eigencam_and_smooth_gradcampp_on_a_volume(tiny3d, scan):
                                rtol=1e-9, atol=1e-12)
 
 
+def test_scorecam_and_ablationcam_on_a_volume_equal_hand_perturbations(tiny3d, scan):
+    """Score-CAM: the scan times each channel's trilinearly upsampled, per-volume min-max map, the
+    targets' softmax over the channels; Ablation-CAM: the drop when a channel is set to 0. Both
+    written out with plain forwards (Score-CAM's run on a BatchNorm-folded copy: float64 rounding)."""
+    layer, module = "features.3", tiny3d.features[3]
+    A, _ = hand(tiny3d, scan, layer, CLASSES)
+    C = A.shape[1]
+    with torch.no_grad():
+        y = tiny3d(scan).gather(1, CLASSES)
+        masks = minmax_volume(trilinear(A, scan.shape[2:]))
+        S = torch.stack([tiny3d(scan * masks[:, c:c + 1]).gather(1, CLASSES) for c in range(C)], -1)
+        ablated = []
+        for c in range(C):
+            keep = (torch.arange(C) != c).to(A.dtype).view(1, C, 1, 1, 1)
+            handle = module.register_forward_hook(lambda m, i, o, keep=keep: o * keep)
+            try:
+                ablated.append(tiny3d(scan).gather(1, CLASSES))
+            finally:
+                handle.remove()
+    score = camkit.ScoreCAM(tiny3d, layers=[layer])(scan, CLASSES)
+    torch.testing.assert_close(score.layer_maps[layer], weighted(S.softmax(-1), A), rtol=1e-7, atol=1e-10)
+    abl = camkit.AblationCAM(tiny3d, layers=[layer])(scan, CLASSES)
+    w = (y[..., None] - torch.stack(ablated, -1)) / y[..., None]
+    torch.testing.assert_close(abl.layer_maps[layer], weighted(w, A), rtol=1e-9, atol=1e-12)
+    assert score.maps.shape == abl.maps.shape == (2, 2, 4, 8, 8)
+
+
 def test_fusion_of_two_volume_layers(tiny3d, scan):
     """LayerCAM on two layers of different (t, h, w): per-volume min-max, trilinear, then max / mean /
     torchcam's tanh_max, equal to the fusion written out."""
@@ -182,8 +209,8 @@ def torchcam_video_model() -> nn.Module:
 
 
 def test_torchcam_video_case():
-    """torchcam's (1, 3, 8, 16, 16) into its Conv3d model: CAM, Grad-CAM, XGrad-CAM and LayerCAM raw maps
-    equal torchcam's; CAM's normalized maps equal torchcam's normalized ones; normalize_volume equals
+    """torchcam's (1, 3, 8, 16, 16) into its Conv3d model: CAM, Grad-CAM, XGrad-CAM, LayerCAM and Score-CAM
+    raw maps equal torchcam's; CAM's normalized maps equal torchcam's normalized ones; normalize_volume equals
     torchcam's 3-D normalization (its eps=1e-8 aside)."""
     tcm = pytest.importorskip("torchcam.methods")
 
@@ -196,7 +223,8 @@ def test_torchcam_video_case():
     x = torch.rand((1, 3, 8, 16, 16), generator=torch.Generator().manual_seed(0))
     t = torch.zeros(1, 1, dtype=torch.long)
     for ours, theirs, kw in [(camkit.GradCAM, tcm.GradCAM, {}), (camkit.XGradCAM, tcm.XGradCAM, {}),
-                             (camkit.LayerCAM, tcm.LayerCAM, {}), (camkit.CAM, tcm.CAM, {"fc": "2"})]:
+                             (camkit.LayerCAM, tcm.LayerCAM, {}), (camkit.ScoreCAM, tcm.ScoreCAM, {}),
+                             (camkit.CAM, tcm.CAM, {"fc": "2"})]:
         ref = torchcam_maps(theirs, model, "0.3", x, t, **({"fc_layer": "2"} if kw else {}))
         res = ours(model, layers=["0.3"], **kw)(x, t)
         assert ref.shape == res.layer_maps["0.3"].shape == res.maps.shape == (1, 1, 8, 16, 16)
@@ -271,9 +299,8 @@ def test_bad_input_on_volumes(tiny3d, scan):
         camkit.GradCAM(flat, layers=["0"])(scan)
     with pytest.raises(InputError, match=r"'features.0' is a Conv3d: .* got a 4-D input"):
         camkit.GradCAM(tiny3d, layers=["features.5"])(scan[:, :, 0])
-    for cls in (camkit.ScoreCAM, camkit.AblationCAM, camkit.FullGrad):
-        with pytest.raises(InputError, match="does not support videos or 3-D volumes"):
-            cls(tiny3d, layers=["features.5"])
+    with pytest.raises(InputError, match="FullGrad does not support videos or 3-D volumes"):
+        camkit.FullGrad(tiny3d)
     res = camkit.GradCAM(tiny3d, layers=["features.5"])(scan)
     with pytest.raises(InputError, match="maps_at takes a size of 3 numbers"):
         res.maps_at((8, 8))

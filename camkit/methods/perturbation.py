@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..normalize import minmax
+from ..normalize import minmax, normalize_volume
 from ..targets import Target, check_values
 from .base import CallContext, _Method
 from .eigen import channel_map
@@ -48,6 +47,7 @@ from .options import SmoothingOptions, check_noise, positive_int
 from .output import select_output
 from .precision import float32_math, work_dtype
 from .registry import register_method
+from .volume import upsample
 
 # --------------------------------------------------------------------------- formulas
 
@@ -69,9 +69,10 @@ def ablationcam_formula(A: Tensor, y: Tensor, S: Tensor, eigen: bool = False) ->
 
 def score_masks(a: Tensor, size: Sequence[int]) -> Tensor:
     """Score-CAM's masks: each map ``(N, h, w)`` upsampled (bilinear) to ``size`` and
-    min-max normalized to [0, 1] (0 for a constant map): ``(N, H, W)``."""
-    up = F.interpolate(a[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    return minmax(up)
+    min-max normalized to [0, 1] (0 for a constant map): ``(N, H, W)``; a volume's ``(N, t, h, w)``
+    trilinearly to ``(T, H, W)``, each normalized as one map."""
+    up = upsample(a[:, None], size)[:, 0]
+    return minmax(up) if up.dim() == 3 else normalize_volume(up)
 
 
 # --------------------------------------------------------------------------- targets on perturbed copies
@@ -196,6 +197,7 @@ class ScoreCAM(_PerturbationMethod):
     """
 
     Options = ScoreCAMOptions
+    volumes = True  # masks of a (B, C, t, h, w) layer: trilinear, normalized per volume
     dedupe = True  # channels with equal normalized maps share a forward
     default_batch_size = 16  # whole-model forwards: 16 fit the CPU's caches better than 64
 
@@ -221,14 +223,14 @@ class ScoreCAM(_PerturbationMethod):
 
     def _masked_values(self, run: Callable[[Tensor], object], x: Tensor, A: Tensor, values: Values) -> Tensor:
         """S (B, K, C): the targets' values on the input masked by each channel of A."""
-        B, C, h, w = A.shape
-        size = x.shape[-2:]
-        low = minmax(work_dtype(A))
+        B, spatial = A.shape[0], A.shape[2:]  # (h, w), or a volume's (t, h, w)
+        size = x.shape[2:]
+        low = minmax(work_dtype(A)) if A.dim() == 4 else normalize_volume(work_dtype(A))
         S = []
         for b in range(B):
             if self.dedupe:
                 maps, inverse = torch.unique(low[b].flatten(1), dim=0, return_inverse=True)
-                maps = maps.view(-1, h, w)
+                maps = maps.view(-1, *spatial)
             else:
                 maps, inverse = low[b], None
             vals = []
@@ -250,7 +252,8 @@ class ScoreCAM(_PerturbationMethod):
             run = self._forward_fn()
             for name in self.layer_names:
                 A = self._as_4d(name, ctx.acts[name])
-                S = self._masked_values(run, x, A, fn)
+                spatial = self._spatial(name, ctx.acts[name])
+                S = self._masked_values(run, x, A.unflatten(2, spatial[:2]) if len(spatial) == 3 else A, fn)
                 with float32_math(A.device.type):
                     out[name] = scorecam_formula(work_dtype(A), work_dtype(S), self.options.softmax,
                                                  self.options.eigen_smooth)
@@ -339,6 +342,7 @@ class AblationCAM(_PerturbationMethod):
     """
 
     Options = AblationOptions
+    volumes = True  # the ablated copies keep the layer's (C, t, h, w)
     default_batch_size = 64  # only the layers above run on the copies
 
     def _setup(self) -> None:
@@ -387,8 +391,8 @@ class AblationCAM(_PerturbationMethod):
         out: Dict[str, Tensor] = {}
         with self._recorder.paused():
             for name, module in self.layers:
-                A = self._as_4d(name, ctx.acts[name])
-                S = self._ablated_values(module, x, A, y, fn, state)
+                A = self._as_4d(name, ctx.acts[name])  # a volume's folded; the copies keep the layer's shape
+                S = self._ablated_values(module, x, ctx.acts[name], y, fn, state)
                 with float32_math(A.device.type):
                     out[name] = ablationcam_formula(work_dtype(A), work_dtype(y), work_dtype(S),
                                                     self.options.eigen_smooth)

@@ -62,9 +62,9 @@ def check_input_dims(x: Tensor, conv: Optional[Tuple[str, int]], method: str, vo
 def no_volumes(method: str) -> InputError:
     """The error for a method that does not take videos or 3-D volumes."""
     return InputError(
-        f"{method} does not support videos or 3-D volumes (B, C, T, H, W) (its perturbations or terms "
-        "are written for 2-D images); use CAM, Eigen-CAM or a gradient method (Grad-CAM, Grad-CAM++, "
-        "LayerCAM, HiResCAM, XGrad-CAM, Grad-CAM element-wise, Eigen-Grad-CAM, Smooth Grad-CAM++)")
+        f"{method} does not support videos or 3-D volumes (B, C, T, H, W) (its terms are written for 2-D "
+        "images); use CAM, Eigen-CAM, a gradient method (Grad-CAM, Grad-CAM++, LayerCAM, HiResCAM, XGrad-CAM, "
+        "Grad-CAM element-wise, Eigen-Grad-CAM, Smooth Grad-CAM++), Score-CAM, SS-CAM, IS-CAM or Ablation-CAM")
 
 
 def fold(a: Tensor) -> Tensor:
