@@ -203,3 +203,22 @@ def test_refinecam_is_the_product_of_the_normalized_layers(net, x):
         camkit.RefineCAM(net, layers=layers, fusion="mean")
     with pytest.raises(InputError, match="base"):
         camkit.RefineCAM(net, layers=layers, base="eigencam")
+
+
+def test_speed_script_runs_end_to_end(tmp_path):
+    """benchmarks/new_methods_contrast.py on tiny nets (one round, no warm-up): every runner timed, the
+    same-round ratios and the provenance written."""
+    import json
+
+    from benchmarks.new_methods_contrast import main
+
+    md, js = main(["--arch", "tiny", "--size", "16", "--k", "2", "--rounds", "1", "--warm-size", "0", "--no-memory",
+                   "--out", str(tmp_path / "c.md")])
+    data = json.loads(js.read_text())
+    assert [r["method"] for r in data["results"]] == ["ShapleyCAM", "Finer-CAM", "RefineCAM", "LeGrad"]
+    peers = {"ShapleyCAM": ["pytorch-grad-cam"], "Finer-CAM": ["pytorch-grad-cam", "torchcam"],
+             "RefineCAM": ["pytorch-grad-cam", "torchcam"], "LeGrad": ["torchcam"]}
+    for r in data["results"]:
+        want = {f"camkit {r['method']}"} | {f"{p} {r['method']}" for p in peers[r["method"]]}
+        assert set(r["times_s"]) == want and set(r["ratios"]) == want - {f"camkit {r['method']}"}
+    assert "peer / camkit" in md.read_text() and data["provenance"]["git_commit"]

@@ -3,6 +3,7 @@ gradient method differentiates through them, as plain autograd does."""
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torchvision
 
@@ -41,8 +42,14 @@ def test_every_gradient_method_takes_a_computing_output(net, name):
     import warnings
 
     x = torch.randn(1, 3, 48, 48)
+    layers = ["layer4"]
+    if name == "legrad":  # a vision-transformer method: a tiny timm ViT, its blocks
+        torch.manual_seed(0)
+        net = timm.create_model("vit_tiny_patch16_224", img_size=48, patch_size=16, depth=2, embed_dim=24,
+                                num_heads=2, num_classes=6).eval()
+        layers = ["blocks.0", "blocks.1"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FullGrad: layers= ignored
-        plain = METHODS[name](net, layers=["layer4"])(x, targets=[2])
-        computed = METHODS[name](net, layers=["layer4"], output=lambda o: o * 1.0)(x, targets=[2])
+        plain = METHODS[name](net, layers=layers)(x, targets=[2])
+        computed = METHODS[name](net, layers=layers, output=lambda o: o * 1.0)(x, targets=[2])
     torch.testing.assert_close(computed.maps, plain.maps)
