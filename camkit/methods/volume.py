@@ -2,10 +2,11 @@
 
 A 3-D layer's output ``A (B, C, t, h, w)`` is *folded* to ``(B, C, t * h, w)`` before a
 method's formula runs, and its raw maps ``(B, K, t * h, w)`` are unfolded back to
-``(B, K, t, h, w)``. Every formula of CAM, Eigen-CAM and the gradient methods treats the
-positions of a map as a set (a mean or sum over them, an element-wise product, or the
-principal component of the position vectors), so folding changes nothing: the maps are
-those of the formula written over ``(t, h, w)``. Maps are upsampled to the input's
+``(B, K, t, h, w)``. Every formula of CAM, Eigen-CAM, the gradient methods and the channel
+weights of Score-CAM / Ablation-CAM treats the positions of a map as a set (a mean or sum over
+them, an element-wise product, or the principal component of the position vectors), so folding
+changes nothing: the maps are those of the formula written over ``(t, h, w)``. Score-CAM's masks
+and Ablation-CAM's copies are made from the unfolded output. Maps are upsampled to the input's
 ``(T, H, W)`` trilinearly (``align_corners=False``), normalized per volume (each
 ``(T, H, W)`` map one map: :func:`camkit.normalize.normalize_volume`) and fused as 2-D maps are.
 
