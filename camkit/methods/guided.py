@@ -19,7 +19,9 @@ The map of each target is the guided gradient reduced over the input's C channel
 Guided Grad-CAM multiplies it, position by position, by the layer's Grad-CAM map (plain
 gradients) upsampled bilinearly to the input: ``reduce(g) * up(ReLU(sum_k mean(G_k) A_k))``
 (the paper's product with the 3-channel gradient, reduced after it: the Grad-CAM value is one
-non-negative number per position, so the order does not matter).
+non-negative number per position, so the order does not matter). Several layers' Grad-CAM maps
+are fused first, each scaled by its maximum (a positive factor per map, which the final
+normalization removes for one layer).
 """
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..hooks import LayerSpec
-from ..normalize import Normalizer
-from .base import NO_PATH, CallContext, Layers, _GradientMethod, all_zero
+from ..normalize import Normalizer, relu_max
+from .base import NO_PATH, CallContext, Layers, _GradientMethod, _Method, all_zero
 from .gradient import gradcam_formula
 from .options import GradientOptions
 from .precision import float32_math, work_dtype
@@ -172,43 +174,40 @@ class GuidedBackprop(_Guided):
         return {"input": self._guided(ctx, retain=False)}
 
 
-@register_method("guidedgradcam", layers="last", fuses=False)
+@register_method("guidedgradcam", layers="last")
 class GuidedGradCAM(_Guided):
-    """Guided Grad-CAM on one layer: the guided map times the layer's (plain) Grad-CAM, upsampled.
-    ``layer_maps`` holds ``"input"`` (the guided map) and the layer's Grad-CAM map."""
-
-    def _default_layers(self, layers: Layers) -> Sequence[LayerSpec]:
-        if isinstance(layers, (list, tuple)) and len(layers) > 1:
-            raise InputError(f"Guided Grad-CAM uses one layer, got {len(layers)}")
-        return layers  # type: ignore[return-value]
+    """Guided Grad-CAM: the guided map times the layers' (plain) Grad-CAM, upsampled. Several layers'
+    Grad-CAM maps are fused first (``fusion`` / ``weights``, each scaled by its maximum, ``relu_max``;
+    raw with ``normalize=None``). ``layer_maps`` holds ``"input"`` (the guided map) and each layer's
+    Grad-CAM map."""
 
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
-        (name,) = self.layer_names
+        names = self.layer_names
+        if not ctx.values.requires_grad:
+            raise InputError(NO_PATH.format(names=names))
         self._switch.on = False  # Grad-CAM's own gradients are the plain ones
         try:
-            (G,) = self._gradients_kept(ctx, name)
+            grads = _grads(ctx.values, [ctx.acts[n] for n in names], self.options.batched_backward, retain=True)
         finally:
             self._switch.on = True
-        with float32_math(ctx.values.device.type):
-            A = self._as_4d(name, ctx.acts[name].detach())
-            cam = gradcam_formula(work_dtype(A), work_dtype(self._reshaped(G)))
-        return {name: cam, "input": self._guided(ctx, retain=False)}
-
-    def _gradients_kept(self, ctx: CallContext, name: str) -> List[Tensor]:
-        if not ctx.values.requires_grad:
-            raise InputError(NO_PATH.format(names=[name]))
-        (G,) = _grads(ctx.values, [ctx.acts[name]], self.options.batched_backward, retain=True)
-        if G is None:
-            raise InputError(NO_PATH.format(names=[name]))
-        return [G]
+        out: Dict[str, Tensor] = {}
+        for name, G in zip(names, grads):
+            if G is None:
+                raise InputError(NO_PATH.format(names=[name]))
+            with float32_math(ctx.values.device.type):
+                A = self._as_4d(name, ctx.acts[name].detach())
+                out[name] = gradcam_formula(work_dtype(A), work_dtype(self._reshaped(G)))
+        out["input"] = self._guided(ctx, retain=False)
+        return out
 
     @staticmethod
     def _combine(layer_maps: Dict[str, Tensor], size: Tuple[int, ...], normalize: Optional[Normalizer],
                  fusion: str, weights: Optional[Sequence[float]], valid: Optional[Tensor] = None) -> Tensor:
-        """The guided map times the upsampled Grad-CAM map (at the input's size), resized to ``size``,
+        """The guided map times the layers' Grad-CAM maps fused at the input's size, resized to ``size``,
         then normalized."""
         gb = layer_maps["input"]
-        (cam,) = [m for n, m in layer_maps.items() if n != "input"]
+        cams = {n: m for n, m in layer_maps.items() if n != "input"}
+        cam = _Method._combine(cams, tuple(gb.shape[-2:]), None if normalize is None else relu_max, fusion, weights)
         with float32_math(gb.device.type):
             out = guided_gradcam_formula(gb, cam)
             if tuple(out.shape[-2:]) != tuple(size):
