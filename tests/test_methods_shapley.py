@@ -52,7 +52,7 @@ def x():
     return torch.randn(2, 3, 16, 16, dtype=torch.float64)
 
 
-def pgc_shapley(model, layer, x, classes, target_cls=ClassifierOutputTarget):
+def pgc_shapley(model, layer, x, classes, target_cls=ClassifierOutputTarget, eigen_smooth=False):
     """pytorch-grad-cam's ShapleyCAM raw map (get_cam_image's output, before its ReLU), (B, K, h, w)."""
 
     class AtLayer(pgc.ShapleyCAM):
@@ -68,7 +68,7 @@ def pgc_shapley(model, layer, x, classes, target_cls=ClassifierOutputTarget):
     for k in range(classes.shape[1]):
         cam = AtLayer(model, [layer])
         try:
-            cam(x, [target_cls(int(c)) for c in classes[:, k]])
+            cam(x, [target_cls(int(c)) for c in classes[:, k]], eigen_smooth=eigen_smooth)
         finally:
             cam.activations_and_grads.release()
         out.append(torch.as_tensor(cam.kept))
@@ -142,3 +142,16 @@ def test_shapleycam_bad_input(smooth_net, x):
     with pytest.raises(InputError, match="rest"):
         camkit.ShapleyCAM(smooth_net, layers="3", utility="rest")(x, targets=lambda s: s[:, 0])
     assert "shapleycam" in cli_names()
+
+
+def test_shapleycam_eigen_smooth_matches_pytorch_grad_cam_up_to_the_sign(smooth_net, x):
+    """eigen_smooth: the first principal component of w_k A_k (pytorch-grad-cam's sign is LAPACK's,
+    camkit's makes the loadings sum >= 0; its projection is float32)."""
+    classes = torch.tensor([[2], [4]])
+    ours = camkit.ShapleyCAM(smooth_net, layers="3", eigen_smooth=True)(x, targets=classes).layer_maps["3"]
+    raw = pgc_shapley(smooth_net, smooth_net[3], x, classes, eigen_smooth=True).double()
+    for b in range(2):
+        err = min(float((ours[b] - (s * raw[b]).clamp(min=0)).abs().max()) for s in (1, -1))
+        assert err <= 1e-5 * float(raw[b].abs().max())
+    plain = camkit.ShapleyCAM(smooth_net, layers="3")(x, targets=classes).layer_maps["3"]
+    assert (ours - plain).abs().max() > 1e-3 * plain.abs().max()
