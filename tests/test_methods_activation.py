@@ -227,6 +227,15 @@ def test_guided_k_targets_in_one_call_and_guided_gradcam(rn, x):
     res = cm.GuidedGradCAM(rn, layers=["layer3"], normalize=None)(x, targets=t)
     close(res.layer_maps["layer3"], gc, 1e-8)
     close(res.maps, both.maps * up, 1e-8)
+    gc4 = pgc_maps(pgc.GradCAM, rn, rn.layer4, x, t)["raw"].clamp(min=0)
+    up4 = F.interpolate(gc4, size=(32, 32), mode="bilinear", align_corners=False)
+    def by_max(u, m):  # an all-zero map stays 0
+        peak = m.amax(dim=(2, 3), keepdim=True)
+        return torch.where(peak > 0, u / torch.where(peak > 0, peak, 1.0), 0.0)
+
+    fused = torch.maximum(by_max(up, gc), by_max(up4, gc4))
+    two = cm.GuidedGradCAM(rn, layers=["layer3", "layer4"])(x, targets=t).maps  # min-max of the product
+    close(two, camkit.normalize.minmax(both.maps * fused), 1e-6)
 
 
 def test_guided_backprop_refuses_models_without_relu_modules():
