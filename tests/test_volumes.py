@@ -29,6 +29,15 @@ from camkit.video import frame_strip, save_gif
 SPATIAL = (-3, -2, -1)
 
 
+class Permute(nn.Module):
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(*self.dims)
+
+
 class Tiny3D(nn.Module):
     """A small medical-style 3-D CNN: one input channel (a scan), BatchNorm, max pooling, GAP + linear."""
 
@@ -301,7 +310,15 @@ def test_bad_input_on_volumes(tiny3d, scan):
         camkit.GradCAM(tiny3d, layers=["features.5"])(scan[:, :, 0])
     with pytest.raises(InputError, match="FullGrad does not support videos or 3-D volumes"):
         camkit.FullGrad(tiny3d)
+    last = nn.Sequential(nn.Conv3d(1, 5, 3, padding=1), Permute(0, 2, 3, 4, 1), nn.LayerNorm(5),
+                         Permute(0, 4, 1, 2, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten(1), nn.Linear(5, 3)).double()
+    with pytest.raises(InputError, match=r"channels last \(B, t, h, w, C\), with C = 5"):
+        camkit.GradCAM(last, layers=["2"])(scan)
+    res = camkit.GradCAM(last, layers=["2"], reshape=lambda t: t.permute(0, 4, 1, 2, 3))(scan)
+    assert res.layer_maps["2"].shape == (2, 1, 4, 8, 8)
     res = camkit.GradCAM(tiny3d, layers=["features.5"])(scan)
+    fast = camkit.GradCAM(tiny3d, layers=["features.5"], channels_last=True)(scan)  # channels_last_3d
+    torch.testing.assert_close(fast.maps, res.maps)
     with pytest.raises(InputError, match="maps_at takes a size of 3 numbers"):
         res.maps_at((8, 8))
     with pytest.raises(InputError, match="videos and 3-D volumes"):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
+from .checks import _width as feature_width
 
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 
@@ -66,6 +67,15 @@ def no_volumes(method: str) -> InputError:
         f"{method} does not support videos or 3-D volumes (B, C, T, H, W) (its terms are written for 2-D "
         "images); use CAM, Eigen-CAM, a gradient method (Grad-CAM, Grad-CAM++, LayerCAM, HiResCAM, XGrad-CAM, "
         "Grad-CAM element-wise, Eigen-Grad-CAM, Smooth Grad-CAM++), Score-CAM, SS-CAM, IS-CAM or Ablation-CAM")
+
+
+def check_channels_first(name: str, a: Tensor, module: Optional[nn.Module]) -> Tensor:
+    """``a`` if it is ``(B, C, t, h, w)``; a channels-last ``(B, t, h, w, C)`` output (its last dimension
+    the layer's width and the second not, e.g. a video Swin stage) is refused, never read as channels."""
+    if a.shape[1] != a.shape[-1] and feature_width(module) == a.shape[-1]:
+        raise InputError(f"layer {name!r} outputs shape {tuple(a.shape)}: channels last (B, t, h, w, C), with "
+                         f"C = {a.shape[-1]} its width. Pass reshape=lambda t: t.permute(0, 4, 1, 2, 3)")
+    return a
 
 
 def fold(a: Tensor) -> Tensor:
