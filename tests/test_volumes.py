@@ -181,6 +181,38 @@ def test_scorecam_and_ablationcam_on_a_volume_equal_hand_perturbations(tiny3d, s
     assert score.maps.shape == abl.maps.shape == (2, 2, 4, 8, 8)
 
 
+def test_fullgrad_on_a_volume_equals_its_terms_written_out(tiny3d, scan):
+    """FullGrad on a 3-D CNN: psi(|dy/dx * x|) + the Conv3d / BatchNorm3d bias terms, each min-max over its
+    (C, t, h, w) together and summed over C, upsampled trilinearly, summed, min-max per volume."""
+    f = tiny3d.features
+    bn_bias = f[1].bias - f[1].running_mean * f[1].weight / torch.sqrt(f[1].running_var + f[1].eps)
+    biases = {"features.0": f[0].bias, "features.1": bn_bias, "features.4": f[4].bias}
+    kept = {}
+    handles = [tiny3d.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: kept.setdefault(n, o))
+               for n in biases]
+    x = scan.clone().requires_grad_(True)
+    try:
+        out = tiny3d(x)
+    finally:
+        for h in handles:
+            h.remove()
+    tensors = [x] + [kept[n] for n in biases]
+    G = [torch.stack(g, 1) for g in zip(*[torch.autograd.grad(out.gather(1, CLASSES[:, k:k + 1]).sum(), tensors,
+                                                               retain_graph=True) for k in range(2)])]
+
+    def psi_sum(g: Tensor, b: Tensor) -> Tensor:
+        m = (g * b).abs()
+        lo, hi = m.amin((2, 3, 4, 5), keepdim=True), m.amax((2, 3, 4, 5), keepdim=True)
+        return ((m - lo) / (hi - lo)).sum(2)
+
+    terms = [psi_sum(G[0], x.detach()[:, None])]
+    terms += [psi_sum(g, b.detach().view(-1, 1, 1, 1)) for g, b in zip(G[1:], biases.values())]
+    ref = minmax_volume(sum(trilinear(t, (4, 8, 8)) for t in terms))
+    res = camkit.FullGrad(tiny3d)(scan, CLASSES)
+    assert sorted(res.layer_maps) == sorted(["input", *biases])
+    torch.testing.assert_close(res.maps, ref, rtol=1e-9, atol=1e-9)
+
+
 def test_fusion_of_two_volume_layers(tiny3d, scan):
     """LayerCAM on two layers of different (t, h, w): per-volume min-max, trilinear, then max / mean /
     torchcam's tanh_max, equal to the fusion written out."""
@@ -308,8 +340,10 @@ def test_bad_input_on_volumes(tiny3d, scan):
         camkit.GradCAM(flat, layers=["0"])(scan)
     with pytest.raises(InputError, match=r"'features.0' is a Conv3d: .* got a 4-D input"):
         camkit.GradCAM(tiny3d, layers=["features.5"])(scan[:, :, 0])
-    with pytest.raises(InputError, match="FullGrad does not support videos or 3-D volumes"):
-        camkit.FullGrad(tiny3d)
+    with pytest.raises(InputError, match="ReCAM does not support videos or 3-D volumes"):
+        camkit.ReCAM(tiny3d)
+    with pytest.raises(InputError, match="FullGrad's eigen_smooth is written for 2-D images"):
+        camkit.FullGrad(tiny3d, eigen_smooth=True)(scan)
     last = nn.Sequential(nn.Conv3d(1, 5, 3, padding=1), Permute(0, 2, 3, 4, 1), nn.LayerNorm(5),
                          Permute(0, 4, 1, 2, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten(1), nn.Linear(5, 3)).double()
     with pytest.raises(InputError, match=r"channels last \(B, t, h, w, C\), with C = 5"):

@@ -35,12 +35,13 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..hooks import LayerSpec
-from ..normalize import Normalizer, minmax
+from ..normalize import Normalizer, minmax, normalize_volume
 from .base import CallContext, Layers, _GradientMethod, all_zero
 from .eigen import eigen_projection
 from .options import GradientOptions
 from .precision import float32_math, work_dtype
 from .registry import register_method
+from .volume import upsample
 
 
 def fullgrad_term(G: Tensor, b: Tensor, per_channel: bool = False) -> Tensor:
@@ -48,6 +49,8 @@ def fullgrad_term(G: Tensor, b: Tensor, per_channel: bool = False) -> Tensor:
     (the bias ``(C, 1, 1)``; for the input term the input ``(B, 1, C, H, W)``) -> ``(B, K, h, w)``.
     ``psi``: min-max over the layer's C maps together, or over each map (``per_channel``)."""
     m = (G * b).abs()
+    if m.dim() == 6:  # a 3-D layer's (B, K, C, t, h, w): each (t, h, w) map, or the C maps together
+        return (normalize_volume(m) if per_channel else minmax(m.flatten(2).unsqueeze(-1)).view_as(m)).sum(dim=2)
     if per_channel:
         return minmax(m).sum(dim=2)
     return minmax(m.flatten(-3, -2)).unflatten(-2, m.shape[-3:-1]).sum(dim=2)
@@ -74,8 +77,9 @@ def fullgrad_eigen(terms: Sequence[Tensor], size: Tuple[int, ...], renormalize: 
 
 
 def bias_of(layer: nn.Module) -> Tensor:
-    """The per-channel bias a layer adds: a Conv2d's bias, a BatchNorm2d's effective bias in eval mode."""
-    if isinstance(layer, nn.BatchNorm2d):
+    """The per-channel bias a layer adds: a Conv2d's (Conv3d's) bias, a BatchNorm2d's (BatchNorm3d's)
+    effective bias in eval mode."""
+    if isinstance(layer, (nn.BatchNorm2d, nn.BatchNorm3d)):
         return layer.bias - layer.running_mean * layer.weight / torch.sqrt(layer.running_var + layer.eps)
     return layer.bias
 
@@ -88,7 +92,9 @@ def bias_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     activation)."""
     out = []
     for name, m in model.named_modules():
-        if type(m) is nn.Conv2d and m.bias is not None:
+        if type(m) in (nn.Conv2d, nn.Conv3d) and m.bias is not None:
+            out.append((name, m))
+        elif type(m) is nn.BatchNorm3d and m.affine and m.running_mean is not None:  # 3-D models
             out.append((name, m))
         elif isinstance(m, nn.BatchNorm2d) and m.affine and m.running_mean is not None:
             if type(m) is nn.BatchNorm2d:
@@ -128,6 +134,7 @@ class FullGrad(_GradientMethod):
 
     Options = FullGradOptions
     grad_from_input = True  # dy/dx is one of the terms
+    volumes = True  # Conv3d / BatchNorm3d biases, terms per (t, h, w) volume, trilinear upsampling
 
     def _setup(self) -> None:
         self._bias_of = dict(bias_layers(self.model))
@@ -142,13 +149,15 @@ class FullGrad(_GradientMethod):
 
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         x, names, per_channel = ctx.x, self.layer_names, self.options.per_channel
+        if x.dim() == 5 and self.options.eigen_smooth:
+            raise InputError("FullGrad's eigen_smooth is written for 2-D images; on videos and volumes use it without")
         grads = self._gradients(ctx.values, [x] + [ctx.acts[n] for n in names], ["input"] + names)
         ctx.flag("zero_gradients", all_zero(grads))
         out: Dict[str, Tensor] = {}
         with float32_math(ctx.values.device.type):
             out["input"] = fullgrad_term(work_dtype(grads[0]), work_dtype(x.detach())[:, None], per_channel)
             for name, g in zip(names, grads[1:]):
-                b = work_dtype(bias_of(self._bias_of[name]).detach())[:, None, None]
+                b = work_dtype(bias_of(self._bias_of[name]).detach()).view(-1, *([1] * (g.dim() - 3)))
                 out[name] = fullgrad_term(work_dtype(g), b, per_channel)
         return out
 
@@ -160,10 +169,10 @@ class FullGrad(_GradientMethod):
         with float32_math(first.device.type):
             if self.options.eigen_smooth:
                 total = fullgrad_eigen(list(layer_maps.values()), tuple(size), self.options.per_channel)
-            else:
-                total = sum(F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
-                            for m in layer_maps.values())
-            out = total if normalize is None else normalize(total)  # type: ignore[arg-type]
+            else:  # bilinear; trilinear for volumes
+                total = sum(upsample(m, size) for m in layer_maps.values())
+            out = total if normalize is None else normalize(total) if total.dim() == 4 else \
+                normalize_volume(total, normalize)  # type: ignore[arg-type]  # a volume as one map
             if valid is not None:
-                out = out * valid[..., None, None]
+                out = out * valid.reshape(*valid.shape, *([1] * (out.dim() - 2)))
         return out
