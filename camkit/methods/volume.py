@@ -66,7 +66,8 @@ def no_volumes(method: str) -> InputError:
     return InputError(
         f"{method} does not support videos or 3-D volumes (B, C, T, H, W) (its terms are written for 2-D "
         "images); use CAM, Eigen-CAM, a gradient method (Grad-CAM, Grad-CAM++, LayerCAM, HiResCAM, XGrad-CAM, "
-        "Grad-CAM element-wise, Eigen-Grad-CAM, Smooth Grad-CAM++), Score-CAM, SS-CAM, IS-CAM or Ablation-CAM")
+        "Grad-CAM element-wise, Eigen-Grad-CAM, Smooth Grad-CAM++, FullGrad), Score-CAM, SS-CAM, IS-CAM or "
+        "Ablation-CAM")
 
 
 def check_channels_first(name: str, a: Tensor, module: Optional[nn.Module]) -> Tensor:
