@@ -148,6 +148,12 @@ def test_legrad_bad_input(timm_vit, x):
         h.remove()
     assert [b.attn.fused_attn for b in timm_vit.blocks] == fused
     assert "legrad" in cli_names()
+    # the presets offer LeGrad on vision transformers only
+    assert "legrad" in resolve(timm_vit).methods
+    cnn = resolve(torchvision.models.resnet18(num_classes=5))
+    assert "legrad" not in cnn.methods and "gradcam" in cnn.methods
+    with pytest.raises(InputError, match="vision transformers"):
+        cnn.default_layers("legrad")
 
 
 def test_legrad_from_the_command_line(monkeypatch, tmp_path, capsys):

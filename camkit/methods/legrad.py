@@ -24,7 +24,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from math import isqrt
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -93,10 +93,14 @@ def transformer_blocks(model: nn.Module, layers: Sequence[Tuple[str, nn.Module]]
 
 def default_head(model: nn.Module) -> Optional[Head]:
     """``tokens (B, N, D) -> logits (B, C)`` for timm's and torchvision's ViTs: the mean token
-    through the final norm and the classifier; None for other models."""
+    through the final norm and the classifier (a distilled DeiT's two heads averaged, as its eval
+    output is); None for other models."""
     head, norm = getattr(model, "head", None), getattr(model, "norm", None)
     if hasattr(model, "num_prefix_tokens") and isinstance(head, nn.Module) and isinstance(norm, nn.Module):
         fc_norm = getattr(model, "fc_norm", None) or nn.Identity()
+        dist = getattr(model, "head_dist", None)  # timm's distilled DeiT: the mean of its two heads (eval)
+        if isinstance(dist, nn.Module):
+            return lambda t: (head(fc_norm(norm(t.mean(dim=1)))) + dist(fc_norm(norm(t.mean(dim=1))))) / 2
         return lambda t: head(fc_norm(norm(t.mean(dim=1))))
     ln, heads = getattr(getattr(model, "encoder", None), "ln", None), getattr(model, "heads", None)
     if isinstance(ln, nn.Module) and isinstance(heads, nn.Module):
@@ -219,6 +223,7 @@ class LeGrad(_GradientMethod):
     class score with respect to its attention probabilities. One map, named after the last block."""
 
     Options = LeGradOptions
+    needs_attention: ClassVar[bool] = True  # the presets offer it for vision transformers only
 
     def _setup(self) -> None:
         self._local = threading.local()
