@@ -99,7 +99,7 @@ def rows(registry: Dict[str, type]) -> List[Row]:
                     "layercam"),
                 Row("layercam_backbone_max", "LayerCAM 3 backbone stages, max (earlier variant)", "layercam", "layercam")]
     for name, cls in registry.items():
-        if name in SPECIAL:
+        if name in SPECIAL or getattr(cls, "needs_attention", False):  # LeGrad: vision transformers only
             continue
         grad = bool(getattr(cls, "needs_grad", False))
         out.append(Row(name, getattr(cls, "__name__", name), name, "generic_head" if grad else "generic_full", default=grad))
