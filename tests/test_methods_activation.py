@@ -74,7 +74,7 @@ def raw(cls, model, layer, x, targets, **kw):
 # --------------------------------------------------------------------------- KPCA-CAM
 
 
-@pytest.mark.parametrize("kernel, gamma", [("sigmoid", None), ("rbf", 0.05), ("cosine", None)])
+@pytest.mark.parametrize("kernel, gamma", [("sigmoid", None), ("rbf", 0.05), ("poly", None), ("cosine", None)])
 def test_kpcacam_matches_pytorch_grad_cam_up_to_the_documented_sign(rn, x, kernel, gamma):
     x = x[:1]
     t = top2(rn, x)[:, :1]
@@ -89,12 +89,18 @@ def test_kpcacam_matches_pytorch_grad_cam_up_to_the_documented_sign(rn, x, kerne
     close(raw(cm.KPCACAM, rn, "layer1", x, t, kernel=kernel, gamma=gamma)[:, 0], p.clamp(min=0), 1e-12)
 
 
-def test_kpcacam_linear_kernel_is_eigencam_and_refuses_bad_options(rn, x):
+def test_kpcacam_linear_kernel_is_eigencam_n_components_sums_sklearns_and_bad_options_refused(rn, x):
     t = top2(rn, x)[:, :1]
     eig = pgc_maps(pgc.EigenCAM, rn, rn.layer2, x, t)
     p = cm.kpca_projection(eig["acts"][:, 0], kernel="linear")
     ref = eig["raw"][:, 0]
     close(p, torch.sign((p * ref).flatten(1).sum(1))[:, None, None] * ref, 1e-6)  # the peer returns float32
+    KernelPCA = pytest.importorskip("sklearn.decomposition").KernelPCA  # the peer's own KPCA, two components
+    A = eig["acts"][0, 0]
+    X = A.flatten(1).T - A.flatten(1).T.mean(0)
+    Z = torch.as_tensor(KernelPCA(n_components=2, kernel="rbf", gamma=0.02).fit_transform(X.numpy()))  # (n, 2)
+    Z = Z * torch.sign((Z * X.sum(1, keepdim=True)).sum(0))  # each component by camkit's sign rule
+    close(cm.kpca_projection(A[None], kernel="rbf", gamma=0.02, n_components=2)[0], Z.sum(1).view(4, 4), 1e-8)
     with pytest.raises(InputError, match="unknown kernel 'laplace'"):
         cm.KPCACAM(rn, layers=["layer2"], kernel="laplace")
     with pytest.raises(InputError, match="larger than the layer's 16 channels"):
