@@ -118,6 +118,20 @@ def test_segeigencam_matches_pytorch_grad_cam(rn, x):
     close(raw(cm.SegEigenCAM, rn, "layer2", x, t), peer["raw"].clamp(min=0), 1e-8)
 
 
+def test_segeigencam_sign_is_eq_13_where_camkits_eigen_rule_disagrees():
+    """|G| * A of rank one whose projection with positive loadings is [-3, 1, 1, 1] (|min| > |max|): Eq. 13
+    flips it to [3, -1, -1, -1], ReLU [3, 0, 0, 0]; pytorch-grad-cam's own function agrees."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+    v = torch.tensor([1.0, 1.0], dtype=torch.float64) / 2 ** 0.5
+    A = (5 + torch.tensor([-3.0, 1.0, 1.0, 1.0], dtype=torch.float64)[None] * v[:, None]).view(1, 2, 2, 2)
+    G = -torch.ones(1, 1, 2, 2, 2, dtype=torch.float64)  # |G| = 1
+    ours = cm.segeigencam_formula(A, G)[0, 0]
+    close(ours, torch.tensor([[3.0, 0.0], [0.0, 0.0]], dtype=torch.float64), 1e-12)
+    peer = torch.as_tensor(get_2d_projection_with_sign_correction(A.numpy()))[0]
+    close(ours, peer.double().clamp(min=0), 1e-6)
+
+
 def test_fem_is_the_papers_formula_and_mask_weights_the_peers(rn, x):
     t = top2(rn, x)[:, :1]
     peer = pgc_maps(pgc.FEM, rn, rn.layer1, x, t)
