@@ -155,3 +155,13 @@ def test_shapleycam_eigen_smooth_matches_pytorch_grad_cam_up_to_the_sign(smooth_
         assert err <= 1e-5 * float(raw[b].abs().max())
     plain = camkit.ShapleyCAM(smooth_net, layers="3")(x, targets=classes).layer_maps["3"]
     assert (ours - plain).abs().max() > 1e-3 * plain.abs().max()
+
+
+def test_shapleycam_on_a_frozen_linear_head_is_gradcam(x):
+    """The gradients of a frozen GAP + linear head carry no autograd history: H A = 0 (it raised)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    net = net.double().eval().requires_grad_(False)
+    for batched in (True, False):
+        ours = camkit.ShapleyCAM(net, layers="1", batched_backward=batched)(x, topk=2).layer_maps["1"]
+        close(ours, camkit.GradCAM(net, layers="1")(x, topk=2).layer_maps["1"], 1e-12)

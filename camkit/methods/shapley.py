@@ -78,7 +78,9 @@ def gradients_and_hvps(values: Tensor, acts: List[Tensor], batched: bool = True)
                 out.append(None)
                 continue
             dots = (G * A.detach()[:, None]).flatten(2).sum(-1)  # (B, K): <G_k, A> per image
-            HA = _grads(dots, [A], batched, create_graph=False, retain=i < len(acts) - 1)[0]
+            # G without autograd history (e.g. a frozen linear head right above the layer): H A = 0
+            HA = _grads(dots, [A], batched, create_graph=False, retain=i < len(acts) - 1)[0] \
+                if dots.requires_grad else None
             out.append((G.detach(), torch.zeros_like(G) if HA is None else HA))
     return out  # type: ignore[return-value]
 
