@@ -174,3 +174,18 @@ def test_legrad_from_the_command_line(monkeypatch, tmp_path, capsys):
     assert list(res.layer_maps) == ["blocks.2"]
     ref = to_original(res.maps[0, 0], photo, tf).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "img_legrad.npy"), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["tv", "timm"])
+def test_legrad_on_a_frozen_model_equals_the_trainable_one(which, tv_vit, timm_vit, x):
+    """Frozen weights: attention without autograd history is recorded as a leaf (and nn.MultiheadAttention may
+    take its fast path, whose output is replayed from the weights): the same maps."""
+    model = tv_vit if which == "tv" else timm_vit
+    ref = camkit.LeGrad(model)(x, targets=[[1, 2], [0, 4]]).layer_maps
+    model.requires_grad_(False)
+    try:
+        frozen = camkit.LeGrad(model)(x, targets=[[1, 2], [0, 4]]).layer_maps
+    finally:
+        model.requires_grad_(True)
+    (name,) = ref
+    close(frozen[name], ref[name], 1e-12)
