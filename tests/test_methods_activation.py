@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from model_state import assert_as_found, mixed, snapshot
 from peer_reference import ClassifierOutputTarget, pgc, pgc_maps
 from small_models import narrow_resnet18
@@ -374,3 +375,49 @@ def test_speed_script_smoke(tmp_path):
     assert all(set(r["times_s"]) == {f"camkit {r['method']}", f"pytorch-grad-cam {r['method']}"}
                for r in data["results"])
     assert "peer / camkit" in md.read_text() and data["provenance"]["git_commit"]
+
+
+# --------------------------------------------------------------------------- pytorch-grad-cam's own test cases, ported
+
+
+def narrow_vgg11():
+    """VGG11's features (torchvision's make_layers, configuration "A", module names as in vgg11) 8 times
+    narrower, average pool to 7x7 and one linear layer (the full classifier's 120M weights take seconds to draw)."""
+    from collections import OrderedDict
+
+    from torchvision.models.vgg import make_layers
+
+    cfg = [c if c == "M" else c // 8 for c in [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]]
+    return nn.Sequential(OrderedDict(features=make_layers(cfg), avgpool=nn.AdaptiveAvgPool2d(7),
+                                     flatten=nn.Flatten(), classifier=nn.Linear(64 * 49, 1000))).eval()
+
+
+@pytest.mark.parametrize("arch, layers, shape, target", [
+    ("resnet18", ["layer4.1", "layer4.0"], (2, 32, 32), None), ("vgg11", ["features.20"], (1, 32, 40), 100)])
+def test_peer_run_all_models_case_fullgrad_and_new_methods_with_eigen_smooth(arch, layers, shape, target):
+    """tests/test_run_all_models.py of pytorch-grad-cam (random weights here, offline; VGG11 narrower): FullGrad with
+    eigen_smooth=True (which camkit refused before) and the new methods run on its models, layers, sizes
+    and targets, one map per image at the input's size."""
+    torch.manual_seed(0)
+    model = narrow_vgg11() if arch == "vgg11" else torchvision.models.resnet18(weights=None).eval()
+    b, h, w = shape
+    x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(0))
+    targets = None if target is None else [target] * b
+    runs = [cm.FullGrad(model, eigen_smooth=True), cm.SegEigenCAM(model, layers=layers),
+            cm.FEM(model, layers=layers, eigen_smooth=True), cm.RandomCAM(model, layers=layers, eigen_smooth=True),
+            cm.KPCACAM(model, layers=layers)]
+    for cam in runs:
+        maps = cam(x, targets=targets).maps
+        assert maps.shape == (b, 1, h, w) and torch.isfinite(maps).all(), type(cam).__name__
+
+
+def test_peer_svd_no_side_effect_case():
+    """tests/test_svd_no_side_effect.py of pytorch-grad-cam: the projections leave their input as it was
+    (one NaN in it); camkit's map of that image is NaN (camkit's non-finite policy; the peer zeroes the NaN)."""
+    a = torch.zeros(2, 2, 2, 2, dtype=torch.float64)
+    a[0, 0, 0, 0], a[0, 0, 1, 1] = float("nan"), 1.0
+    a[:, 1] = torch.tensor([[2.0, 3.0], [4.0, 5.0]])
+    before = a.clone()
+    for out in (cm.kpca_projection(a), cm.eigen_projection(a), cm.segeigencam_formula(a, torch.ones(2, 1, 2, 2, 2))):
+        assert torch.equal(a.isnan(), before.isnan()) and torch.equal(a.nan_to_num(), before.nan_to_num())
+        assert out[0].isnan().all() and torch.isfinite(out[1]).all()
