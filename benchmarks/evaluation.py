@@ -57,8 +57,8 @@ Setup = Dict[str, Any]
 
 
 def make_setup(arch: str, batch: int, size: int, device: str, seed: int = 0) -> Setup:
-    """Random weights (seed), eval mode, standard-normal images (seed + 1), top-1 targets, Grad-CAM maps
-    plus 1e-6-scale noise (distinct values, so every library orders the pixels alike)."""
+    """Random weights (seed), eval mode, standard-normal images (seed + 1), top-1 targets, Grad-CAM maps in
+    float64 plus 1e-6-scale noise (distinct values, so every library orders the pixels alike)."""
     torch.manual_seed(seed)
     if arch == "tiny":
         model = tiny_net()
@@ -72,7 +72,7 @@ def make_setup(arch: str, batch: int, size: int, device: str, seed: int = 0) -> 
     with torch.no_grad():
         t = model(x).argmax(1)
     maps = camkit.GradCAM(model, LAYER[arch])(x, t).maps[:, 0]
-    maps = (maps + 1e-6 * torch.rand(maps.shape, generator=g).to(device)).detach()
+    maps = (maps.double() + 1e-6 * torch.rand(maps.shape, generator=g, dtype=torch.float64).to(device)).detach()
     return {"arch": arch, "model": model, "x": x, "t": t, "maps": maps, "device": device,
             "layer": LAYER[arch], "size": size}
 

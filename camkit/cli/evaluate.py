@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .. import evaluation as ev
 from ..app import MethodSpec, ModelSpec, collect_images, load_image, sample_images
-from ..errors import InputError
+from ..errors import DependencyError, InputError
 from ..evaluation._common import check_percentiles
 from ..methods import cli_names
 from .common import int_at_least, method_args, method_specs, model_args
@@ -148,7 +148,10 @@ def _evaluate(model: Any, preset: Any, specs: List[MethodSpec], paths: List[str]
 
 
 def _plot(summary: Dict[str, Dict[str, float]], out: Path, prefix: str, xlabel: str, ylabel: str) -> List[Path]:
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, a lighter import
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global figure state, a lighter import
+    except ImportError as e:  # pragma: no cover - matplotlib is in the test environment
+        raise DependencyError("camkit evaluate draws its curves with matplotlib: pip install matplotlib") from e
 
     curves = {m: {k: v for k, v in s.items() if k.startswith(prefix) and "@" in k} for m, s in summary.items()}
     if not any(curves.values()):
