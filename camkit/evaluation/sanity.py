@@ -83,6 +83,11 @@ def reinitialize(module: nn.Module, gen: torch.Generator) -> None:
             p.copy_(draw.to(p.dtype))
 
 
+def _own_state(module: nn.Module) -> List[Tensor]:
+    """The module's own parameters and buffers (a randomizer may reset both, e.g. BatchNorm's statistics)."""
+    return list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+
+
 def _check_layers(model: nn.Module, layers: Optional[Sequence[str]]) -> List[str]:
     names = randomizable_layers(model)
     if not names:
@@ -166,10 +171,10 @@ def model_randomization(model: nn.Module, explain: Callable, images: Tensor, tar
     for name in chosen:
         if order == "independent" and saved is not None:
             with torch.no_grad():
-                for p, v in zip(saved[0].parameters(recurse=False), saved[1]):
+                for p, v in zip(_own_state(saved[0]), saved[1]):
                     p.copy_(v)
         m = modules[name]
-        saved = (m, [p.detach().clone() for p in m.parameters(recurse=False)])
+        saved = (m, [p.detach().clone() for p in _own_state(m)])
         randomize(m, gen)
         maps = _explained(explain, work, images, t)
         for n, v in _similarities(names, original, maps).items():
