@@ -167,7 +167,8 @@ def _plot(summary: Dict[str, Dict[str, float]], out: Path, prefix: str, xlabel: 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    fig.subplots_adjust(left=0.14, bottom=0.14, right=0.97, top=0.96)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.subplots_adjust(left=0.14, bottom=0.2, right=0.92, top=0.96)
     path = out / f"{prefix.rstrip('_')}.png"
     fig.savefig(path, dpi=80)
     return [path]
