@@ -58,9 +58,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from camkit.display import dataclass_repr
 from camkit.errors import InputError
 from camkit.hooks import dry_model, dry_run, dry_run_input
 from camkit.methods import gap_linear_mismatch, method_info, registered, select_output
+
+from .detection import detection_fields, is_detector
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -141,7 +144,9 @@ class Preset:
     head_type: the class of a camkit.CAMModel's head (the head methods need theirs), else None.
     task: ``"classification"`` (scores ``(B, num_classes)``) or ``"segmentation"``
         (scores ``(B, num_classes, H, W)``, explained per region, e.g. with
-        ``camkit.targets.SegmentationRegion``).
+        ``camkit.targets.SegmentationRegion``) or ``"detection"`` (torchvision detectors: scores are
+        detections ``(B, N, 4 + C)``, explained per box with ``camkit.targets.BoxScore`` or
+        ``TopDetections``; see ``camkit.adapters.detection``).
     output: how the methods select the scores from the model's raw output
         (their ``output=``): a dict key, attribute name, tuple index or callable;
         ``None``: the output itself (torchvision segmentation models: ``"out"``).
@@ -164,6 +169,9 @@ class Preset:
     head_type: Optional[type] = None
     task: str = "classification"
     output: Optional[Output] = None
+
+    def __repr__(self) -> str:
+        return dataclass_repr(self)  # camkit.display: non-default fields, long values shortened
 
     @property
     def recam(self) -> bool:
@@ -192,12 +200,15 @@ class Preset:
             InputError: the method is unknown or has no default for this model (and why).
         """
         info = method_info(method)
+        if getattr(info.cls, "needs_attention", False) and not self.family.endswith("vit"):
+            raise InputError(f"{info.cls.__name__} explains vision transformers (timm's or torchvision's "
+                             f"VisionTransformer); this {self.family} model is not one. Use gradcam, gradcampp or layercam")
         if info.layers == "stages":
             return self.layers
         if info.layers == "last":
             return (self.gradcam_layer,)
-        if info.layers == "biases":
-            return ()  # every bias layer
+        if info.layers in ("biases", "input"):
+            return ()  # every bias layer, or none (the input's gradient)
         if info.layers == "cam":
             if self.cam_layer is None:
                 raise InputError(
@@ -237,7 +248,7 @@ class Preset:
         info = method_info(method)
         chosen = self.expand_layers(layers) if layers else list(self.default_layers(info.name))
         out: Dict[str, Any] = {} if self.output is None else {"output": self.output}
-        if info.layers in ("biases", "head"):
+        if info.layers in ("biases", "head", "input"):
             if layers and info.layers == "head":
                 raise InputError(f"{info.cls.__name__} uses the CAM head's maps; it takes no layers")
             return out
@@ -254,7 +265,11 @@ class Preset:
         return {**kw, **out}
 
     def with_weights(self, weights: Any) -> Preset:
-        """The same preset with the transform and categories of a torchvision weights enum."""
+        """The same preset with the transform and categories of a torchvision weights enum
+        (a detector keeps its own transform: only the categories)."""
+        if self.task == "detection":
+            cats = weights.meta.get("categories")
+            return replace(self, categories=tuple(cats)) if cats else self
         return replace(self, **_tv_weights_fields(weights))
 
 
@@ -612,6 +627,8 @@ def _family_preset(model: nn.Module) -> Preset:
         return _tv_swin(model)
     if isinstance(model, (tvs.FCN, tvs.DeepLabV3, tvs.LRASPP)):
         return _tv_segmentation(model)
+    if is_detector(model):
+        return Preset(**detection_fields(model))  # adapters/detection.py
     raise NoPresetError(
         f"camkit has no preset for {type(model).__module__}.{type(model).__name__}; "
         "pass layers=[...] yourself (see model.named_modules(), or `camkit layers` for a model built by name)"

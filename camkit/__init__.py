@@ -9,22 +9,33 @@ from .errors import InputError
 from .heads import CAMHead, CAMModel, PaperReCAMHead, ReCAMHead, load_head, save_head
 from .methods import (
     CAM,
+    FEM,
     ISCAM,
+    KPCACAM,
     METHODS,
     SSCAM,
     AblationCAM,
     CAMResult,
+    DeepFeatureFactorization,
     EigenCAM,
     EigenGradCAM,
+    FinerCAM,
     FullGrad,
     GradCAM,
     GradCAMElementWise,
     GradCAMpp,
+    GuidedBackprop,
+    GuidedGradCAM,
     HiResCAM,
     LayerCAM,
+    LeGrad,
     PaperReCAM,
+    RandomCAM,
     ReCAM,
+    RefineCAM,
     ScoreCAM,
+    SegEigenCAM,
+    ShapleyCAM,
     SmoothGradCAMpp,
     XGradCAM,
 )
@@ -33,15 +44,17 @@ __version__ = "0.1.0"
 __all__ = [
     "CAM", "GradCAM", "GradCAMpp", "LayerCAM", "ReCAM", "PaperReCAM", "HiResCAM", "XGradCAM",
     "GradCAMElementWise", "EigenGradCAM", "EigenCAM", "ScoreCAM", "SSCAM", "ISCAM", "AblationCAM",
-    "SmoothGradCAMpp", "FullGrad", "METHODS", "CAMResult",
+    "SmoothGradCAMpp", "FullGrad", "KPCACAM", "FEM", "RandomCAM", "SegEigenCAM", "DeepFeatureFactorization",
+    "GuidedBackprop", "GuidedGradCAM", "METHODS", "CAMResult",
+    "ShapleyCAM", "FinerCAM", "RefineCAM", "LeGrad",
     "CAMHead", "ReCAMHead", "PaperReCAMHead", "CAMModel", "save_head", "load_head", "InputError",
     "normalize", "fusion", "heads", "hooks", "targets", "errors",
-    "metrics", "overlay", "adapters", "geometry", "app", "export", "load_image",
+    "metrics", "evaluation", "overlay", "adapters", "geometry", "app", "export", "load_image", "video",
 ]
 
 # Imported on first use: they pull in torchvision / timm / PIL, which a plain
 # `import camkit` does not need.
-_LAZY = {"metrics", "overlay", "adapters", "geometry", "app", "export"}
+_LAZY = {"metrics", "evaluation", "overlay", "adapters", "geometry", "app", "export", "video"}
 _LAZY_NAMES = {"load_image": "app.images"}
 
 

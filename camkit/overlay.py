@@ -133,14 +133,14 @@ def _jet(v: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(v, *_JET[c]) for c in "rgb"], axis=-1)
 
 
-def colorize(cam: MapLike, cmap: str = "jet") -> np.ndarray:
+def colorize(cam: MapLike, cmap: Any = "jet") -> np.ndarray:
     """A map as a colour image.
 
     Args:
         cam (Tensor or np.ndarray): ``(H, W)`` in [0, 1] (leading dims of size
             1 dropped; NaN counts as 0, values clipped).
-        cmap (str, optional): A matplotlib colormap name; without matplotlib
-            only ``"jet"`` (built in). Default: ``"jet"``.
+        cmap (str or Colormap, optional): A matplotlib colormap name or ``Colormap``
+            object; without matplotlib only ``"jet"`` (built in). Default: ``"jet"``.
 
     Returns:
         *np.ndarray*: ``(H, W, 3)`` uint8.
@@ -180,7 +180,7 @@ def colormap(cmap: Any) -> Callable[[np.ndarray], np.ndarray]:
     return matplotlib.colormaps[cmap]
 
 
-def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet",
+def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: Any = "jet",
             postprocess: bool = False, transform: Any = None, vmin: float = 0.0, vmax: float = 1.0) -> Image.Image:
     """Blend the colourized map over the image: ``(1 - alpha) * image + alpha * colour``.
 
@@ -234,11 +234,27 @@ def overlay(image: ImageLike, cam: MapLike, alpha: float = 0.5, cmap: str = "jet
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
+def show(image: ImageLike, cam: MapLike, ax: Any = None, title: Optional[str] = None, **kwargs: Any) -> Any:
+    """:func:`overlay` drawn on a matplotlib Axes (a new pyplot figure without ``ax``; pyplot is imported
+    here, not with camkit). ``kwargs`` go to :func:`overlay` (``transform=``, ``cmap=`` a name or a
+    ``Colormap``, ...). Returns the Axes. For a whole result: ``res.show(photo, transform=...)``."""
+    img = overlay(image, cam, **kwargs)
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(img)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def colorbar(width: int, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0, height: int = 12,
+def colorbar(width: int, cmap: Any = "jet", vmin: float = 0.0, vmax: float = 1.0, height: int = 12,
              labels: Optional[Tuple[str, str]] = None) -> Image.Image:
     """A horizontal colour bar: the colormap from ``vmin`` (left) to ``vmax`` (right),
     with the two end values (or ``labels``) written under it.
@@ -272,7 +288,7 @@ def colorbar(width: int, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0
     return out
 
 
-def with_colorbar(image: Image.Image, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0,
+def with_colorbar(image: Image.Image, cmap: Any = "jet", vmin: float = 0.0, vmax: float = 1.0,
                   labels: Optional[Tuple[str, str]] = None) -> Image.Image:
     """``image`` with a :func:`colorbar` of its width below it (the image's pixels are unchanged).
 
@@ -484,7 +500,8 @@ def labelled_grid(tiles: Sequence[ImageLike], titles: Sequence[str], cols: int =
 
         cmap, vmin, vmax, label = colorbar
         relative = vmin is None or vmax is None
-        sm = ScalarMappable(Normalize(0.0, 1.0) if relative else Normalize(vmin, vmax), colormaps[cmap])
+        sm = ScalarMappable(Normalize(0.0, 1.0) if relative else Normalize(vmin, vmax),
+                            colormaps[cmap] if isinstance(cmap, str) else cmap)
         # below the grid, outside the figure box: savefig(bbox_inches="tight") takes it in
         cax = fig.add_axes((0.25, -0.2 / fig.get_figheight(), 0.5, 0.12 / fig.get_figheight()))
         cb = fig.colorbar(sm, cax=cax, orientation="horizontal")

@@ -15,16 +15,22 @@ the logit of its class, which CAM and ReCAM need (they read the classifier's
 weights instead of differentiating).
 
 Integer targets, ``topk=k`` and ``"all"`` in a method call are
-:class:`ClassScore`, :class:`TopK` and :class:`AllClasses`.
+:class:`ClassScore`, :class:`TopK` and :class:`AllClasses`. Other heads:
+:class:`BoxScore` and :class:`TopDetections` (detectors, on detections
+``(B, N, 4 + C)`` from :mod:`camkit.detection`), :class:`Similarity`
+(embeddings), :class:`BinaryScore` (one logit), :class:`Regression`.
 """
 from __future__ import annotations
 
 import numbers
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from .detection import boxes_of, check_detections, match_boxes, matched_scores, reference_boxes, top_rows
+from .detection import per_image as det_per_image
 from .errors import InputError, InputTypeError
 
 Indices = Union[int, Sequence[int], Sequence[Sequence[int]], Tensor]
@@ -393,6 +399,214 @@ class SegmentationRegion(Target):
             region = m.bool().reshape(-1, 1, h, w)
         picked = scores[:, idx]  # (B, K, H, W)
         return (picked * region.to(picked.dtype)).sum(dim=(-2, -1))
+
+
+class BoxScore(Target):
+    """Per reference box: the score of the best-matching detection of its label, ``(B, K)``.
+
+    ``scores``: detections ``(B, N, 4 + C)`` (:mod:`camkit.detection`; the ``detection`` preset's
+    ``output=`` makes them from a torchvision detector). For reference box k of label c, the match
+    is the detection of label c (class-c score > 0) of highest IoU above ``iou_threshold``; the
+    column is its class-c score, 0 when nothing matches (on the detections' device and dtype).
+    K boxes give K maps from one forward and one batched backward. pytorch-grad-cam's
+    ``FasterRCNNBoxScoreTarget`` instead sums ``IoU + score`` over the boxes into one value.
+
+    Args:
+        boxes (Tensor or sequence): ``(K, 4)`` (every image) or ``(B, K, 4)``, x1, y1, x2, y2 in input pixels.
+        labels (Tensor or sequence of int): ``(K,)`` or ``(B, K)``.
+        iou_threshold (float): the IoU a match must exceed. Default: 0.5.
+
+    Raises:
+        InputError: boxes not ``(K, 4)`` / ``(B, K, 4)`` real numbers, labels of another shape, not
+            integers or negative, a threshold outside [0, 1); when called: scores that are not detections,
+            another batch, or a label outside ``0..C-1``.
+    """
+
+    def __init__(self, boxes: object, labels: object, iou_threshold: float = 0.5) -> None:
+        self.boxes, self.labels = reference_boxes(boxes, labels)
+        if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, numbers.Real) \
+                or not 0.0 <= float(iou_threshold) < 1.0:
+            raise InputError(f"BoxScore: iou_threshold must be a number in [0, 1), got {iou_threshold!r}")
+        self.iou_threshold = float(iou_threshold)
+        self._max_label = int(self.labels.max())
+
+    def _ref(self, scores: Tensor) -> Tuple[Tensor, Tensor]:
+        c = check_detections(scores, "BoxScore")
+        if self._max_label >= c:
+            raise InputError(f"BoxScore: label {self._max_label} out of range: the detector has classes 0..{c - 1}")
+        b = scores.shape[0]
+        boxes = det_per_image(self.boxes.to(scores.device), b, "boxes", (2, 3))
+        return boxes, det_per_image(self.labels.to(scores.device), b, "labels", (1, 2))
+
+    def matched(self, scores: Tensor) -> Tensor:
+        """``(B, K)`` bool: whether reference box k found a detection."""
+        boxes, labels = self._ref(scores)
+        return match_boxes(scores, boxes, labels, self.iou_threshold)[1]
+
+    def classes(self, scores: Tensor) -> Tensor:
+        """``(B, K)`` long: the reference labels."""
+        return self._ref(scores)[1]
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        """``(B, N, 4 + C)`` detections -> ``(B, K)``, the detections' dtype."""
+        boxes, labels = self._ref(scores)
+        rows, ok = match_boxes(scores, boxes, labels, self.iou_threshold)
+        return matched_scores(scores, rows, labels, ok)
+
+
+class TopDetections(Target):
+    """Each image's ``k`` highest-scoring detections (a detection's score: its best class score), ``(B, k)``.
+
+    ``scores``: detections ``(B, N, 4 + C)``. Columns beyond an image's detections are padding
+    (``valid`` False, score 0, class -1). :meth:`boxes` gives the explained boxes.
+
+    Args:
+        k (int): how many detections per image. Default: 1.
+    """
+
+    def __init__(self, k: int = 1) -> None:
+        self.k = TopK(k).k
+
+    def _rows(self, scores: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        check_detections(scores, "TopDetections")
+        return top_rows(scores, self.k)
+
+    def boxes(self, scores: Tensor) -> Tensor:
+        """``(B, k, 4)``: the explained detections' boxes (x1, y1, x2, y2)."""
+        return boxes_of(scores, self._rows(scores)[0])
+
+    def classes(self, scores: Tensor) -> Tensor:
+        """``(B, k)`` long: the detections' labels, -1 in padding."""
+        _, labels, valid = self._rows(scores)
+        return torch.where(valid, labels, torch.full_like(labels, -1))
+
+    def valid(self, scores: Tensor) -> Tensor:
+        """``(B, k)`` bool: False in the padding."""
+        return self._rows(scores)[2]
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        """``(B, N, 4 + C)`` detections -> ``(B, k)``, the detections' dtype."""
+        rows, labels, valid = self._rows(scores)
+        return matched_scores(scores, rows, labels, valid)
+
+
+class Similarity(Target):
+    """The similarity of each image's embedding to K concept embeddings, ``(B, K)``.
+
+    ``scores``: embeddings ``(B, D)`` (e.g. timm with ``num_classes=0``, a CLIP image tower).
+    ``metric``: ``"cosine"`` (pytorch-grad-cam's ``SimilarityToConceptTarget``) or ``"dot"``.
+
+    Args:
+        concept (Tensor): ``(D,)`` (one concept) or ``(K, D)``.
+        metric (str): ``"cosine"`` or ``"dot"``. Default: ``"cosine"``.
+
+    Raises:
+        InputError: a concept of another rank, not floating point or not finite, an unknown metric; when
+            called: embeddings not ``(B, D)``, or a concept of another size D.
+    """
+
+    METRICS = ("cosine", "dot")
+
+    def __init__(self, concept: Tensor, metric: str = "cosine") -> None:
+        if not isinstance(concept, Tensor) or concept.dim() not in (1, 2) or concept.shape[-1] == 0 \
+                or (concept.dim() == 2 and concept.shape[0] == 0):
+            shape = tuple(concept.shape) if isinstance(concept, Tensor) else type(concept).__name__
+            raise InputError(f"Similarity: the concept must be an embedding (D,) or (K, D), got {shape}")
+        if not concept.is_floating_point():
+            raise InputTypeError(f"Similarity: the concept must be floating point, got {concept.dtype}")
+        if metric not in self.METRICS:
+            raise InputError(f"Similarity: metric must be one of {', '.join(self.METRICS)}, got {metric!r}")
+        self.concept = concept.detach().reshape(-1, concept.shape[-1])
+        self.metric = metric
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        """``(B, D)`` embeddings -> ``(B, K)``, the embeddings' dtype."""
+        if not isinstance(scores, Tensor) or scores.dim() != 2:
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise InputError(f"Similarity needs embeddings of shape (B, D), got {shape} (choose them with output=...)")
+        if scores.shape[1] != self.concept.shape[1]:
+            raise InputError(f"Similarity: the concept has {self.concept.shape[1]} features, the model's embeddings "
+                             f"have {scores.shape[1]}")
+        c = self.concept.to(device=scores.device, dtype=scores.dtype)
+        if self.metric == "cosine":
+            return F.normalize(scores, dim=1) @ F.normalize(c, dim=1).T
+        return scores @ c.T
+
+
+class BinaryScore(Target):
+    """A binary classifier's single logit: ``+logit`` for class 1, ``-logit`` for class 0, ``(B, 1)``.
+
+    ``scores``: ``(B,)`` or ``(B, 1)``. As pytorch-grad-cam's ``BinaryClassifierOutputTarget``.
+    ``classes`` gives the class (0 or 1) of the column.
+
+    Args:
+        category (int): 1 (the positive class) or 0 (the negative class). Default: 1.
+    """
+
+    def __init__(self, category: int = 1) -> None:
+        if isinstance(category, bool) or category not in (0, 1):
+            raise InputError(f"BinaryScore: category must be 0 or 1, got {category!r}")
+        self.category = int(category)
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        """``(B,)`` or ``(B, 1)`` logits -> ``(B, 1)``."""
+        if not isinstance(scores, Tensor) or not (scores.dim() == 1 or (scores.dim() == 2 and scores.shape[1] == 1)):
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise InputError(f"BinaryScore needs one logit per image, (B,) or (B, 1), got {shape}")
+        logit = scores.reshape(-1, 1)
+        return logit if self.category == 1 else -logit
+
+    def classes(self, scores: Tensor) -> Tensor:
+        """``(B, 1)`` long: the category."""
+        return torch.full((scores.shape[0], 1), self.category, dtype=torch.long, device=scores.device)
+
+
+class Regression(Target):
+    """Named columns of a regression output ``(B,)`` or ``(B, R)``, one map each: ``(B, K)``.
+
+    Args:
+        outputs (int, str or sequence): the columns to explain, by index or by name in ``names``.
+        names (sequence of str, optional): the names of the R outputs (e.g. ``["age", "bmi"]``).
+        sign (int): +1 (what raises the value) or -1 (what lowers it). Default: +1.
+
+    Raises:
+        InputError: an unknown name, a column outside ``0..R-1``, a sign other than +-1; when called:
+            scores not ``(B,)`` / ``(B, R)`` or another R than ``names``.
+    """
+
+    def __init__(self, outputs: Union[int, str, Sequence[Union[int, str]]] = 0,
+                 names: Optional[Sequence[str]] = None, sign: int = 1) -> None:
+        self.names = None if names is None else [str(n) for n in names]
+        items = [outputs] if isinstance(outputs, (int, str)) else list(outputs)
+        cols: List[int] = []
+        for o in items:
+            if isinstance(o, str):
+                if self.names is None or o not in self.names:
+                    raise InputError(f"Regression: unknown output {o!r}; the names are {self.names}")
+                cols.append(self.names.index(o))
+            else:
+                cols.append(int(_index_tensor(o, "Regression")))
+        if not cols:
+            raise InputError("Regression: give at least one output")
+        if sign not in (1, -1) or isinstance(sign, bool):
+            raise InputError(f"Regression: sign must be +1 or -1, got {sign!r}")
+        self.columns, self.sign = cols, int(sign)
+
+    def labels(self) -> List[str]:
+        """The explained outputs' names (``"output j"`` without ``names``)."""
+        return [self.names[c] if self.names else f"output {c}" for c in self.columns]
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        """``(B,)`` or ``(B, R)`` -> ``(B, K)``."""
+        if not isinstance(scores, Tensor) or scores.dim() not in (1, 2):
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise InputError(f"Regression needs outputs of shape (B,) or (B, R), got {shape}")
+        s = scores.reshape(scores.shape[0], -1)
+        r = s.shape[1]
+        if (self.names is not None and len(self.names) != r) or min(self.columns) < 0 or max(self.columns) >= r:
+            raise InputError(f"Regression: the model has {r} outputs; columns {self.columns}"
+                             + (f" of names {self.names}" if self.names else "") + " do not fit")
+        return s[:, self.columns] * self.sign
 
 
 class _Function(Target):

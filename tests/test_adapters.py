@@ -89,10 +89,12 @@ def _cli_methods(*kinds: str) -> tuple:
     return tuple(i.name for i in registered() if i.cli and i.layers in kinds)
 
 
-def _expected_methods(has_cam: bool) -> tuple:
-    """Every method with a default on a model: all but the head methods, CAM only with a GAP + linear head."""
-    return tuple(i.name for i in registered() if i.cli and (i.layers in ("last", "stages", "biases")
-                                                           or (i.layers == "cam" and has_cam)))
+def _expected_methods(has_cam: bool, vit: bool = False) -> tuple:
+    """Every method with a default on a model: all but the head methods, CAM only with a GAP + linear head,
+    the attention methods (LeGrad) only on vision transformers."""
+    return tuple(i.name for i in registered() if i.cli and (i.layers in ("last", "stages", "biases", "input")
+                                                           or (i.layers == "cam" and has_cam))
+                 and (vit or not getattr(i.cls, "needs_attention", False)))
 
 
 @pytest.fixture(scope="module", params=sorted(FACTORIES))
@@ -103,7 +105,7 @@ def model_and_preset(request):
 
 def test_every_default_method_runs(model_and_preset):
     name, model, preset = model_and_preset
-    assert preset.methods == _expected_methods(HAS_CAM[name])
+    assert preset.methods == _expected_methods(HAS_CAM[name], vit=name in ("timm_vit_reg4", "timm_deit_distilled"))
     x = _x()
     for method in [m for m in ("cam", "gradcam", "gradcampp", "layercam") if m in preset.methods]:
         kwargs = preset.method_kwargs(method)
@@ -326,7 +328,9 @@ def test_list_layers_shapes_and_marks():
     assert infos["fc"].shape == (1, NUM_CLASSES)
     assert list(infos) == [n for n, _ in model.named_modules() if n]
     marks = default_marks(resolve(model))
-    assert marks["layer4"] == list(_cli_methods("cam", "last", "stages")) and marks["layer2"] == ["layercam"]
+    cnn = lambda kinds: [m for m in kinds if m != "legrad"]  # noqa: E731 (LeGrad: vision transformers only)
+    assert marks["layer4"] == cnn(_cli_methods("cam", "last", "stages"))
+    assert marks["layer2"] == cnn(_cli_methods("stages"))
     vgg_marks = default_marks(resolve(_tv("vgg16")))
     assert vgg_marks["features.29"] == list(_cli_methods("last")) + ["set:convs"]
 

@@ -143,7 +143,7 @@ def test_explain_writes_every_promised_file(images, tmp_path, capsys):
     # one line per image with the top-3 predictions (ImageNet names: 1000 classes)
     lines = [ln for ln in stdout.splitlines() if ln.startswith(images[0])]
     assert len(lines) == 1 and lines[0].count("%") == 3
-    assert _wrote(stdout) == 13 == sum(1 for p in out.iterdir())  # 6 overlays, 3 strips, 2 grids, 2 compact
+    assert _wrote(stdout) == 14 == sum(1 for p in out.iterdir())  # 6 overlays, 3 strips, 2 grids, 2 compact, explain.jsonl
 
 
 def test_demo_runs_offline_on_the_bundled_photos(tmp_path, capsys):
@@ -179,7 +179,7 @@ def test_saved_maps_are_the_library_maps_on_the_original_photo(small, images, tm
         rc, _, err = _run(capsys, "explain", images[0], images[1], "--method", "gradcam", "--save-maps",
                           "--no-figures", "--normalize", norm, "--out", str(out))
         assert rc == 0, err
-        assert sorted(p.name for p in out.iterdir()) == ["img0_gradcam.npy", "img0_gradcam.png",
+        assert sorted(p.name for p in out.iterdir()) == ["explain.jsonl", "img0_gradcam.npy", "img0_gradcam.png",
                                                           "img1_gradcam.npy", "img1_gradcam.png"]
         for p in images[:2]:
             photo = Image.open(p).convert("RGB")
@@ -194,7 +194,8 @@ def test_saved_maps_are_the_library_maps_on_the_original_photo(small, images, tm
                 assert got.max() > 0 and not np.allclose(got.max(), 1.0)  # raw values, not rescaled to [0, 1]
 
 
-@pytest.mark.parametrize("method", [m for m in cli_names() if m != "recam"])
+# LeGrad explains vision transformers only: tests/test_methods_legrad.py runs its command on a ViT
+@pytest.mark.parametrize("method", [m for m in cli_names() if m not in ("recam", "legrad")])
 def test_every_method_maps_equal_the_librarys(method, small_model, narrow_small_model, monkeypatch, images, tmp_path,
                                               capsys):
     """Each --method name is the registry's method with the preset's default layers (ReCAM needs a
@@ -227,8 +228,8 @@ def test_folder_input_recursive_sorted_images_only_mirrored(small, tmp_path, cap
     order = [ln.split(":")[0] for ln in stdout.splitlines() if ln.startswith(str(src))]
     assert order == [str(src / r) for r in ["a/deeper/y.png", "a/x.jpg", "b/z.png", "top.png"]]
     got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert got == ["a/deeper/y_cam.png", "a/x_cam.png", "b/z_cam.png", "top_cam.png"]
-    assert _wrote(stdout) == 4
+    assert got == ["a/deeper/y_cam.png", "a/x_cam.png", "b/z_cam.png", "explain.jsonl", "top_cam.png"]
+    assert _wrote(stdout) == 5
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     rc, _, err = _run(capsys, "explain", str(empty), "--out", str(tmp_path / "o"))
@@ -317,7 +318,7 @@ def test_high_depth_images_are_scaled_by_their_value_range(small, tmp_path, caps
     rc, stdout, err = _run(capsys, "explain", str(g16), str(ftif), "--method", "cam", "--no-figures",
                            "--out", str(tmp_path / "o"))
     assert rc == 0, err
-    assert "scaled to 8 bits" in err and _wrote(stdout) == 2
+    assert "scaled to 8 bits" in err and _wrote(stdout) == 3  # 2 overlays, explain.jsonl
     nan = tmp_path / "nan.tif"
     Image.fromarray(np.full((20, 20), np.nan, dtype=np.float32)).save(nan)
     rc, _, err = _run(capsys, "explain", str(nan), "--out", str(tmp_path / "o"))
@@ -343,7 +344,7 @@ def test_output_names_are_unique_and_the_count_true(small, tmp_path, capsys):
     rc, stdout, err = _run(capsys, "explain", *paths, str(precious), "--method", "cam", "--out", str(out))
     assert rc == 0, err
     files = sorted(p for p in out.iterdir() if p.is_file() and p != precious)
-    assert _wrote(stdout) == len(files) == 7 + 7 + 1 + 1  # 7 overlays, 7 strips, grid, compact
+    assert _wrote(stdout) == len(files) == 7 + 7 + 1 + 1 + 1  # 7 overlays, 7 strips, grid, compact, explain.jsonl
     assert precious.read_bytes() == before
     assert "(grid_cam-3.png shows them all)" in stdout  # grid_cam.png is an input, grid_cam-2.png grid.png's map
     # every overlay has the size of its own photo: none was overwritten by another
@@ -354,7 +355,8 @@ def test_output_names_are_unique_and_the_count_true(small, tmp_path, capsys):
     assert _size(out / "grid_cam_cam.png") == (46, 36)
     assert {p.name for p in files} == set(expect) | {
         "grid_cam_cam.png", "grid_cam-3.png", "compact_cam-2.png", "strip_x.png", "strip_x-2.png",
-        "strip_x-2-2.png", "strip_grid.png", "strip_compact.png", "strip_strip_x.png", "strip_grid_cam.png"}
+        "strip_x-2-2.png", "strip_grid.png", "strip_compact.png", "strip_strip_x.png", "strip_grid_cam.png",
+        "explain.jsonl"}
     o = cli_outputs.Outputs(tmp_path, inputs=[str(tmp_path / "in.png")])
     assert [p.name for p in o.reserve("x", ".png", ".npy")] == ["x.png", "x.npy"]
     assert [p.name for p in o.reserve("X", ".png")] == ["X-2.png"]  # also on case-insensitive file systems
@@ -505,9 +507,11 @@ def test_layers_lists_shapes_and_marks_defaults(capsys):
     lines = out.splitlines()
     assert "input (1, 3, 64, 64)" in lines[0]
     row = {ln.split()[0]: ln for ln in lines[1:]}
-    marked = [i.name for i in camkit.methods.registered() if i.cli and i.layers in ("cam", "last", "stages")]
+    marked = [i.name for i in camkit.methods.registered() if i.cli and i.layers in ("cam", "last", "stages")
+              and i.name != "legrad"]  # LeGrad: vision transformers only
     assert row["layer4"].split()[1:] == ["Sequential", "1x512x2x2", "*", *[m + "," for m in marked[:-1]], marked[-1]]
-    assert row["layer2"].split()[2:] == ["1x128x8x8", "*", "layercam"]
+    stages = [i.name for i in camkit.methods.registered() if i.cli and i.layers == "stages" and i.name != "legrad"]
+    assert row["layer2"].split()[2:] == ["1x128x8x8", "*", *[m + "," for m in stages[:-1]], stages[-1]]
     assert row["fc"].split()[1:] == ["Linear", "1x1000"]
     assert len(row) == sum(1 for _ in __import__("torchvision").models.resnet18().named_modules()) - 1
     rc, out, _ = _run(capsys, "layers", "--model", "vgg16", "--input-size", "64", "64", "--defaults-only")
@@ -607,6 +611,6 @@ def test_segmentation_example_from_the_issue(tmp_path, capsys):
                            "--target-class", "3", "--save-maps", "--out", str(out))
     assert rc == 0, err
     files = sorted(p.name for p in out.iterdir())
-    assert len(files) == _wrote(stdout) == 5, files
+    assert len(files) == _wrote(stdout) == 6, files  # with explain.jsonl
     npy = next(out / f for f in files if f.endswith(".npy"))
     assert np.load(npy).shape == (512, 512)

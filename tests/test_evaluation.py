@@ -48,9 +48,17 @@ from camkit.evaluation import (
 )
 from camkit.evaluation.sanity import method_explainer
 
-quantus = pytest.importorskip("quantus")
-captum_metrics = pytest.importorskip("captum.metrics")
-warnings.filterwarnings("ignore", module="quantus")
+
+@pytest.fixture(scope="module")
+def quantus():
+    """Imported by the tests that use it (not at collection: every test process collects this file)."""
+    warnings.filterwarnings("ignore", module="quantus")
+    return pytest.importorskip("quantus")
+
+
+@pytest.fixture(scope="module")
+def captum_metrics():
+    return pytest.importorskip("captum.metrics")
 
 
 def tiny(channels: int = 1, size: int = 8, classes: int = 5, seed: int = 0) -> nn.Module:
@@ -124,7 +132,7 @@ def tiny_bn() -> nn.Module:
 
 
 @pytest.mark.parametrize("order", ["cascading", "independent"])
-def test_model_randomization_equals_quantus_mprt(data, order):
+def test_model_randomization_equals_quantus_mprt(data, order, quantus):
     _, x, t, _ = data
     model = tiny_bn()
     layers = [n for n, m in model.named_modules() if hasattr(m, "reset_parameters")][::-1]
@@ -175,7 +183,7 @@ def test_model_randomization_with_a_camkit_method():
     assert torch.isfinite(out["ssim"]).all()
 
 
-def test_random_logit_equals_quantus(data):
+def test_random_logit_equals_quantus(data, quantus):
     model, x, t, a = data
     np.random.seed(7)  # Quantus's draw of the off classes, written out
     draw = np.random.randint(0, 4, 3)
@@ -239,7 +247,7 @@ def test_road_equals_pytorch_grad_cam(monkeypatch):
 # --------------------------------------------------------------------------- faithfulness
 
 
-def test_faithfulness_correlation_equals_quantus(data, monkeypatch):
+def test_faithfulness_correlation_equals_quantus(data, monkeypatch, quantus):
     model, x, t, a = data
     metric = quantus.FaithfulnessCorrelation(nr_runs=6, subset_size=16, perturb_baseline="black", abs=False,
                                              normalise=False, return_aggregate=False, disable_warnings=True)
@@ -260,7 +268,7 @@ def test_faithfulness_correlation_equals_quantus(data, monkeypatch):
         drawn["correlation"], faithfulness_correlation(model, x, a, t, subset_size=16, runs=4, seed=1)["correlation"])
 
 
-def test_pixel_flipping_equals_quantus(data):
+def test_pixel_flipping_equals_quantus(data, quantus):
     model, x, t, a = data
     ours = pixel_flipping(model, x, a, t, features_in_step=8, baseline=x.amin((1, 2, 3), keepdim=True))
     metric = quantus.PixelFlipping(features_in_step=8, perturb_baseline="black", abs=False, normalise=False,
@@ -295,7 +303,7 @@ def test_region_perturbation_and_monotonicity_follow_the_papers(data):
     assert torch.equal(ours["monotonic"], (ref.diff(dim=1) >= 0).all(1))
 
 
-def test_infidelity_equals_captum(data):
+def test_infidelity_equals_captum(data, captum_metrics):
     model, x, t, a = data
     g = torch.Generator().manual_seed(6)
     noise = 0.05 * torch.randn(3, 4, 1, 8, 8, generator=g)
@@ -315,7 +323,7 @@ def test_infidelity_equals_captum(data):
 # --------------------------------------------------------------------------- robustness
 
 
-def test_sensitivity_equals_captum_and_lipschitz_its_formula(data):
+def test_sensitivity_equals_captum_and_lipschitz_its_formula(data, captum_metrics):
     model, x, t, a = data
     g = torch.Generator().manual_seed(8)
     d = (torch.rand(3, 5, 1, 8, 8, generator=g) * 2 - 1) * 0.1
@@ -339,7 +347,7 @@ def test_sensitivity_equals_captum_and_lipschitz_its_formula(data):
 # --------------------------------------------------------------------------- complexity, aggregation
 
 
-def test_complexity_metrics_equal_quantus(data):
+def test_complexity_metrics_equal_quantus(data, quantus):
     model, x, t, a = data
     a = a.clone()
     a[0, :2] = 0  # zeros count for effective complexity
@@ -367,7 +375,7 @@ def test_running_metrics():
         agg.update(x=torch.tensor([float("inf")]))
 
 
-def test_irof_equals_quantus(data, monkeypatch):
+def test_irof_equals_quantus(data, monkeypatch, quantus):
     """Quantus 0.6's IROF calls np.trapz, which numpy 2.4 no longer has: np.trapezoid under its old name."""
     monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
     model, x, t, a = data
@@ -382,7 +390,7 @@ def test_irof_equals_quantus(data, monkeypatch):
         irof(model, x, a, t, segments.float())
 
 
-def test_sufficiency_equals_quantus():
+def test_sufficiency_equals_quantus(quantus):
     model = tiny()
     g = torch.Generator().manual_seed(9)
     x, maps = torch.randn(6, 1, 8, 8, generator=g), torch.rand(6, 8, 8, generator=g)

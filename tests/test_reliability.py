@@ -46,6 +46,10 @@ def assert_untouched(model: nn.Module, before) -> None:
 #: image on ResNet18's layer3 + layer4): their state checks run on ResNet18 8 times narrower (96 channels;
 #: tests/small_models.py: the same torchvision class, blocks, mixed modes and BatchNorm folding).
 PER_CHANNEL = ("scorecam", "ablationcam")
+#: Methods with two backward passes or a contrast of several classes: the narrow ResNet18 keeps them cheap.
+NARROW = PER_CHANNEL + ("shapleycam", "finercam", "refinecam")
+#: Methods for vision transformers (attention layers): a tiny timm ViT in the same mixed state.
+VIT = ("legrad",)
 
 
 def mixed_resnet(narrow: bool = False) -> nn.Module:
@@ -59,8 +63,10 @@ def mixed_resnet(narrow: bool = False) -> nn.Module:
 def explainer(name: str, model: nn.Module):
     if name == "cam":
         return camkit.CAM(model)
-    if name in ("recam", "paper_recam"):
+    if name in ("recam", "paper_recam") + VIT:
         return METHODS[name](model)
+    if name == "dff":  # one layer, the one its classifier (fc) scores
+        return METHODS[name](model, layers=["layer4"])
     return METHODS[name](model, layers=["layer3", "layer4"] if not isinstance(model, CAMModel) else ["head.relu"])
 
 
@@ -74,7 +80,13 @@ def model_for(name: str) -> nn.Module:
         model.train()
         model.head.eval()
         return model
-    return mixed_resnet(narrow=name in PER_CHANNEL)
+    if name in VIT:
+        torch.manual_seed(0)
+        vit = timm.create_model("vit_tiny_patch16_224", img_size=64, patch_size=16, depth=2, embed_dim=24,
+                                num_heads=2, num_classes=5).train()
+        vit.blocks[0].eval()
+        return vit
+    return mixed_resnet(narrow=name in NARROW)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

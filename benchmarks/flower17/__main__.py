@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild the feature cache")
     p.add_argument("--no-fast", action="store_true", help="extract features with the eager backbone (no tracing)")
     p.add_argument("--float32", action="store_true", help="cache float32 features instead of float16")
+    p.add_argument("--fig-images", type=int, default=12, help="validation images in the figures (the study's: 12)")
     p.add_argument("--fig-seed", type=int, default=1090, help="seed that draws the 12 validation images of the figures "
                    "(1090: the study's Figure 20 command)")
     p.add_argument("--overlays", default="jet,red", help="Figure 20 overlay styles: jet (colormap), red (the study's "

@@ -184,7 +184,7 @@ def _samples(args):
 
     split = load_split(args.data_root)
     val = split["val"] if not args.per_class else subset(split["val"], args.per_class)
-    idx = pick_images(len(val), N_IMAGES, getattr(args, "fig_seed", FIG_SEED))
+    idx = pick_images(len(val), getattr(args, "fig_images", N_IMAGES), getattr(args, "fig_seed", FIG_SEED))
     samples = [val[i] for i in idx]
     _, pre, _ = build_backbone(args.backbone)
     imgs = [load_image(p) for p, _ in samples]
@@ -263,7 +263,7 @@ def figure20(rows: List[dict], samples, imgs, out: Path, overlays=OVERLAYS, tile
             fig = ov.labelled_grid(tiles, titles, cols=4, tile_inches=2.0,
                                    suptitle=f"{row['label']}: validation images, seed {seed}")
             fig.savefig(out / f"{stem}_labelled.jpg", dpi=72, bbox_inches="tight", pad_inches=0.05)
-            ov.compact_grid(tiles, rows=3, cols=4)[0].save(out / f"{stem}_compact.jpg", quality=85)
+            ov.compact_grid(tiles, rows=-(-len(tiles) // 4), cols=4)[0].save(out / f"{stem}_compact.jpg", quality=85)
             ov.grid(tiles, cols=len(tiles)).save(out / f"{stem}_strip.jpg", quality=85)
             written += [f"{stem}_labelled.jpg", f"{stem}_compact.jpg", f"{stem}_strip.jpg"]
     return written

@@ -1,4 +1,4 @@
-"""The ``camkit`` command: ``explain``, ``layers``, ``export`` and ``evaluate-masks``, one
+"""The ``camkit`` command: ``explain``, ``layers``, ``export``, ``evaluate-masks``, ``report`` and ``evaluate``, one
 module per subcommand.
 
 Mistakes in the input (an unreadable image, an unknown model, layer, class or
@@ -17,7 +17,7 @@ import warnings
 from typing import Optional, Sequence
 
 from ..errors import InputError
-from . import explain, export, layers
+from . import evaluate, explain, export, layers, report
 from .common import Parser
 
 REPORT = ("camkit: internal error: the traceback above is a bug in camkit, not a mistake in your input; "
@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     explain.add_parser(sub)
     layers.add_parser(sub)
     export.add_parsers(sub)
+    report.add_parser(sub)
+    evaluate.add_parser(sub)
     return p
 
 

@@ -17,6 +17,7 @@ from ..adapters import Preset
 from ..app import categories, load_image
 from ..errors import InputError
 from ..geometry import to_original
+from .explain_records import Records, settings_of
 from .figures import Figures, tile_caption
 from .outputs import Outputs, file_base
 
@@ -82,6 +83,7 @@ class ExplainRun:
         self.look = {"alpha": a.alpha, "cmap": a.cmap, "postprocess": a.postprocess}
         self.done: List[str] = []                 # output keys of the images explained
         self.failed: List[Tuple[str, str]] = []   # (path, why) of the images that could not be read
+        self.records = Records(job.outputs.root, settings_of(a, job.explainers))  # explain.jsonl
 
     def _load(self, chunk: Sequence[Tuple[str, str]]) -> Tuple[List[Tuple[str, str]], List[Image.Image]]:
         """The chunk's images that read; the others are recorded as failed (the run goes on)."""
@@ -119,6 +121,7 @@ class ExplainRun:
             a = job.args
             first = self.figures.write(self.done, job.outputs, a.cmap, a.colorbar, job.raw,
                                        f"{{method}} on {a.model} ({job.preset.family})")
+        self.records.write(job.outputs, self.failed)
         shows = f" ({first.relative_to(job.outputs.root).as_posix()} shows them all)" if first else ""
         n = len(job.outputs.written)
         print(f"wrote {n} file{'' if n == 1 else 's'} to {job.outputs.root}/{shows}")
@@ -155,6 +158,7 @@ class ExplainRun:
             view = Image.fromarray(shown)
             view.thumbnail((224, 224))
             self.figures.inputs.append(view)
+        self.records.image(path, key, job.truths.get(path), preds)
         tqdm.tqdm.write(self._line(path, preds, share), file=sys.stdout)
 
     def _line(self, path: str, preds: Sequence[Tuple[str, float]], share: torch.Tensor) -> str:
@@ -186,6 +190,7 @@ class ExplainRun:
             paths = job.outputs.reserve(file_base(key, m, k, K, name, one_class),
                                         *((".png", ".npy") if a.save_maps else (".png",)))
             job.outputs.write(paths[0], img.save)
+            self.records.add_file(m, name, paths[0])
             if a.save_maps:
                 arr = back[k].nan_to_num(0.0).cpu().numpy().astype(np.float32)
                 job.outputs.write(paths[1], lambda p, a=arr: np.save(p, a))

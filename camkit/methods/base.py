@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..display import method_repr
 from ..errors import InputError
 from ..fusion import check_fusion, fuse_max, fuse_mean, fuse_weighted
 from ..hooks import ActivationRecorder, LayerSpec, eval_mode, resolve_layers
-from ..normalize import Normalizer, get_normalizer
+from ..normalize import Normalizer, get_normalizer, normalize_volume
 from ..targets import Target, TargetSpec, as_target, check_values
 from .augment import aug_smooth
 from .checks import as_4d, check_input, check_model, raise_problems
@@ -33,6 +33,7 @@ from .output import select_output
 from .precision import float32_math, work_dtype
 from .registry import MethodInfo
 from .result import CAMResult
+from .volume import check_channels_first, check_input_dims, first_conv, fold, no_volumes, unfold, upsample
 
 Layers = Union[None, LayerSpec, Sequence[LayerSpec]]
 
@@ -76,10 +77,30 @@ class _Method:
     info: ClassVar[Optional[MethodInfo]] = None  # set by register_method
     needs_grad: ClassVar[bool] = False
     grad_from_input: ClassVar[bool] = False  # record the graph from the input (a leaf that requires grad)
+    # What the class's _layer_maps supports: videos / 3-D volumes (B, C, T, H, W) (see
+    # camkit.methods.volume), and maps that keep their graph (the create_graph option). A subclass
+    # that writes its own _layer_maps supports neither unless it says so in its own body.
+    volumes: ClassVar[bool] = False
+    differentiable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_layer_maps" in cls.__dict__:
+            for flag in ("volumes", "differentiable"):
+                if flag not in cls.__dict__:
+                    setattr(cls, flag, False)
 
     def __init__(self, model: nn.Module, layers: Layers = None, **options: Any) -> None:
         self.model = check_model(model)
         self.options = make_options(type(self).Options, type(self).__name__, options)
+        if self.options.create_graph and not self.differentiable:
+            raise InputError(f"{type(self).__name__} has no differentiable path from the model's parameters to its "
+                             "maps (perturbed forwards, noise or a trained head's scores): create_graph=True applies "
+                             "to CAM, Eigen-CAM and the gradient methods (Grad-CAM, Grad-CAM++, LayerCAM, HiResCAM, "
+                             "XGrad-CAM, Grad-CAM element-wise, Eigen-Grad-CAM)")
+        self._conv = first_conv(model)
+        if self._conv is not None and self._conv[1] == 3 and not self.volumes:
+            raise no_volumes(type(self).__name__)  # a 3-D model (its first convolution is a Conv3d)
         self._setup()
         self.layers = resolve_layers(model, self._default_layers(layers))
         self._module_of = dict(self.layers)
@@ -108,8 +129,31 @@ class _Method:
         self.options = with_weights(o, check_fusion(o.fusion, o.weights, len(self.layers)))
 
     def _as_4d(self, name: str, a: Tensor) -> Tensor:
-        """A hooked output as ``(B, C, h, w)`` (``reshape`` applied; channels-last refused)."""
-        return as_4d(name, a, self.options.reshape, self._module_of.get(name))
+        """A hooked output as ``(B, C, h, w)`` (``reshape`` applied; channels-last refused); a 3-D
+        layer's ``(B, C, t, h, w)`` folded to ``(B, C, t * h, w)`` (:func:`camkit.methods.volume.fold`)."""
+        if self.options.reshape is not None:
+            a = self.options.reshape(a)
+            return fold(a) if a.dim() == 5 else as_4d(name, a, None)
+        if a.dim() == 5:
+            return fold(check_channels_first(name, a, self._module_of.get(name)))
+        return as_4d(name, a, None, self._module_of.get(name))
+
+    def _spatial(self, name: str, a: Tensor) -> Tuple[int, ...]:
+        """The spatial shape ``(h, w)`` or ``(t, h, w)`` of layer ``name``'s output ``a`` (after ``reshape``)."""
+        return tuple((a if self.options.reshape is None else self.options.reshape(a)).shape[2:])
+
+    def _unfolded(self, ctx: CallContext, layer_maps: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Each layer's folded maps ``(B, K, t * h, w)`` back to ``(B, K, t, h, w)`` for a volume input;
+        a layer whose output does not match the input's dimensions is refused."""
+        vol, out = ctx.x.dim() == 5, {}
+        for name, m in layer_maps.items():
+            spatial = self._spatial(name, ctx.acts[name]) if name in ctx.acts else None
+            if spatial is not None and (len(spatial) == 3) != vol:
+                want = "(B, C, t, h, w)" if vol else "(B, C, h, w)"
+                raise InputError(f"layer {name!r} outputs shape {tuple(ctx.acts[name].shape)} for an input of shape "
+                                 f"{tuple(ctx.x.shape)}: choose a layer whose output is {want}")
+            out[name] = unfold(m, spatial) if vol and spatial is not None and m.dim() == 4 else m  # or as made
+        return out
 
     def _normalizer(self, spec: Union[str, Normalizer, None]) -> Optional[Normalizer]:
         if spec == DEFAULT:
@@ -140,8 +184,7 @@ class _Method:
             pass
 
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in changed(self.options).items())
-        return f"{type(self).__name__}(layers={self.layer_names}{', ' + opts if opts else ''})"
+        return method_repr(type(self).__name__, self.layer_names, changed(self.options))  # camkit.display
 
     # ---------------------------------------------------------------- the call
 
@@ -149,21 +192,28 @@ class _Method:
         """Maps of ``x`` for ``targets``.
 
         Args:
-            x: ``(B, C, H, W)`` floating-point batch, normalized as the model expects.
+            x: ``(B, C, H, W)`` floating-point batch, normalized as the model expects; for a 3-D model
+                (``nn.Conv3d``) videos or volumes ``(B, C, T, H, W)`` (see :mod:`camkit.methods.volume`).
             targets: None (each image's top-1), an int, ``(B,)`` or ``(B, K)`` class indices,
                 ``"all"``, or a callable ``fn(scores) -> (B,) or (B, K)`` (see :mod:`camkit.targets`).
             topk: the k best predictions of each image (instead of ``targets``).
 
         Returns:
-            A :class:`CAMResult`: ``maps (B, K, H, W)``, ``layer_maps {name: (B, K, h, w)}``, per target
-            ``targets``/``scores``/``valid (B, K)``, and ``logits`` (the selected output).
+            A :class:`CAMResult`: ``maps (B, K, H, W)``, ``layer_maps {name: (B, K, h, w)}`` (for volumes
+            ``(B, K, T, H, W)`` and ``(B, K, t, h, w)``), per target ``targets``/``scores``/``valid (B, K)``,
+            and ``logits`` (the selected output).
 
         The model runs in eval mode during the call, under a per-model lock; every
-        module's flag is restored after.
+        module's flag is restored after. With the ``create_graph=True`` option the maps keep
+        their autograd graph back to the model's parameters (for a loss on them); the call
+        itself writes no ``.grad``.
         """
         if getattr(self.options, "aug_smooth", False):
-            return aug_smooth(self._explain, x, targets, topk)
-        return self._explain(x, targets, topk)
+            res = aug_smooth(self._explain, x, targets, topk)
+        else:
+            res = self._explain(x, targets, topk)
+        res.inputs = x.detach()  # drawn by res.show() and in Jupyter (camkit.display)
+        return res
 
     def _check_call(self) -> None:
         """Refusals that depend on the moment of the call, not on its arguments."""
@@ -177,26 +227,32 @@ class _Method:
 
     def _explain(self, x: Tensor, targets: TargetSpec, topk: Optional[int]) -> CAMResult:
         x = check_input(x, self.model)
+        check_input_dims(x, self._conv, type(self).__name__, self.volumes)
         target = as_target(targets, topk)
         self._check_call()
+        if self.options.create_graph and torch.is_inference_mode_enabled():
+            raise InputError("create_graph=True cannot keep a graph inside torch.inference_mode(); call outside it")
         # The forward starts without grad; for gradient methods the first hooked
         # layer turns grad mode on (ActivationRecorder), so no graph is kept for
         # the layers below it. no_grad's exit restores the caller's mode.
-        with eval_mode(self.model), self._recorder.recording() as acts, torch.no_grad():
+        # create_graph: the whole call records the graph, from the input on.
+        grad = torch.enable_grad() if self.options.create_graph else torch.no_grad()
+        with eval_mode(self.model), self._recorder.recording() as acts, grad:
             ctx = self._forward(x, acts, target)
-            layer_maps = self._layer_maps(ctx)
+            layer_maps = self._unfolded(ctx, self._layer_maps(ctx))
         raise_problems(x, ctx.scores, ctx.values, ctx.problems)
-        return self._result(ctx, layer_maps, tuple(x.shape[-2:]))
+        return self._result(ctx, layer_maps, tuple(x.shape[2:]))
 
     def _forward(self, x: Tensor, acts: Dict[str, Tensor], target: Target) -> CallContext:
         """Run the model once (hooks recording) and evaluate the targets."""
         b = x.shape[0]
-        xin = x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
+        layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        xin = x.contiguous(memory_format=layout) if self.options.channels_last else x
         if self.grad_from_input:
             xin = xin.detach().requires_grad_(True)
         with torch.enable_grad() if self.grad_from_input else nullcontext():
             raw = self._run_model(xin)
-        torch.set_grad_enabled(False)
+        torch.set_grad_enabled(self.options.create_graph)
         with torch.enable_grad() if self.needs_grad else nullcontext():  # an output= function may compute
             scores = select_output(raw, self.options.output)
         if scores.dim() == 0 or scores.shape[0] != b:
@@ -209,15 +265,16 @@ class _Method:
         ctx.flag("index", target.index_problem(scores))
         return ctx
 
-    def _result(self, ctx: CallContext, layer_maps: Dict[str, Tensor], size: Tuple[int, int]) -> CAMResult:
+    def _result(self, ctx: CallContext, layer_maps: Dict[str, Tensor], size: Tuple[int, ...]) -> CAMResult:
         scores, values, target = ctx.scores, ctx.values, ctx.target
         classes = target.classes(scores)
         if classes is None:
             classes = torch.full(values.shape, -1, dtype=torch.long, device=values.device)
         valid = target.valid(scores)
-        layer_maps = {n: m.detach().contiguous() for n, m in layer_maps.items()}
+        keep = self.options.create_graph
+        layer_maps = {n: (m if keep else m.detach()).contiguous() for n, m in layer_maps.items()}
         if valid is not None:
-            layer_maps = {n: m * valid[..., None, None] for n, m in layer_maps.items()}
+            layer_maps = {n: m * _per_map(valid, m) for n, m in layer_maps.items()}
         combine, normalize, o = self._combine, self.normalize, self.options
         return CAMResult(
             targets=classes, logits=scores.detach(), layer_maps=layer_maps, scores=values.detach(),
@@ -238,16 +295,17 @@ class _Method:
         weights: Optional[Sequence[float]],
         valid: Optional[Tensor] = None,
     ) -> Tensor:
-        """Normalize each layer's (B, K, h, w) maps, upsample them (one interpolate call per layer
-        for all K maps), fuse (:mod:`camkit.fusion`). Without a normalizer the raw maps are upsampled
+        """Normalize each layer's (B, K, h, w) maps (a volume's (B, K, t, h, w) per volume), upsample them
+        (one interpolate call per layer for all K maps; trilinear for volumes), fuse (:mod:`camkit.fusion`).
+        Without a normalizer the raw maps are upsampled
         and fused as they are: ``max`` takes the element-wise maximum, ``weighted`` the plain weighted
         sum (no tanh), ``mean`` the mean. ``tanh_max`` (torchcam's) fuses at the largest layer's size,
         then upsamples the fused map."""
         first = next(iter(layer_maps.values()))
         with float32_math(first.device.type):
-            maps = [m if normalize is None else normalize(m) for m in layer_maps.values()]
+            maps = [m if normalize is None else _normalized(m, normalize) for m in layer_maps.values()]
             if fusion == "tanh_max":  # torchcam's: tanh(2 M) per layer, the max at the largest layer's size
-                at = max((tuple(m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
+                at = max((tuple(m.shape[2:]) for m in maps), key=lambda s: torch.Size(s).numel())
                 out = _upsample(fuse_max([_upsample(torch.tanh(2.0 * m), at) for m in maps]), tuple(size))
             else:
                 ups = [_upsample(m, tuple(size)) for m in maps]
@@ -260,18 +318,28 @@ class _Method:
                 else:
                     out = fuse_max(ups)
             if valid is not None:
-                out = out * valid[..., None, None]
+                out = out * _per_map(valid, out)
         return out
 
 
 def _upsample(m: Tensor, size: Tuple[int, ...]) -> Tensor:
-    """``(B, K, h, w)`` -> ``(B, K, *size)``, bilinear (``align_corners=False``); as is at that size."""
-    if tuple(m.shape[-2:]) == tuple(size):
-        return m
-    return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+    """``(B, K, h, w)`` -> ``(B, K, *size)``, bilinear (trilinear for ``(B, K, t, h, w)``;
+    ``align_corners=False``); as is at that size."""
+    return upsample(m, size)
 
 
-def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: bool = True) -> List[Optional[Tensor]]:
+def _normalized(m: Tensor, normalize: Normalizer) -> Tensor:
+    """``normalize`` per map: each ``(h, w)`` map, or each ``(t, h, w)`` volume as one map."""
+    return normalize(m) if m.dim() < 5 else normalize_volume(m, normalize)
+
+
+def _per_map(valid: Tensor, m: Tensor) -> Tensor:
+    """``valid (B, K)`` shaped to broadcast over maps ``(B, K, *spatial)``."""
+    return valid.reshape(*valid.shape, *([1] * (m.dim() - valid.dim())))
+
+
+def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: bool = True,
+                     create_graph: bool = False) -> List[Optional[Tensor]]:
     """d values[:, k] / d A for every activation.
 
     Args:
@@ -281,19 +349,22 @@ def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: boo
             vector-Jacobian products run as one vmapped call). False: K calls on the
             retained graph. Only the graph between the activations and the values is
             traversed either way, and the results are equal.
+        create_graph: keep the backward's own graph, so the gradients (and maps made of them)
+            can be differentiated again (e.g. with respect to the model's parameters).
 
     Returns:
         One ``(B, K, *A.shape[1:])`` gradient per activation (None where it is unused).
     """
     b, k = values.shape
     if k == 1:
-        grads = torch.autograd.grad(values, activations, grad_outputs=torch.ones_like(values), allow_unused=True)
+        grads = torch.autograd.grad(values, activations, grad_outputs=torch.ones_like(values), allow_unused=True,
+                                    create_graph=create_graph)
         return [g.unsqueeze(1) if g is not None else None for g in grads]
     eye = torch.eye(k, dtype=values.dtype, device=values.device)
     if not batched:
         per_k = [
-            torch.autograd.grad(values, activations, grad_outputs=eye[j].expand(b, k), retain_graph=j < k - 1,
-                                allow_unused=True)
+            torch.autograd.grad(values, activations, grad_outputs=eye[j].expand(b, k),
+                                retain_graph=create_graph or j < k - 1, allow_unused=True, create_graph=create_graph)
             for j in range(k)
         ]
         return [
@@ -301,7 +372,8 @@ def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: boo
             for i in range(len(activations))
         ]
     onehots = eye[:, None, :].expand(k, b, k).contiguous()
-    grads = torch.autograd.grad(values, activations, grad_outputs=onehots, is_grads_batched=True, allow_unused=True)
+    grads = torch.autograd.grad(values, activations, grad_outputs=onehots, is_grads_batched=True, allow_unused=True,
+                                create_graph=create_graph)
     return [g.transpose(0, 1) if g is not None else None for g in grads]
 
 
@@ -320,6 +392,8 @@ class _GradientMethod(_Method):
 
     Options = GradientOptions
     needs_grad = True
+    volumes = True
+    differentiable = True
     formula: Callable[..., Tensor]
 
     def _check_call(self) -> None:
@@ -336,16 +410,18 @@ class _GradientMethod(_Method):
         """The gradients of ``values (B, K)`` with respect to ``tensors`` (named ``names`` in errors)."""
         if not values.requires_grad:
             raise InputError(NO_PATH.format(names=list(names)))
-        grads = target_gradients(values, tensors, self.options.batched_backward)
+        grads = target_gradients(values, tensors, self.options.batched_backward, self.options.create_graph)
         for name, g in zip(names, grads):
             if g is None:
                 raise InputError(NO_PATH.format(names=[name]))
         return grads  # type: ignore[return-value]
 
     def _reshaped(self, g: Tensor) -> Tensor:
-        """A gradient ``(B, K, ...)`` through ``reshape``, as its layer's output is."""
+        """A gradient ``(B, K, ...)`` through ``reshape``, as its layer's output is (a 3-D layer's
+        ``(B, K, C, t, h, w)`` folded to ``(B, K, C, t * h, w)``, as :meth:`_as_4d` folds the output)."""
         reshape = self.options.reshape
-        return g if reshape is None else reshape(g.flatten(0, 1)).unflatten(0, g.shape[:2])
+        g = g if reshape is None else reshape(g.flatten(0, 1)).unflatten(0, g.shape[:2])
+        return fold(g) if g.dim() == 6 else g
 
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         names = self.layer_names
@@ -354,8 +430,8 @@ class _GradientMethod(_Method):
         out: Dict[str, Tensor] = {}
         with float32_math(ctx.values.device.type):
             for name, g in zip(names, grads):
-                A = self._as_4d(name, ctx.acts[name].detach())
-                out[name] = self._formula(work_dtype(A), work_dtype(self._reshaped(g)))
+                a = ctx.acts[name] if self.options.create_graph else ctx.acts[name].detach()
+                out[name] = self._formula(work_dtype(self._as_4d(name, a)), work_dtype(self._reshaped(g)))
         return out
 
     def _formula(self, A: Tensor, G: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from .options import Options
 from .output import Output, select_output
 from .precision import float32_math, work_dtype
 from .registry import register_method
+from .volume import conv3d_channels, first_conv, fold, probe_input
 
 
 def cam_formula(A: Tensor, W: Tensor) -> Tensor:
@@ -118,6 +119,8 @@ class CAM(_Method):
     """
 
     Options = CAMOptions
+    volumes = True  # (B, C, t, h, w) layers folded (camkit.methods.volume): GAP over the volume
+    differentiable = True  # W[c] A keeps its graph with create_graph=True
 
     def _setup(self) -> None:
         model, fc = self.model, self.options.fc
@@ -152,12 +155,37 @@ class CAM(_Method):
             return {name: cam_formula(work_dtype(A), work_dtype(W))}
 
 
+class PointwiseLinear(nn.Linear):
+    """A 1x1 ``Conv2d`` after global pooling read as the linear layer it is (torchcam's case):
+    ``weight`` ``(N, C)`` is a view of the conv's; nothing is copied or registered."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = conv.in_channels, conv.out_channels
+        self._conv = (conv,)  # a tuple: not a submodule
+
+    @property
+    def weight(self) -> Tensor:  # type: ignore[override]
+        return self._conv[0].weight.flatten(1)
+
+    @property
+    def bias(self) -> Optional[Tensor]:  # type: ignore[override]
+        return self._conv[0].bias
+
+
+def _pointwise(m: object) -> bool:
+    return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and m.groups == 1 and tuple(m.stride) == (1, 1)
+
+
 def _linear(model: nn.Module, fc: Union[None, str, nn.Linear]) -> nn.Linear:
-    """The linear layer ``fc`` names (a name, the module, or None: found from the model)."""
+    """The linear layer ``fc`` names (a name, the module, or None: found from the model); a 1x1
+    ``Conv2d`` is read as a linear layer (:class:`PointwiseLinear`)."""
     if fc is None:
         return find_classifier(model)[1]
+    found = dict(model.named_modules()).get(fc) if isinstance(fc, str) else fc
+    if _pointwise(found):
+        return PointwiseLinear(found)  # type: ignore[arg-type]
     if isinstance(fc, str):
-        found = dict(model.named_modules()).get(fc)
         if not isinstance(found, nn.Linear):
             close = difflib.get_close_matches(fc, [n for n, _ in model.named_modules()], n=5, cutoff=0.5)
             raise InputError(f"fc={fc!r} is not a linear layer of the model; close matches: {', '.join(close)}")
@@ -170,12 +198,16 @@ def _linear(model: nn.Module, fc: Union[None, str, nn.Linear]) -> nn.Linear:
 def _find_gap_input(model: nn.Module, fc: nn.Linear, output: Output = None) -> str:
     """Probe: the last module to finish whose output ``(B, C, h, w)`` (with more
     than one position) passes the GAP + linear check against the model's
-    logits, found with one dry run on a random 224x224 input."""
+    logits, found with one dry run on a random 224x224 input (a 3-D model's: ``(B, C, t, h, w)``
+    outputs, on a random ``8 x 112 x 112`` video)."""
     def keep(name: str, o: Tensor) -> Optional[Tensor]:
+        o = fold(o) if o.dim() == 5 else o
         return o if o.dim() == 4 and o.shape[1] == fc.in_features and o.shape[-2:].numel() > 1 else None
 
+    conv = first_conv(model)
     with dry_model(model) as probe:
-        kept, out = dry_run(probe, batch=2, keep=keep)
+        x = probe_input(probe, conv3d_channels(probe)) if conv is not None and conv[1] == 3 else None
+        kept, out = dry_run(probe, x, batch=2, keep=keep)
     logits = select_output(out, output)
     if not bool(torch.isfinite(logits).all()):
         raise InputError("the model's output is NaN or Inf on a random input (check the weights); "

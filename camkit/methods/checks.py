@@ -26,9 +26,10 @@ def check_input(x: object, model: nn.Module) -> Tensor:
     (any dtype under autocast); else an :class:`InputError` naming the problem."""
     if not isinstance(x, Tensor):
         raise InputTypeError(f"expected an image batch tensor of shape (B, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
+    if x.dim() not in (4, 5):
         hint = " (a single image? add a batch dimension with x[None])" if x.dim() == 3 else ""
-        raise InputError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}{hint}")
+        raise InputError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}{hint}; "
+                         "a 3-D model (Conv3d) takes videos or volumes (B, C, T, H, W)")
     if x.shape[0] == 0:
         raise InputError("the input batch is empty")
     if not x.is_floating_point():

@@ -66,6 +66,8 @@ class EigenCAM(_Method):
     Class-agnostic: every target of an image gets the same map."""
 
     Options = SmoothingOptions
+    volumes = True  # positions of a (B, C, t, h, w) layer as one set (camkit.methods.volume)
+    differentiable = True  # the projection keeps its graph with create_graph=True
 
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         out: Dict[str, Tensor] = {}

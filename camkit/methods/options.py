@@ -57,6 +57,9 @@ class Options:
             (e.g. a transformer's ``(B, N, C)`` tokens; the presets give it).
         channels_last: pass the input in channels-last memory format (the model is not converted).
         output: where the scores are in the model's output (see :func:`camkit.methods.select_output`).
+        create_graph: the maps keep their autograd graph back to the model's parameters, so a loss on
+            them can be differentiated (attention guidance, training with maps); CAM, Eigen-CAM and the
+            gradient methods only (others refuse it).
     """
 
     fusion: str = "max"
@@ -65,6 +68,7 @@ class Options:
     reshape: Optional[Reshape] = None
     channels_last: bool = False
     output: Output = None
+    create_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -74,6 +78,7 @@ class Options:
         if self.weights is not None and not isinstance(self.weights, Tensor):
             _set(self, "weights", tuple(self.weights) if isinstance(self.weights, (list, tuple)) else self.weights)
         _set(self, "channels_last", bool(self.channels_last))
+        _set(self, "create_graph", bool(self.create_graph))
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from ..errors import InputError
 #: What a method hooks by default (the preset answers with the layer names):
 #: ``"last"`` the last feature layer; ``"stages"`` the end of the last three stages (LayerCAM's);
 #: ``"cam"`` the layer feeding a GAP + linear head; ``"head"`` a trained camkit head's maps;
-#: ``"biases"`` every layer that adds a bias (FullGrad's).
-LAYER_KINDS = ("last", "stages", "cam", "head", "biases")
+#: ``"biases"`` every layer that adds a bias (FullGrad's); ``"input"`` no layer: the method reads the
+#: input's gradient (Guided Backprop's).
+LAYER_KINDS = ("last", "stages", "cam", "head", "biases", "input")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """What every method returns: :class:`CAMResult`."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from .. import display
 from ..errors import InputError
 
 
@@ -15,6 +16,8 @@ class CAMResult:
 
     - ``maps`` ``(B, K, H, W)`` at the input's resolution (normalized, fused; in [0, 1] for the
       built-in normalizers; raw with ``normalize=None``), float32 (float64 for a float64 model);
+      for a video or 3-D volume input ``(B, C, T, H, W)``: ``(B, K, T, H, W)``, each volume
+      normalized as one map (``layer_maps`` then ``(B, K, t, h, w)``);
     - ``targets`` ``(B, K)`` long: the class of each map (-1 where a target is not one class,
       e.g. a padded MultiLabel column or a custom function);
     - ``scores`` ``(B, K)``: the target values the maps explain (e.g. the classes' logits);
@@ -41,8 +44,8 @@ class CAMResult:
         *,
         scores: Optional[Tensor] = None,
         valid: Optional[Tensor] = None,
-        make_maps: Optional[Callable[[Tuple[int, int]], Tensor]] = None,
-        size: Optional[Tuple[int, int]] = None,
+        make_maps: Optional[Callable[[Tuple[int, ...]], Tensor]] = None,
+        size: Optional[Tuple[int, ...]] = None,
     ) -> None:
         if maps is None and (make_maps is None or size is None):
             raise InputError("CAMResult needs maps, or make_maps and the input size")
@@ -52,20 +55,35 @@ class CAMResult:
         self.scores = scores
         self.valid = valid
         self.layer_maps = layer_maps if layer_maps is not None else {}
+        self.inputs: Optional[Tensor] = None  # the call's input, drawn by show() and in Jupyter (camkit.display)
+        self.categories: Optional[Sequence[str]] = None  # class names for show() and Jupyter, e.g. preset.categories
 
     @property
     def maps(self) -> Tensor:
-        """(B, K, H, W) at the input's resolution (computed on first access)."""
+        """(B, K, H, W) (volumes: (B, K, T, H, W)) at the input's resolution (computed on first access)."""
         if self._maps is None:
             self._maps = self._make_maps(self._size)  # type: ignore[misc]
         return self._maps
 
-    def maps_at(self, size: Tuple[int, int]) -> Tensor:
-        """(B, K, h, w): the layer maps normalized, upsampled to ``size`` and fused, as
-        ``maps`` is at the input's size (e.g. at the finest layer's resolution)."""
+    def maps_at(self, size: Tuple[int, ...]) -> Tensor:
+        """(B, K, h, w): the layer maps normalized, upsampled to ``size`` ``(h, w)`` and fused, as
+        ``maps`` is at the input's size (e.g. at the finest layer's resolution); for volumes
+        ``size`` is ``(t, h, w)`` and the maps ``(B, K, t, h, w)``."""
         if self._make_maps is None:
             raise InputError("this result holds finished maps only (e.g. aug_smooth's average); use .maps")
-        return self._make_maps((int(size[0]), int(size[1])))
+        if self._size is not None and len(tuple(size)) != len(self._size):
+            raise InputError(f"maps_at takes a size of {len(self._size)} numbers, like the input's "
+                             f"{tuple(self._size)}; got {tuple(size)}")
+        return self._make_maps(tuple(int(s) for s in size))
+
+    def _repr_png_(self) -> Optional[bytes]:
+        """Jupyter's picture: the overlays of the images and targets with their classes (:mod:`camkit.display`)."""
+        return display.result_png(self)
+
+    def show(self, image: Any = None, **kwargs: Any) -> Any:
+        """Image ``b``'s maps in a matplotlib figure, on ``image`` (the photo; aligned with ``transform=``) or on
+        the input; see :func:`camkit.display.show_result` for the options."""
+        return display.show_result(self, image, **kwargs)
 
     def __repr__(self) -> str:
         shapes = {n: tuple(m.shape) for n, m in self.layer_maps.items()}

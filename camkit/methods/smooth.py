@@ -56,6 +56,7 @@ class SmoothGradCAMpp(_GradientMethod):
     clean forward."""
 
     Options = SmoothGradOptions
+    volumes = True  # the noise has the input's shape; layers fold as in the base class
 
     def _noisy_gradients(self, x: Tensor, fixed, classes, recorder: ActivationRecorder,
                          noise: Tensor) -> List[Tensor]:
