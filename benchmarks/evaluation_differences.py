@@ -3,11 +3,15 @@ EfficientNet-Lite0 (ImageNet weights), the 4 bundled sample photos, camkit Grad-
 top-1 class. One number per difference (the README's lines come from this output).
 
     python -m benchmarks.evaluation_differences            # about a minute on one CPU thread
+
+writes ``benchmarks/results/evaluation/differences.{json,md}`` with the run's provenance.
 """
 from __future__ import annotations
 
+import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
@@ -15,6 +19,7 @@ import torch
 from torch import Tensor
 
 import camkit
+from benchmarks.provenance import markdown_header, provenance
 from camkit import evaluation as ev
 from camkit.app import ModelSpec, load_image, sample_images
 
@@ -164,6 +169,14 @@ def main() -> None:
             print("-", line, flush=True)
     results: Dict[str, object] = {"classes": t.tolist()}
     print(results, file=sys.stderr)
+    if len(sys.argv) == 1:  # the whole run: the README's lines come from this file
+        prov = provenance(module="benchmarks.evaluation_differences")
+        out = Path(__file__).resolve().parent / "results" / "evaluation"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "differences.json").write_text(json.dumps({"provenance": prov, "lines": lines, **results}, indent=1) + "\n")
+        (out / "differences.md").write_text("# camkit.evaluation against its peers: definition differences\n\n"
+                                            + markdown_header(prov) + "\n" + "".join(f"- {ln}\n" for ln in lines))
+        print(f"wrote {out / 'differences.md'}")
 
 
 if __name__ == "__main__":
