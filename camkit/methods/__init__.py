@@ -56,6 +56,7 @@ from .legrad import LeGrad, legrad_formula
 # isort: on
 from .augment import AUGMENTATIONS, aug_smooth
 from .base import CallContext, target_gradients
+from .multiscale import RECAM_SCALES, MultiScale, recam_max
 from .options import Options
 from .output import select_output
 from .precision import float32_math, work_dtype
@@ -73,7 +74,7 @@ __all__ = [
     "ablationcam_formula", "smoothgradcampp_formula", "fullgrad_term", "fullgrad_eigen", "kpca_projection", "kpcacam_formula", "fem_formula", "randomcam_formula",
     "segeigencam_formula", "dff_formula", "nmf", "guided_map", "guided_gradcam_formula", "eigen_projection", "element_map", "channel_map",
     "aug_smooth", "AUGMENTATIONS",
-    "ShapleyCAM", "FinerCAM", "RefineCAM", "LeGrad", "shapleycam_formula", "finer_values", "similar_classes",
+    "ShapleyCAM", "FinerCAM", "RefineCAM", "LeGrad", "MultiScale", "RECAM_SCALES", "recam_max", "shapleycam_formula", "finer_values", "similar_classes",
     "refine_product", "legrad_formula",
     "gap_linear_mismatch", "find_classifier", "target_gradients", "select_output", "float32_math", "work_dtype",
 ]
