@@ -65,7 +65,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--workers", type=int_at_least(0, "decoding processes"), default=1,
                    help="DataLoader decoding processes per rank (at most the cores); default 1")
     e.add_argument("--bg-threshold", type=unit_float, default=DEFAULT_THRESHOLD,
-                   help="background where every map is below it; default %(default)s")
+                   help="background where every map is below it; default %(default)s (IRN's; ReCAM uses 0.21 "
+                        "on VOC)")
     e.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if there is a GPU), cpu, cuda")
     e.add_argument("--threads", type=int_at_least(0, "0: torch's default"), default=0,
                    help="torch threads per process (0: torch's default)")

@@ -25,7 +25,7 @@ from .manifest import PartLog, last_records, merge_manifest
 from .pipeline import Writer, compute, disk_error
 from .worklist import Item, list_images, work_items
 
-DEFAULT_THRESHOLD = 0.15  # IRN's and ReCAM's cam_eval_thres default
+DEFAULT_THRESHOLD = 0.15  # IRN's cam_eval_thres (ReCAM's run_sample.py: 0.21 on VOC; its COCO script 0.15)
 
 
 @dataclass
