@@ -96,3 +96,48 @@ def test_bad_targets_and_inputs(net):
         ms(torch.randn(3, 32, 32, dtype=torch.float64))
     with pytest.raises(InputError, match="camkit method object"):
         camkit.MultiScale(net)
+
+
+def test_method_spec_and_export_take_scales_and_flip(tmp_path):
+    """MethodSpec(scales=, flip=) builds a MultiScale (ReCAM's normalization by default); export records
+    them in its settings, so a resume with other scales or without the flip is refused."""
+    import numpy as np
+    import torchvision
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from camkit.adapters import resolve
+    from camkit.app import ExplainSpec, MethodSpec, ModelSpec
+    from camkit.export import read_cams, run
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    tf = T.Compose([T.Resize(40), T.CenterCrop(32), T.ToTensor()])
+    preset = resolve(model)
+    spec = MethodSpec("gradcam", scales=[1.0, 0.5], flip=True)
+    ms = spec.build(model, preset)
+    assert isinstance(ms, camkit.MultiScale) and ms.scales == (1.0, 0.5) and ms.flip
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    direct = camkit.MultiScale(camkit.GradCAM(model, layers=["layer4"], normalize=None), scales=[1.0, 0.5])(x)
+    torch.testing.assert_close(ms(x).maps, direct.maps)
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((36, 40, 3)) * 255).astype(np.uint8)).save(src / "a.png")
+    out = tmp_path / "out"
+    summary = run(src, out, ExplainSpec(ModelSpec(model, transform=tf), spec), workers=0, progress=False)
+    assert (summary.ok, summary.failed) == (1, 0)
+    settings = __import__("json").loads((out / "export.json").read_text())["settings"]
+    assert settings["scales"] == [1.0, 0.5] and settings["flip"] is True
+    assert read_cams(out, "a")["high_res"].shape == (1, 36, 40)
+    with pytest.raises(InputError, match="other settings"):
+        run(src, out, ExplainSpec(ModelSpec(model, transform=tf), MethodSpec("gradcam", scales=[1.0, 0.5])),
+            workers=0, progress=False)
+    with pytest.raises(InputError, match="finite number > 0"):
+        MethodSpec("gradcam", scales=[-2.0])
+
+
+def test_cli_scales_are_checked_before_the_model(capsys):
+    from camkit import cli
+
+    assert cli.main(["explain", "--demo", "--scales", "0", "--out", "unused"]) == 2
+    assert "--scales: every scale must be a finite number > 0" in capsys.readouterr().err

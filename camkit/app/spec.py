@@ -22,7 +22,8 @@ from ..adapters import OFFLINE_MODEL, Preset
 from ..errors import InputError
 from ..fusion import FUSIONS
 from ..heads import CAMModel, load_head
-from ..methods import MethodInfo, method_info
+from ..methods import MethodInfo, MultiScale, method_info
+from ..methods.multiscale import check_scales
 from ..normalize import get_normalizer
 
 DEFAULT_MODEL = OFFLINE_MODEL
@@ -129,7 +130,11 @@ class MethodSpec:
         layers: layer names or a preset's layer-set names; None: the preset's defaults.
         fusion: ``"max"`` or ``"weighted"`` (implied by ``layer_weights``).
         layer_weights: one weight per layer for weighted fusion.
-        normalize: a normalizer name, ``"none"`` (raw maps), or None (the method's default).
+        normalize: a normalizer name, ``"none"`` (raw maps), or None (the method's default; with
+            ``scales`` / ``flip``: ReCAM's max normalization).
+        scales: input scales for multi-scale inference (:class:`camkit.MultiScale`), e.g.
+            ``(1.0, 0.5, 1.5, 2.0)`` (ReCAM's); None: one scale.
+        flip: add each scale's horizontal flip (multi-scale inference).
     """
 
     name: str = DEFAULT_METHOD
@@ -137,6 +142,8 @@ class MethodSpec:
     fusion: str = "max"
     layer_weights: Optional[Tuple[float, ...]] = None
     normalize: Optional[str] = None
+    scales: Optional[Tuple[float, ...]] = None
+    flip: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -153,6 +160,14 @@ class MethodSpec:
             set_(self, "normalize", self.normalize.lower())
             if self.normalize != "none":
                 get_normalizer(self.normalize)
+        if self.scales is not None:
+            set_(self, "scales", check_scales(self.scales))
+        set_(self, "flip", bool(self.flip))
+
+    @property
+    def multiscale(self) -> bool:
+        """Whether the maps come from multi-scale / flip inference (:class:`camkit.MultiScale`)."""
+        return self.scales is not None or self.flip
 
     @property
     def info(self) -> MethodInfo:
@@ -176,8 +191,15 @@ class MethodSpec:
         return kw
 
     def build(self, model: nn.Module, preset: Preset) -> Any:
-        """The method object on ``model`` (its hooks attach for one call or a ``with`` block)."""
-        return self.info.cls(model, **self.kwargs(preset))
+        """The method object on ``model`` (its hooks attach for one call or a ``with`` block); with
+        ``scales`` / ``flip`` wrapped in :class:`camkit.MultiScale` (the method's raw maps summed, then
+        normalized with ``normalize`` or ReCAM's rule)."""
+        if not self.multiscale:
+            return self.info.cls(model, **self.kwargs(preset))
+        kw = self.kwargs(preset)
+        kw["normalize"] = None
+        norm = "recam" if self.normalize is None else (None if self.raw else self.normalize)
+        return MultiScale(self.info.cls(model, **kw), scales=self.scales or (1.0,), flip=self.flip, normalize=norm)
 
 
 class Built(NamedTuple):

@@ -57,13 +57,16 @@ def model_args(sp: argparse.ArgumentParser, weights_default: str) -> None:
 
 
 def method_args(sp: argparse.ArgumentParser) -> None:
-    """``--layers``, ``--fusion``, ``--layer-weights``."""
+    """``--layers``, ``--fusion``, ``--layer-weights``, ``--scales``, ``--flip``."""
     sp.add_argument("--layers", nargs="+", metavar="LAYER",
                     help="layer names (see `camkit layers`) or a preset's layer set (vgg: pools, convs)")
     sp.add_argument("--fusion", choices=FUSIONS, default="max", help="multi-layer fusion: max (LayerCAM's), weighted "
                     "(the study's), mean (pytorch-grad-cam's), tanh_max (torchcam's); default max")
     sp.add_argument("--layer-weights", nargs="+", type=float, metavar="W",
                     help="one weight per layer for --fusion weighted (the study: 0.4 0.4 0.2)")
+    sp.add_argument("--scales", nargs="+", type=float, metavar="S",
+                    help="multi-scale inference as ReCAM's authors run it (camkit.MultiScale), e.g. 1.0 0.5 1.5 2.0")
+    sp.add_argument("--flip", action="store_true", help="add each scale's horizontal flip (multi-scale inference)")
 
 
 def method_specs(names: Sequence[str], args: argparse.Namespace) -> List[MethodSpec]:
@@ -74,7 +77,7 @@ def method_specs(names: Sequence[str], args: argparse.Namespace) -> List[MethodS
         norm: Optional[str] = getattr(args, "normalize", None)
         try:
             spec = MethodSpec(name, layers=args.layers, fusion=args.fusion, layer_weights=args.layer_weights,
-                              normalize=norm)
+                              normalize=norm, scales=getattr(args, "scales", None), flip=getattr(args, "flip", False))
         except InputError as e:
             raise InputError(_option_error(str(e))) from None
         if spec.name not in [s.name for s in out]:
@@ -86,6 +89,8 @@ def _option_error(msg: str) -> str:
     """A spec's message in the command line's words."""
     if msg.startswith("unknown normalizer"):
         return f"--normalize: {msg}, or none (raw maps)"
+    msg = msg.replace("scales is empty: give at least one scale, e.g. scales=[1.0]", "--scales: give at least one")
+    msg = msg.replace("every scale must be", "--scales: every scale must be")
     return msg.replace("fusion and layer weights", "--fusion/--layer-weights")
 
 

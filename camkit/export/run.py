@@ -92,6 +92,7 @@ def _settings(spec: ExplainSpec, built: Built, src: PathLike, labels: Optional[P
         "src": str(Path(src).resolve()), "model": spec.model.label, "weights": spec.model.weights if named else None,
         "head": spec.model.head, "method": m.name, "layers": built.method.layer_names, "fusion": m.fusion,
         "layer_weights": list(m.layer_weights) if m.layer_weights is not None else None, "normalize": m.normalize,
+        "scales": list(m.scales) if m.scales is not None else None, "flip": m.flip,
         "labels": {"file": str(Path(labels).resolve()), "sha256": _sha256(labels)}
         if labels and Path(labels).is_file() else (str(labels) if labels else None),
         "topk": None if labels else topk, "bg_threshold": float(bg_threshold), "transform": repr(built.preset.transform),

@@ -103,6 +103,23 @@ class MultiScale:
     def __repr__(self) -> str:
         return f"MultiScale({self.method!r}, scales={list(self.scales)}, flip={self.flip})"
 
+    @property
+    def model(self):  # noqa: ANN201
+        """The method's model."""
+        return self.method.model
+
+    @property
+    def layer_names(self) -> List[str]:
+        """The method's hooked layers."""
+        return self.method.layer_names
+
+    def __enter__(self) -> MultiScale:
+        self.method.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self.method.__exit__(*exc)
+
     def __call__(self, x: Tensor, targets=None, topk: Optional[int] = None) -> CAMResult:  # noqa: ANN001
         """Maps of ``x`` ``(B, C, H, W)``; ``targets`` / ``topk`` as for the method (class targets).
 
@@ -115,10 +132,11 @@ class MultiScale:
             raise InputError(f"MultiScale takes image batches (B, C, H, W), got {getattr(x, 'shape', type(x))}")
         b = x.shape[0]
         first = self.method(x, targets=targets, topk=topk)  # the unscaled image: targets, layer sizes
-        classes = first.targets
-        if (classes < 0).any():
+        classes, valid = first.targets, first.valid
+        if ((classes < 0) & valid).any():
             raise InputError("MultiScale takes class targets (indices, top-k or a multi-label list): the same "
                              "classes are explained at every scale")
+        classes = classes.clamp(min=0)  # padding columns (valid False) stay zero maps
         per_scale: List[Dict[str, Tensor]] = []
         for s in self.scales:
             per_scale.append(self._scale_maps(x, s, classes, b, first if s == 1.0 else None))
@@ -141,7 +159,8 @@ class MultiScale:
 
     def _result(self, first: CAMResult, per_scale: List[Dict[str, Tensor]], size: Tuple[int, int]) -> CAMResult:
         names = list(first.layer_maps)
-        strided = {n: sum(upsample(d[n], first.layer_maps[n].shape[-2:]) for d in per_scale) for n in names}
+        keep = first.valid[..., None, None].to(first.layer_maps[names[0]].dtype)
+        strided = {n: keep * sum(upsample(d[n], first.layer_maps[n].shape[-2:]) for d in per_scale) for n in names}
         o, combine, normalize, valid = self.method.options, self.method._combine, self.normalize, first.valid
 
         def make_maps(at: Tuple[int, ...]) -> Tensor:
