@@ -25,7 +25,6 @@ Run (peers: ``pip install quantus captum grad-cam``)::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -42,13 +41,14 @@ from benchmarks.harness import (
     cuda_peak_increase,
     interleave,
     markdown_table,
+    rerun_with_low_mmap_threshold,
     run_provenance,
     same_round_ratio,
     timer_for,
     write_results,
 )
 from benchmarks.peers import tiny_net, versions
-from benchmarks.perturbation import MMAP_ENV, MemoryTimer
+from benchmarks.perturbation import MemoryTimer
 from camkit import evaluation as ev
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "evaluation"
@@ -308,10 +308,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
-    if args.device == "cpu" and os.environ.get(MMAP_ENV) is None and sys.platform.startswith("linux") \
-            and __name__ == "__main__":
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.evaluation", *argv],
-                  dict(os.environ, **{MMAP_ENV: "65536", "TQDM_DISABLE": "1"}))
+    if args.device == "cpu" and __name__ == "__main__":
+        rerun_with_low_mmap_threshold("benchmarks.evaluation", argv)
     policy = configure(args.device, args.threads)
     prov = run_provenance(argv, "benchmarks.evaluation", args.device)
     s = make_setup(args.arch, args.batch, args.size, args.device)

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -306,3 +307,16 @@ def write_results(md_path: str | Path, prov: Dict[str, Any], title: str, body: s
     js = md.with_suffix(".json")
     js.write_text(json.dumps({"provenance": prov, **data}, indent=1, default=str) + "\n")
     return md, js
+
+
+#: glibc's threshold above which malloc uses mmap: low, so freed blocks return to the system and peak-RSS
+#: measurements of one runner do not include another's cached arenas.
+MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
+
+
+def rerun_with_low_mmap_threshold(module: str, argv: Sequence[str]) -> None:
+    """Re-execute ``python -m module argv`` with ``MALLOC_MMAP_THRESHOLD_=65536`` (and tqdm off) on Linux,
+    once: returns (does nothing) when the variable is already set or elsewhere."""
+    if os.environ.get(MMAP_ENV) is None and sys.platform.startswith("linux"):
+        env = dict(os.environ, **{MMAP_ENV: "65536", "TQDM_DISABLE": "1"})
+        os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)

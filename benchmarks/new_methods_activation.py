@@ -30,7 +30,6 @@ import argparse
 import copy
 import gc
 import math
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -45,12 +44,13 @@ from benchmarks.harness import (
     configure,
     interleave,
     markdown_table,
+    rerun_with_low_mmap_threshold,
     run_provenance,
     same_round_ratio,
     write_results,
 )
 from benchmarks.peers import versions
-from benchmarks.perturbation import MMAP_ENV, MemoryTimer, make_model
+from benchmarks.perturbation import MemoryTimer, make_model
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "new_methods_activation"
 LAYER = {"resnet18": "layer4", "resnet50": "layer4", "tiny": "layer3"}
@@ -210,7 +210,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
 
 
 if __name__ == "__main__":
-    if os.environ.get(MMAP_ENV) is None and sys.platform.startswith("linux"):
-        env = dict(os.environ, **{MMAP_ENV: "65536", "TQDM_DISABLE": "1"})
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.new_methods_activation", *sys.argv[1:]], env)
+    rerun_with_low_mmap_threshold("benchmarks.new_methods_activation", sys.argv[1:])
     main()

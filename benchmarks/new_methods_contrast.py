@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -43,12 +42,13 @@ from benchmarks.harness import (
     configure,
     interleave,
     markdown_table,
+    rerun_with_low_mmap_threshold,
     run_provenance,
     same_round_ratio,
     write_results,
 )
 from benchmarks.peers import versions
-from benchmarks.perturbation import MMAP_ENV, MemoryTimer, make_model
+from benchmarks.perturbation import MemoryTimer, make_model
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "new_methods_contrast"
 LAYER = {"resnet18": "layer4", "resnet50": "layer4", "tiny": "layer3"}
@@ -238,9 +238,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    if __name__ == "__main__" and os.environ.get(MMAP_ENV) is None and sys.platform.startswith("linux"):
-        env = dict(os.environ, **{MMAP_ENV: "65536", "TQDM_DISABLE": "1"})
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.new_methods_contrast", *argv], env)
+    if __name__ == "__main__":
+        rerun_with_low_mmap_threshold("benchmarks.new_methods_contrast", argv)
     policy = configure("cpu", args.threads)
     prov = run_provenance(argv, "benchmarks.new_methods_contrast", "cpu")
     results = []

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -50,6 +49,7 @@ from benchmarks.harness import (
     configure,
     interleave,
     markdown_table,
+    rerun_with_low_mmap_threshold,
     run_provenance,
     same_round_ratio,
     write_results,
@@ -57,7 +57,6 @@ from benchmarks.harness import (
 from benchmarks.peers import tiny_net, versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "perturbation"
-MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 LAYER = {"resnet18": "layer4", "resnet50": "layer4", "tiny": "layer3"}
 
 
@@ -270,9 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--no-peers", dest="peers", action="store_false")
     p.add_argument("--out", default=None, help="Markdown file (default: results/perturbation/cpu_<archs>.md)")
     args = p.parse_args(argv)
-    if os.environ.get(MMAP_ENV) is None and sys.platform.startswith("linux"):
-        env = dict(os.environ, **{MMAP_ENV: "65536", "TQDM_DISABLE": "1"})
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.perturbation", *argv], env)
+    rerun_with_low_mmap_threshold("benchmarks.perturbation", argv)
     policy = configure("cpu", args.threads)
     prov = run_provenance(argv, "benchmarks.perturbation", "cpu")
     results = []
