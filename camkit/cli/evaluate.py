@@ -3,8 +3,12 @@
 
     camkit evaluate --demo                                   # bundled photos, sanity checks and ROAD
     camkit evaluate photos/ --model resnet50 --method gradcam layercam --metric sanity road sparseness
+    camkit evaluate photos/ --labels labels.csv              # each image's labelled class, not its top-1
+    camkit evaluate cams_out                                 # an export's folder: its model, method, images, classes
 
-Each image is explained for its top-1 class. Writes ``evaluation.md`` (one row per method: the mean of each
+Each image is explained for its top-1 class, its first label (``--labels``), or, for an export's folder,
+the class it was exported for (its first key) with the export's model (weights checked) and method
+(other methods with ``--method``). Writes ``evaluation.md`` (one row per method: the mean of each
 metric), ``evaluation.json`` (settings, means, per-image values, curves) and the curves as PNG
 (``road.png``: MoRF / LeRF scores per percentile; ``sanity.png``: Spearman correlation of the maps as the
 layers are randomized, top layer first), with a progress bar on stderr.
@@ -15,16 +19,29 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import tqdm
 from torch import Tensor
 
 from .. import evaluation as ev
-from ..app import MethodSpec, ModelSpec, collect_images, load_image, sample_images
+from ..adapters import num_classes
+from ..app import (
+    DEFAULT_MODEL,
+    MethodSpec,
+    ModelSpec,
+    categories,
+    class_indices,
+    collect_images,
+    labels_of,
+    load_image,
+    read_labels,
+    sample_images,
+)
 from ..errors import DependencyError, InputError
 from ..evaluation._common import check_percentiles
+from ..export.reopen import ExportedRun, check_same_model, is_export, read_export
 from ..methods import cli_names
 from .common import int_at_least, method_args, method_specs, model_args
 from .outputs import output_dir
@@ -41,11 +58,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "model randomization (sanity), random logit, ROAD, faithfulness correlation, "
                                    "infidelity, sparseness, complexity. Writes evaluation.md, evaluation.json and "
                                    "the curves as PNG. With no images (or --demo): the bundled sample photos.")
-    e.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
+    e.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders, or one output folder of "
+                   "camkit export (its model, method, images and classes)")
     e.add_argument("--demo", action="store_true", help="run on the bundled sample photos")
     model_args(e, "imagenet")
-    e.add_argument("--method", nargs="+", default=["gradcam"], metavar="M",
-                   help=f"one or more of {', '.join(cli_names())}; default gradcam")
+    e.add_argument("--method", nargs="+", metavar="M",
+                   help=f"one or more of {', '.join(cli_names())}; default gradcam (an export's: its own)")
+    e.add_argument("--labels", metavar="CSV", help="explain each image's first labelled class instead of its "
+                   "top-1 (path,label rows, as for explain and export)")
     method_args(e)
     e.add_argument("--metric", nargs="+", default=list(DEFAULT_METRICS), choices=METRICS, metavar="METRIC",
                    help=f"one or more of {', '.join(METRICS)}; default {' '.join(DEFAULT_METRICS)}")
@@ -105,36 +125,67 @@ RUNNERS: Dict[str, Callable[..., Dict[str, Tensor]]] = {"sanity": _sanity, "road
                                                         **{n: _other(n) for n in METRICS if n not in ("sanity", "road")}}
 
 
-def _check(args: argparse.Namespace) -> Tuple[List[MethodSpec], List[str]]:
-    """Everything that needs no model: methods, percentiles, images."""
-    specs = method_specs(args.method, args)
+def _export_source(args: argparse.Namespace) -> Optional[ExportedRun]:
+    """The export named as the only input, or None; options it fixes itself are refused."""
+    if len(args.images) != 1 or not is_export(args.images[0]):
+        return None
+    given = [o for o, v in (("--model", args.model != DEFAULT_MODEL), ("--weights", args.weights != "imagenet"),
+                            ("--head", args.head is not None), ("--labels", args.labels is not None)) if v]
+    if given:
+        raise InputError(f"{args.images[0]} is an export's folder, evaluated with the export's own model and "
+                         f"classes: leave {', '.join(given)} out")
+    if args.method is None and (args.layers or args.layer_weights or args.scales or args.flip or args.fusion != "max"):
+        raise InputError("--layers, --fusion, --layer-weights, --scales and --flip apply to the methods named with "
+                         "--method; the export's own method keeps its settings")
+    return read_export(args.images[0])
+
+
+def _check(args: argparse.Namespace) -> Tuple[List[MethodSpec], List[str], Optional[ExportedRun]]:
+    """Everything that needs no model: methods, percentiles, images (an export's: also its classes)."""
     if "road" in args.metric:
         check_percentiles(args.percentiles)
+    if args.demo and args.images:
+        raise InputError("--demo runs on the bundled samples; give either images or --demo")
+    run = _export_source(args)
+    if run is not None:
+        return (method_specs(args.method, args) if args.method else [run.spec.method]), list(run.images), run
+    specs = method_specs(args.method or ["gradcam"], args)
     if args.demo or not args.images:
-        if args.images:
-            raise InputError("--demo runs on the bundled samples; give either images or --demo")
-        paths = [str(p) for p in sample_images()]
-    else:
-        paths = [p for p, _ in collect_images(args.images, args.out)]
-    return specs, paths
+        return specs, [str(p) for p in sample_images()], None
+    return specs, [p for p, _ in collect_images(args.images, args.out)], None
 
 
-def _batches(paths: List[str], preset: Any, size: int):
+def _label_targets(path: str, paths: Sequence[str], model: Any, preset: Any) -> List[int]:
+    """Each image's first labelled class (index into the model's classes)."""
+    names = categories(preset.categories, num_classes(model, preset.input_size, preset.output))
+    targets = []
+    for p, row in zip(paths, labels_of(paths, read_labels(path), path)):
+        classes = class_indices(row, names, f"{path} ({p})")
+        if not classes:
+            raise InputError(f"{path}: {p} has no label; camkit evaluate explains one class per image")
+        targets.append(classes[0])
+    return targets
+
+
+def _batches(paths: List[str], targets: Optional[List[int]], preset: Any, size: int):
     for i in range(0, len(paths), size):
         chunk = paths[i:i + size]
-        yield chunk, torch.stack([preset.transform(load_image(p)) for p in chunk])
+        t = None if targets is None else torch.tensor(targets[i:i + size])
+        yield chunk, torch.stack([preset.transform(load_image(p)) for p in chunk]), t
 
 
-def _evaluate(model: Any, preset: Any, specs: List[MethodSpec], paths: List[str], args: argparse.Namespace):
-    """Per method, the running means and the per-image rows."""
+def _evaluate(model: Any, preset: Any, specs: List[MethodSpec], paths: List[str], targets: Optional[List[int]],
+              args: argparse.Namespace):
+    """Per method, the running means and the per-image rows (``targets``: None for each top-1)."""
     explainers = {s.name: _explainer(s, preset) for s in specs}
     aggs = {n: ev.RunningMetrics() for n in explainers}
     rows: List[Dict[str, Any]] = []
     bar = tqdm.tqdm(total=len(paths) * len(specs), desc="camkit evaluate", unit="map", disable=None, file=sys.stderr)
     with bar:
-        for chunk, x in _batches(paths, preset, args.batch_size):
-            with torch.no_grad():
-                t = model(x).argmax(1)
+        for chunk, x, t in _batches(paths, targets, preset, args.batch_size):
+            if t is None:
+                with torch.no_grad():
+                    t = model(x).argmax(1)
             for name, explain in explainers.items():
                 maps = explain(model, x, t)
                 vals: Dict[str, Tensor] = {}
@@ -174,18 +225,24 @@ def _plot(summary: Dict[str, Dict[str, float]], out: Path, prefix: str, xlabel: 
     return [path]
 
 
-def _write(out: Path, aggs: Dict[str, Any], rows: List[Dict[str, Any]], args: argparse.Namespace) -> List[Path]:
+def _write(out: Path, aggs: Dict[str, Any], rows: List[Dict[str, Any]], args: argparse.Namespace,
+           run: Optional[ExportedRun]) -> List[Path]:
     summary = {m: a.summary() for m, a in aggs.items()}
     cols = [k for k in next(iter(summary.values())) if "@" not in k]
     lines = ["| method | images | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for m, s in summary.items():
         n = sum(r["method"] == m for r in rows)
         lines.append(f"| {m} | {n} | " + " | ".join(f"{s[c]:.4g}" for c in cols) + " |")
+    target = "the export's class (first key)" if run else ("first label" if args.labels else "top-1 class")
+    model = run.settings["model"] if run else args.model
     md = out / "evaluation.md"
-    md.write_text(f"# camkit evaluate: {args.model}\n\nMetrics: {', '.join(args.metric)}; seed {args.seed}; "
-                  f"means over the images (top-1 class).\n\n" + "\n".join(lines) + "\n")
+    md.write_text(f"# camkit evaluate: {model}\n\nMetrics: {', '.join(args.metric)}; seed {args.seed}; "
+                  f"means over the images ({target}).\n\n" + "\n".join(lines) + "\n")
     js = out / "evaluation.json"
     settings = {k: v for k, v in vars(args).items() if k != "func"}
+    settings.update(target=target, methods=list(summary))
+    if run is not None:
+        settings["export"] = {"folder": str(Path(args.images[0]).resolve()), "settings": run.settings}
     js.write_text(json.dumps({"settings": settings, "summary": summary, "per_image": rows}, indent=1) + "\n")
     pngs = _plot(summary, out, "road_", "% of pixels removed", "target logit") + \
         _plot(summary, out, "sanity_spearman", "layers randomized down to", "Spearman correlation with the map")
@@ -194,14 +251,17 @@ def _write(out: Path, aggs: Dict[str, Any], rows: List[Dict[str, Any]], args: ar
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run ``camkit evaluate``; returns the exit status."""
-    specs, paths = _check(args)
+    specs, paths, run = _check(args)
     out = output_dir(args.out)
-    model, preset = ModelSpec(args.model, args.weights, args.head).build()
+    model, preset = (run.spec.model if run else ModelSpec(args.model, args.weights, args.head)).build()
+    if run is not None:
+        check_same_model(run, model, preset)
     if preset.transform is None:
         raise InputError(f"{args.model} has no preprocessing in its preset; camkit evaluate cannot prepare images")
     if preset.task not in (None, "classification"):
         raise InputError(f"camkit evaluate measures classifiers; {args.model} is a {preset.task} model")
-    aggs, rows = _evaluate(model, preset, specs, paths, args)
-    for path in _write(Path(out), aggs, rows, args):
+    targets = list(run.targets) if run else (_label_targets(args.labels, paths, model, preset) if args.labels else None)
+    aggs, rows = _evaluate(model, preset, specs, paths, targets, args)
+    for path in _write(Path(out), aggs, rows, args, run):
         print(f"wrote {path}")
     return 0
