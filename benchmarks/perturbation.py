@@ -34,13 +34,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import statistics
 import sys
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.experimental.optimization import fuse
 
 from benchmarks.harness import (
     Runner,
@@ -79,18 +84,46 @@ def make_model(arch: str, batch: int, size: int, k: int, seed: int = 0) -> Tuple
 # --------------------------------------------------------------------------- runners
 
 
-def camkit_runner(method: str, model: nn.Module, layer: str, x: Tensor, t: Tensor) -> Runner:
+METHODS = ["Score-CAM", "SS-CAM", "IS-CAM", "Ablation-CAM"]
+
+
+def sample_options(method: str, samples: int) -> Dict[str, int]:
+    """``num_samples`` for SS-CAM and IS-CAM (the benchmark's ``--samples``), nothing for the others."""
+    return {"num_samples": samples} if method in ("SS-CAM", "IS-CAM") else {}
+
+
+def camkit_runner(method: str, model: nn.Module, layer: str, x: Tensor, t: Tensor, samples: int = 2) -> Runner:
     import camkit.methods as cm
 
-    cls = {"Score-CAM": cm.ScoreCAM, "Ablation-CAM": cm.AblationCAM}[method]
+    cls = {"Score-CAM": cm.ScoreCAM, "SS-CAM": cm.SSCAM, "IS-CAM": cm.ISCAM, "Ablation-CAM": cm.AblationCAM}[method]
+    opts = sample_options(method, samples)
 
     def call() -> Dict[str, Tensor]:
-        with cls(model, layers=[layer]) as cam:
+        with cls(model, layers=[layer], **opts) as cam:
             res = cam(x, targets=t)
             return {"maps": res.maps, "layer": res.layer_maps[layer]}
 
-    return Runner(f"camkit {method}", call, note=f"camkit.{cls.__name__}(model, layers=[layer])(x, targets=t).maps: "
-                                                 "all K targets in one call")
+    shown = "".join(f", {k}={v}" for k, v in opts.items())
+    return Runner(f"camkit {method}", call, note=f"camkit.{cls.__name__}(model, layers=[layer]{shown})(x, targets=t)"
+                                                 ".maps: all K targets in one call")
+
+
+def floor_runner(method: str, arch: str, model: nn.Module, layer: str, x: Tensor, t: Tensor,
+                 samples: int = 2, clock: Optional[Callable[[str], Any]] = None) -> Runner:
+    """The method's floor (``score_floor`` / ``ablation_floor``) with camkit's default batch sizes and options."""
+    clock = clock or _no_clock
+    if method == "Ablation-CAM":
+        def call() -> Dict[str, Tensor]:
+            return {"maps": ablation_floor(model, layer, ABOVE[arch], x, t, batch_size=64, clock=clock)}
+        note = "ablation_floor: one forward, then only the layers above on the ablated copies, 64 a batch"
+    else:
+        n = samples if method != "Score-CAM" else 1
+
+        def call() -> Dict[str, Tensor]:
+            return {"maps": score_floor(model, layer, x, t, method, batch_size=16, samples=n, clock=clock)}
+        note = (f"score_floor({method!r}): one forward, the distinct masks' forwards ({n} sample(s) each), 16 a batch, "
+                "channels-last on a BatchNorm-folded copy")
+    return Runner(f"floor {method}", call, note=note)
 
 
 def keep_raw(cam: Any, into: List[Tensor]) -> None:
@@ -125,27 +158,177 @@ def pgc_runner(method: str, model: nn.Module, layer: str, x: Tensor, t: Tensor) 
                   note=f"with {cls.__name__}(model, target_layers=[layer]) as cam: cam(x, targets) per target")
 
 
-def torchcam_runner(method: str, model: nn.Module, layer: str, x: Tensor, t: Tensor) -> Runner:
+def torchcam_runner(method: str, model: nn.Module, layer: str, x: Tensor, t: Tensor, samples: int = 2) -> Runner:
     import torchcam.methods as tcm
 
+    cls = {"Score-CAM": tcm.ScoreCAM, "SS-CAM": tcm.SSCAM, "IS-CAM": tcm.ISCAM}[method]
+    opts = sample_options(method, samples)
+
     def call() -> Dict[str, Tensor]:
-        with tcm.ScoreCAM(model, layer, input_shape=tuple(x.shape[1:])) as ex:
+        with cls(model, layer, input_shape=tuple(x.shape[1:]), **opts) as ex:
             with torch.inference_mode():
                 model(x)
             maps = [ex(class_idx=[int(c) for c in t[:, k]])[0] for k in range(t.shape[1])]
         return {"layer": torch.stack(maps, 1)}
 
-    return Runner(f"torchcam {method}", call,
-                  note="with ScoreCAM(model, layer) as ex: model(x) in inference_mode; ex(class_idx=[...]) per target")
+    shown = "".join(f", {k}={v}" for k, v in opts.items())
+    return Runner(f"torchcam {method}", call, note=f"with {cls.__name__}(model, layer{shown}) as ex: model(x) in "
+                                                   "inference_mode; ex(class_idx=[...]) per target")
 
 
-def runners_for(method: str, model: nn.Module, layer: str, x: Tensor, t: Tensor, peers: bool) -> List[Runner]:
-    out = [camkit_runner(method, model, layer, x, t)]
+def runners_for(method: str, arch: str, model: nn.Module, layer: str, x: Tensor, t: Tensor, peers: bool,
+                samples: int = 2) -> List[Runner]:
+    """The floor, camkit, then the peers that have the method (pytorch-grad-cam: Score-CAM and Ablation-CAM;
+    torchcam: Score-CAM, SS-CAM and IS-CAM)."""
+    out = [floor_runner(method, arch, model, layer, x, t, samples), camkit_runner(method, model, layer, x, t, samples)]
     if peers:
-        out.append(pgc_runner(method, model, layer, x, t))
-        if method == "Score-CAM":
-            out.append(torchcam_runner(method, model, layer, x, t))
+        if method in ("Score-CAM", "Ablation-CAM"):
+            out.append(pgc_runner(method, model, layer, x, t))
+        if method != "Ablation-CAM":
+            out.append(torchcam_runner(method, model, layer, x, t, samples))
     return out
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+class Clock:
+    """Seconds spent in each named part of a call: ``with clock("forward"): ...`` (accumulates)."""
+
+    def __init__(self) -> None:
+        self.parts: Dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - t0
+
+
+def _no_clock(part: str) -> Any:
+    return nullcontext()
+
+
+#: The model above the hooked layer (``LAYER``), written out: all the floor's Ablation-CAM runs on the copies.
+ABOVE: Dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "resnet18": lambda m, a: m.fc(torch.flatten(m.avgpool(a), 1)),
+    "resnet50": lambda m, a: m.fc(torch.flatten(m.avgpool(a), 1)),
+    "tiny": lambda m, a: m.fc(m.flatten(m.pool(a))),
+}
+
+
+def plain_minmax(m: Tensor) -> Tensor:
+    """``(m - min) / (max - min)`` per ``(h, w)`` map, 0 for a constant map."""
+    lo, hi = m.amin(dim=(-2, -1), keepdim=True), m.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(hi > lo, (m - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi)), torch.zeros_like(m))
+
+
+def layer_and_logits(model: nn.Module, layer: str, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """One forward: the layer's output ``A (B, C, h, w)`` (a forward hook) and the logits ``(B, classes)``."""
+    got: List[Tensor] = []
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: got.append(o))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return got[0], logits
+
+
+def final_maps(w: Tensor, A: Tensor, size: Sequence[int]) -> Tensor:
+    """``ReLU(sum_c w_c A_c)`` ``(B, K, h, w)``, min-max normalized, upsampled to ``size`` (bilinear)."""
+    cam = torch.einsum("bkc,bchw->bkhw", w, A).clamp(min=0)
+    return F.interpolate(plain_minmax(cam), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def score_samples(method: str, masks: Tensor, b: int, first: int, samples: int, std: float,
+                  seed: int) -> Iterator[Tensor]:
+    """What the input is multiplied by for masks ``(n, H, W)`` (channels ``first..first+n`` of image ``b``):
+    the masks (Score-CAM), ``samples`` noisy copies (SS-CAM: one generator per image and channel, seeded
+    as camkit documents), or ``samples`` scaled copies (IS-CAM: ``c_i = sum_{j <= i} j / N``)."""
+    if method == "Score-CAM":
+        yield masks
+        return
+    if method == "IS-CAM":
+        for c in itertools.accumulate(i / samples for i in range(1, samples + 1)):
+            yield masks * c
+        return
+    gens = [torch.Generator().manual_seed((seed * 1_000_003 + b) * 65_537 + first + i) for i in range(len(masks))]
+    for _ in range(samples):
+        yield masks + torch.stack([torch.randn(masks.shape[1:], generator=g) for g in gens]).mul_(std)
+
+
+@torch.no_grad()
+def score_floor(model: nn.Module, layer: str, x: Tensor, t: Tensor, method: str = "Score-CAM", batch_size: int = 16,
+                samples: int = 1, std: float = 2.0, seed: int = 0, clock: Callable[[str], Any] = _no_clock) -> Tensor:
+    """The least work for Score-CAM / SS-CAM / IS-CAM's maps ``(B, K, H, W)``, written out.
+
+    One forward for A; per image, the distinct min-max-normalized channel maps (equal ones, e.g. all the
+    constant channels, share their forwards; SS-CAM draws per channel and has none), upsampled and
+    normalized in chunks of ``batch_size``; the masked inputs run channels-last on a BatchNorm-folded copy
+    of the model; the targets' scores (averaged over SS-CAM's / IS-CAM's samples), softmax over the
+    channels, the weighted sum, normalized and upsampled.
+    """
+    with clock("forward (one, for A)"):
+        A, _ = layer_and_logits(model, layer, x)
+    with clock("folding BatchNorm (torch.fx)"):
+        fast = fuse(model)
+    S = []
+    for b in range(x.shape[0]):
+        with clock("masks: normalize, dedupe, upsample, normalize"):
+            low = plain_minmax(A[b])
+            if method == "SS-CAM":
+                maps, inverse = low, None
+            else:
+                maps, inverse = torch.unique(low.flatten(1), dim=0, return_inverse=True)
+                maps = maps.view(-1, *A.shape[2:])
+        vals = []
+        for first in range(0, len(maps), batch_size):
+            with clock("masks: normalize, dedupe, upsample, normalize"):
+                up = F.interpolate(maps[first:first + batch_size, None], size=tuple(x.shape[2:]), mode="bilinear",
+                                   align_corners=False)[:, 0]
+                masks = plain_minmax(up)
+            draws, outs = score_samples(method, masks, b, first, samples, std, seed), []
+            while True:
+                with clock("noise / scaled masks"):
+                    m = next(draws, None)
+                if m is None:
+                    break
+                with clock("masked inputs"):
+                    inp = (x[b] * m[:, None]).contiguous(memory_format=torch.channels_last)
+                with clock("forwards (masked inputs)"):
+                    outs.append(fast(inp)[:, t[b]])
+            vals.append(sum(outs[1:], outs[0]) / len(outs))
+        s = torch.cat(vals)
+        S.append(s[inverse] if inverse is not None else s)
+    with clock("softmax and weighted sum, normalize, upsample"):
+        return final_maps(torch.stack(S).transpose(1, 2).softmax(dim=-1), A, x.shape[2:])
+
+
+@torch.no_grad()
+def ablation_floor(model: nn.Module, layer: str, above: Callable[[nn.Module, Tensor], Tensor], x: Tensor, t: Tensor,
+                   batch_size: int = 64, clock: Callable[[str], Any] = _no_clock) -> Tensor:
+    """The least work for Ablation-CAM's maps ``(B, K, H, W)``, written out: one forward for A and the
+    targets' values y; per image, only ``above`` (the model from the layer on) on the copies of A with one
+    channel zeroed, ``batch_size`` at a time (an all-zero channel changes nothing: no copy);
+    ``w = (y - S) / y``, the weighted sum, normalized and upsampled."""
+    with clock("forward (one, for A)"):
+        A, logits = layer_and_logits(model, layer, x)
+        y = logits.gather(1, t)
+    B, C = A.shape[:2]
+    S = y[:, :, None].expand(B, t.shape[1], C).clone()
+    alive = A.flatten(2).ne(0).any(dim=2)
+    for b in range(B):
+        for chunk in alive[b].nonzero().flatten().split(batch_size):
+            with clock("ablated copies"):
+                copies = A[b].expand(len(chunk), *A.shape[1:]).clone()
+                copies[torch.arange(len(chunk)), chunk] = 0
+            with clock("forwards (layers above, on the copies)"):
+                S[b, :, chunk] = above(model, copies)[:, t[b]].T
+    with clock("weights and weighted sum, normalize, upsample"):
+        yy = y[..., None]
+        return final_maps((yy - S) / torch.where(yy != 0, yy, torch.ones_like(yy)), A, x.shape[2:])
 
 
 # --------------------------------------------------------------------------- timing with memory
@@ -176,11 +359,14 @@ def _minmax(m: Tensor) -> Tensor:
 
 
 def agreement(outs: Dict[str, Dict[str, Tensor]], method: str) -> List[List[object]]:
-    """camkit's maps against each peer's: [peer, resolution, max |difference|] (maps in [0, 1])."""
+    """camkit's maps against the floor's and each peer's: [runner, resolution, max |difference|] (maps in [0, 1])."""
     ours = outs[f"camkit {method}"]
     rows: List[List[object]] = []
     for name, o in outs.items():
         if name.startswith("camkit"):
+            continue
+        if "layer" not in o:  # the floor: its maps only
+            rows.append([name, "input", float((ours["maps"].float() - o["maps"].float()).abs().max())])
             continue
         d = (_minmax(ours["layer"].float()) - _minmax(o["layer"].float()).reshape(ours["layer"].shape)).abs().max()
         rows.append([name, "layer", float(d)])
@@ -193,7 +379,7 @@ def agreement(outs: Dict[str, Dict[str, Tensor]], method: str) -> List[List[obje
 def run_scenario(arch: str, method: str, k: int, args: argparse.Namespace) -> Dict[str, Any]:
     model, x, t = make_model(arch, args.batch, args.size, k)
     layer = LAYER[arch]
-    runners = runners_for(method, model, layer, x, t, args.peers)
+    runners = runners_for(method, arch, model, layer, x, t, args.peers, args.samples)
     outs: Dict[str, Dict[str, Tensor]] = {}
 
     def keep(r: Runner) -> Runner:
@@ -206,19 +392,143 @@ def run_scenario(arch: str, method: str, k: int, args: argparse.Namespace) -> Di
     # untimed warm-up on a small input: code paths and kernels, not the minutes a full call costs
     if args.warm_size:
         _, xs, ts = make_model(arch, 1, args.warm_size, 1)
-        for r in runners_for(method, model, layer, xs, ts, args.peers):
+        for r in runners_for(method, arch, model, layer, xs, ts, args.peers, args.samples):
             r.call()
     timer = MemoryTimer()
     kept = [keep(r) for r in runners]
     times = interleave(kept, args.rounds, 0, timer=timer)
     memory = {r.name: timer.peaks[i] for i, r in enumerate(kept)}  # the first timed round
-    base = f"camkit {method}"
+    base, floor = f"camkit {method}", f"floor {method}"
     ratios = {n: same_round_ratio(times, n, base) for n in times if n != base}
+    to_floor = {n: same_round_ratio(times, n, floor) for n in times}
+    profile = {"camkit": camkit_profile(method, model, layer, x, t, args.samples),
+               "floor": floor_profile(method, arch, model, layer, x, t, args.samples)}
     return {"arch": arch, "method": method, "k": k, "layer": layer, "times_s": times, "peak_mib": memory,
-            "ratios": ratios, "agreement": agreement(outs, method), "notes": {r.name: r.note for r in runners}}
+            "ratios": ratios, "to_floor": to_floor, "profile": profile, "agreement": agreement(outs, method),
+            "notes": {r.name: r.note for r in runners}}
+
+
+# --------------------------------------------------------------------------- where the time goes
+
+
+@contextmanager
+def timed_parts(clock: Clock, parts: Sequence[Tuple[Any, str, str]]) -> Iterator[None]:
+    """Each ``(owner, attribute, part)``: the owner's function (a module's function, a class's method or
+    staticmethod) replaced during the block by one that adds its time to ``clock``'s ``part``; a
+    generator function's time is that of producing its items."""
+    saved = []
+    for owner, attr, part in parts:
+        raw = owner.__dict__[attr]
+        fn = raw.__func__ if isinstance(raw, staticmethod) else raw
+
+        def timed(*a: Any, _fn: Callable = fn, _part: str = part, **kw: Any) -> Any:
+            with clock(_part):
+                out = _fn(*a, **kw)
+            if not isinstance(out, Iterator):
+                return out
+            return _timed_items(out, clock, _part)
+
+        saved.append((owner, attr, raw))
+        setattr(owner, attr, staticmethod(timed) if isinstance(raw, staticmethod) else timed)
+    try:
+        yield
+    finally:
+        for owner, attr, raw in reversed(saved):
+            setattr(owner, attr, raw)
+
+
+def _timed_items(items: Iterator[Any], clock: Clock, part: str) -> Iterator[Any]:
+    while True:
+        with clock(part):
+            item = next(items, StopIteration)
+        if item is StopIteration:
+            return
+        yield item
+
+
+def _shares(total: float, parts: Dict[str, float]) -> Dict[str, float]:
+    """``parts`` plus ``"the rest"`` (total - their sum) and ``"total"``, in seconds."""
+    out = dict(parts)
+    out["the rest"] = total - sum(parts.values())
+    out["total"] = total
+    return out
+
+
+@contextmanager
+def timed_forwards(clock: Clock, on: bool = True) -> Iterator[None]:
+    """During the block, the function ScoreCAM's ``_forward_fn`` returns (the perturbed forwards) adds its
+    time to ``clock``'s "forwards (masked inputs)"."""
+    import camkit.methods.perturbation as cp
+
+    make = cp.ScoreCAM.__dict__["_forward_fn"]
+
+    def forward_fn(self: Any) -> Callable[[Tensor], object]:
+        run = make(self)
+
+        def timed_run(inp: Tensor) -> object:
+            with clock("forwards (masked inputs)"):
+                return run(inp)
+        return timed_run
+
+    if on:
+        cp.ScoreCAM._forward_fn = forward_fn  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cp.ScoreCAM._forward_fn = make  # type: ignore[method-assign]
+
+
+def camkit_profile(method: str, model: nn.Module, layer: str, x: Tensor, t: Tensor, samples: int) -> Dict[str, float]:
+    """Seconds per part of one camkit call (timers around its functions, for this call only): the
+    unperturbed forward, BatchNorm folding, the masks (upsampling and normalization), the noise / scaled
+    masks, the perturbed forwards, softmax (or Ablation-CAM's weights) and the weighted sum, the final
+    normalization and upsampling; "the rest" is what no timer covers (low-resolution normalization and
+    de-duplication, masked inputs or ablated copies, checks, result)."""
+    import camkit.methods.perturbation as cp
+    from camkit.methods.base import _Method
+
+    clock = Clock()
+    parts: List[Tuple[Any, str, str]] = [(_Method, "_forward", "forward (one, for A)"),
+                                         (_Method, "_combine", "normalize and upsample the maps")]
+    if method == "Ablation-CAM":
+        parts += [(cp.AblationCAM, "_run_ablated", "forwards (layers above, on the copies)"),
+                  (cp, "ablationcam_formula", "weights and weighted sum")]
+    else:
+        parts += [(cp, "folded_copy", "folding BatchNorm (torch.fx)"), (cp, "score_masks", "masks: upsample, normalize"),
+                  (cp, "scorecam_formula", "softmax and weighted sum")]
+        parts += [(cp.SSCAM if method == "SS-CAM" else cp.ISCAM, "_samples", "noise / scaled masks")] \
+            if method != "Score-CAM" else []
+    call = camkit_runner(method, model, layer, x, t, samples).call
+    with timed_parts(clock, parts), timed_forwards(clock, method != "Ablation-CAM"):
+        t0 = time.perf_counter()
+        call()
+        total = time.perf_counter() - t0
+    return _shares(total, clock.parts)
+
+
+def floor_profile(method: str, arch: str, model: nn.Module, layer: str, x: Tensor, t: Tensor,
+                  samples: int) -> Dict[str, float]:
+    """Seconds per part of one floor call (the floor's own timers)."""
+    clock = Clock()
+    call = floor_runner(method, arch, model, layer, x, t, samples, clock=clock).call
+    t0 = time.perf_counter()
+    call()
+    return _shares(time.perf_counter() - t0, clock.parts)
 
 
 # --------------------------------------------------------------------------- report
+
+
+def profile_table(results: List[Dict[str, Any]]) -> str:
+    rows = []
+    for r in results:
+        for who, parts in r["profile"].items():
+            total = parts["total"]
+            for part, sec in parts.items():
+                if part != "total":
+                    rows.append([r["arch"], r["method"], r["k"], who, part, sec, f"{100 * sec / total:.1f}%"])
+            rows.append([r["arch"], r["method"], r["k"], who, "**total**", total, "100%"])
+    return markdown_table(["model", "method", "K", "runner", "part", "s", "share"], rows)
 
 
 def report(results: List[Dict[str, Any]], args: argparse.Namespace, policy: Dict[str, Any]) -> Tuple[str, Dict]:
@@ -227,21 +537,28 @@ def report(results: List[Dict[str, Any]], args: argparse.Namespace, policy: Dict
         base = f"camkit {r['method']}"
         for name, ts in r["times_s"].items():
             rows.append([r["arch"], r["method"], r["k"], name, statistics.median(ts), min(ts), len(ts),
-                         "1" if name == base else f"{r['ratios'][name]:.2f}x", round(r["peak_mib"][name])])
+                         f"{r['to_floor'][name]:.3f}x", "1" if name == base else f"{r['ratios'][name]:.2f}x",
+                         round(r["peak_mib"][name])])
         agree += [[r["arch"], r["method"], r["k"], *a] for a in r["agreement"]]
-    header = ["model", "method", "K", "runner", "median s", "min s", "rounds", "peer / camkit (same-round median)",
-              "peak MiB"]
+    header = ["model", "method", "K", "runner", "median s", "min s", "rounds", "/ floor (same-round median)",
+              "/ camkit (same-round median)", "peak MiB"]
     notes = {n: note for r in results for n, note in r["notes"].items()}
     text = "\n".join([
         f"Models: torchvision random weights (seed 0), eval mode, B={args.batch}, input 3x{args.size}x{args.size} "
-        f"(seed 1), targets: each image's top-K classes, hooked layer {', '.join(sorted(set(LAYER[a] for a in args.arch)))}. "
+        f"(seed 1), targets: each image's top-K classes, hooked layer {', '.join(sorted(set(LAYER[a] for a in args.arch)))}; "
+        f"SS-CAM and IS-CAM with num_samples={args.samples}. "
         f"Runners interleaved in each round; {args.rounds} timed round(s) after an untimed warm-up on a "
         f"{args.warm_size}x{args.warm_size} input. Device policy: {policy}. Peak MiB: first timed round, see "
         "benchmarks/perturbation.py (MALLOC_MMAP_THRESHOLD_=65536).",
         "", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", "",
         "## Times, ratios, peak memory", "", markdown_table(header, rows), "",
+        "## Where the time goes", "",
+        "One more call of camkit and of the floor after the timed rounds, with timers around their parts "
+        "(camkit: its functions wrapped for that call, see camkit_profile; the floor: its own timers); "
+        "seconds and share of the call.", "", profile_table(results), "",
         "## Agreement", "",
-        "Max |camkit - peer| of maps in [0, 1] from the timed calls: at layer resolution (both min-max normalized; "
+        "The floor's maps against camkit's (input resolution; tests/test_perturbation_floor.py checks them equal "
+        "in float64). Max |camkit - peer| of maps in [0, 1] from the timed calls: at layer resolution (both min-max normalized; "
         "pytorch-grad-cam's map as its get_cam_image returned it, after the ReLU) and, for pytorch-grad-cam, at input "
         "resolution (its cv2 resize and rescaling against camkit's bilinear upsampling). pytorch-grad-cam's Score-CAM "
         "upsamples its masks with align_corners=True (camkit and torchcam: False); torchcam normalizes them before "
@@ -249,6 +566,7 @@ def report(results: List[Dict[str, Any]], args: argparse.Namespace, policy: Dict
         markdown_table(["model", "method", "K", "peer", "resolution", "max abs diff"], agree), "",
         "## How each runner is called", "", *[f"- {n}: {note}" for n, note in notes.items()], ""])
     data = {"settings": {"archs": args.arch, "batch": args.batch, "size": args.size, "k": args.k,
+                         "samples": args.samples,
                          "rounds": args.rounds, "warm_size": args.warm_size, "policy": policy},
             "versions": versions(), "results": results}
     return text, data
@@ -258,7 +576,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", nargs="+", default=["resnet18"], choices=sorted(LAYER))
-    p.add_argument("--method", nargs="+", default=["Score-CAM", "Ablation-CAM"], choices=["Score-CAM", "Ablation-CAM"])
+    p.add_argument("--method", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--samples", type=int, default=2,
+                   help="num_samples of SS-CAM and IS-CAM (camkit, floor, torchcam; their defaults: 35 and 10)")
     p.add_argument("--k", nargs="+", type=int, default=[1], help="targets per image (one scenario each)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--size", type=int, default=224)
@@ -283,7 +603,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 gc.collect()
     text, data = report(results, args, policy)
     out = args.out or str(RESULTS_DIR / f"cpu_{'_'.join(args.arch)}.md")
-    md, js = write_results(out, prov, "Score-CAM and Ablation-CAM: camkit, pytorch-grad-cam, torchcam", text, data)
+    md, js = write_results(out, prov, "Score-CAM, SS-CAM, IS-CAM and Ablation-CAM: camkit against the floor, "
+                           "pytorch-grad-cam, torchcam", text, data)
     print(text)
     print(f"wrote {md} and {js}")
 
