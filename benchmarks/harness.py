@@ -137,6 +137,39 @@ def interleave(
     return times
 
 
+class RssTimer(WallTimer):
+    """Host-clock timer that also records each call's peak resident size above the size before it
+    (MiB, Linux; the bookkeeping stays outside the timed region)."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.peaks: List[float] = []
+
+    def __call__(self, fn: Callable[[], object]) -> Tuple[object, float]:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
+        before = _status_kb("VmRSS")
+        out, seconds = super().__call__(fn)
+        self.peaks.append((_status_kb("VmHWM") - before) / 1024.0)
+        return out, seconds
+
+
+def timed_rounds(runners: Sequence[Runner], rounds: int, device: str | torch.device = "cpu",
+                 memory: bool = True) -> Tuple[Times, List[float]]:
+    """``rounds`` interleaved timed rounds (no warm-up) and each runner's peak memory in MiB (NaN without
+    ``memory``): on CUDA, CUDA-event times and the peak of one more call (``cuda_peak_increase``); on
+    CPU, host-clock times and the first round's peak resident size (:class:`RssTimer`)."""
+    dev = torch.device(device)
+    nan = [float("nan")] * len(runners)
+    if dev.type == "cuda":
+        times = interleave(runners, rounds, 0, timer=timer_for(dev))
+        return times, [cuda_peak_increase(r.call, dev) for r in runners] if memory else nan
+    timer = RssTimer() if memory else WallTimer("cpu")
+    times = interleave(runners, rounds, 0, timer=timer)
+    return times, timer.peaks[:len(runners)] if memory else nan
+
+
 # --------------------------------------------------------------------------- ratios
 
 

@@ -16,7 +16,7 @@ takes one target per image:
   on a copy of the model (it replaces the model's ReLU modules).
 
 Peak memory: the peak resident size during each call of the first timed round above the size before
-it (``benchmarks.perturbation.MemoryTimer``; run as a script the process re-executes itself with
+it (``benchmarks.harness.RssTimer``; on CUDA ``max_memory_allocated``; run as a script the process re-executes itself with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed blocks return to the system).
 
 Run on a quiet machine, from a clean tree (peers: ``pip install -e .[bench]``)::
@@ -40,17 +40,16 @@ from torch import Tensor, nn
 
 from benchmarks.harness import (
     Runner,
-    WallTimer,
     configure,
-    interleave,
     markdown_table,
     rerun_with_low_mmap_threshold,
     run_provenance,
     same_round_ratio,
+    timed_rounds,
     write_results,
 )
 from benchmarks.peers import versions
-from benchmarks.perturbation import MemoryTimer, make_model
+from benchmarks.perturbation import make_model
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "new_methods_activation"
 LAYER = {"resnet18": "layer4", "resnet50": "layer4", "tiny": "layer3"}
@@ -123,19 +122,19 @@ def pgc_runner(method: str, model: nn.Module, layer: str, x: Tensor, t: Tensor) 
 
 def run_scenario(arch: str, method: str, k: int, args: argparse.Namespace) -> Dict[str, Any]:
     model, x, t = make_model(arch, args.batch, args.size, k)
+    model, x, t = model.to(args.device), x.to(args.device), t.to(args.device)
     layer = LAYER[arch]
     runners = [camkit_runner(method, model, layer, x, t)]
     if args.peers:
         runners.append(pgc_runner(method, model, layer, x, t))
     if args.warm_size:  # untimed warm-up on a small input: code paths, not a full call's minutes
         _, xs, ts = make_model(arch, 1, args.warm_size, 1)
+        xs, ts = xs.to(args.device), ts.to(args.device)
         for r in [camkit_runner(method, model, layer, xs, ts)] + ([pgc_runner(method, model, layer, xs, ts)]
                                                                   if args.peers else []):
             r.call()
-    timer = MemoryTimer() if args.memory else WallTimer("cpu")
-    times = interleave(runners, args.rounds, 0, timer=timer)
+    times, peaks = timed_rounds(runners, args.rounds, args.device, args.memory)
     base = f"camkit {method}"
-    peaks = timer.peaks if isinstance(timer, MemoryTimer) else [float("nan")] * len(runners)
     return {"arch": arch, "method": method, "k": k, "layer": layer, "times_s": times,
             "peak_mib": {r.name: peaks[i] for i, r in enumerate(runners)},
             "ratios": {n: same_round_ratio(times, n, base) for n in times if n != base},
@@ -180,6 +179,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="timed rounds")
     p.add_argument("--warm-size", type=int, default=64, help="side of the untimed warm-up input (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events; peak max_memory_allocated)")
     p.add_argument("--no-peers", dest="peers", action="store_false")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="host-clock times only (no gc.collect and resident-size reads around each call)")
@@ -190,8 +190,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
-    policy = configure("cpu", args.threads)
-    prov = run_provenance(argv, "benchmarks.new_methods_activation", "cpu")
+    policy = configure(args.device, args.threads)
+    prov = run_provenance(argv, "benchmarks.new_methods_activation", args.device)
     results = []
     for arch in args.arch:
         for k in args.k:
@@ -202,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
                 if args.memory:
                     gc.collect()
     text, data = report(results, args, policy)
-    out = args.out or str(RESULTS_DIR / f"cpu_{'_'.join(args.arch)}.md")
+    out = args.out or str(RESULTS_DIR / f"{torch.device(args.device).type}_{'_'.join(args.arch)}.md")
     md, js = write_results(out, prov, "New activation methods: camkit and pytorch-grad-cam", text, data)
     print(text)
     print(f"wrote {md} and {js}")

@@ -16,7 +16,7 @@ in pytorch-grad-cam (one target per image each) and, in torchcam, one forward th
   ``camkit.LeGrad(vit, layers=blocks)``; torchcam ``LeGrad(vit, blocks)`` (pytorch-grad-cam has none).
 
 Peak memory: the peak resident size during each call of the first timed round above the size before it
-(``benchmarks.perturbation.MemoryTimer``; run as a script the process re-executes itself with
+(``benchmarks.harness.RssTimer``; on CUDA ``max_memory_allocated``; run as a script the process re-executes itself with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed blocks return to the system).
 
 Run on a quiet machine, from a clean tree (peers: ``pip install -e .[bench]``)::
@@ -38,17 +38,16 @@ from torch import Tensor, nn
 
 from benchmarks.harness import (
     Runner,
-    WallTimer,
     configure,
-    interleave,
     markdown_table,
     rerun_with_low_mmap_threshold,
     run_provenance,
     same_round_ratio,
+    timed_rounds,
     write_results,
 )
 from benchmarks.peers import versions
-from benchmarks.perturbation import MemoryTimer, make_model
+from benchmarks.perturbation import make_model
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "new_methods_contrast"
 LAYER = {"resnet18": "layer4", "resnet50": "layer4", "tiny": "layer3"}
@@ -160,12 +159,14 @@ def torchcam_runner(method: str, model: nn.Module, layers: List[str], x: Tensor,
 
 
 def scenario_inputs(arch: str, method: str, args: argparse.Namespace, k: int):
-    """(model, layers, x, targets) for one scenario."""
+    """(model, layers, x, targets) for one scenario, on ``args.device``."""
     if method == "LeGrad":
         model, x, t, blocks = make_vit(arch, args.batch, args.size, k)
-        return model, blocks, x, t
-    model, x, t = make_model(arch, args.batch, args.size, k)
-    return model, STAGES[arch] if method == "RefineCAM" else [LAYER[arch]], x, t
+        layers = blocks
+    else:
+        model, x, t = make_model(arch, args.batch, args.size, k)
+        layers = STAGES[arch] if method == "RefineCAM" else [LAYER[arch]]
+    return model.to(args.device), layers, x.to(args.device), t.to(args.device)
 
 
 def runners_for(method: str, model: nn.Module, layers: List[str], x: Tensor, t: Tensor, peers: bool) -> List[Runner]:
@@ -181,11 +182,13 @@ def run_scenario(arch: str, method: str, k: int, args: argparse.Namespace) -> Di
     runners = runners_for(method, model, layers, x, t, args.peers)
     if args.warm_size and method != "LeGrad":  # untimed warm-up on a small input (a ViT takes one size)
         _, xs, ts = make_model(arch, 1, args.warm_size, 1)
-        for r in runners_for(method, model, layers, xs, ts, args.peers):
+        for r in runners_for(method, model, layers, xs.to(args.device), ts.to(args.device), args.peers):
             r.call()
-    timer = MemoryTimer() if args.memory else WallTimer("cpu")
-    times = interleave(runners, args.rounds, 1 if (args.warm_size and method == "LeGrad") else 0, timer=timer)
-    memory = {r.name: timer.peaks[i] for i, r in enumerate(runners)} if args.memory else {}
+    elif args.warm_size:  # LeGrad: one untimed round at the timed size
+        for r in runners:
+            r.call()
+    times, peaks = timed_rounds(runners, args.rounds, args.device, args.memory)
+    memory = {r.name: peaks[i] for i, r in enumerate(runners)} if args.memory else {}
     base = f"camkit {method}"
     ratios = {n: same_round_ratio(times, n, base) for n in times if n != base}
     return {"arch": arch, "method": method, "k": k, "layers": layers, "times_s": times, "peak_mib": memory,
@@ -229,6 +232,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5, help="timed rounds")
     p.add_argument("--warm-size", type=int, default=64, help="side of the untimed warm-up input (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events; peak max_memory_allocated)")
     p.add_argument("--no-peers", dest="peers", action="store_false")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="time only (no peak-memory bookkeeping)")
     p.add_argument("--out", default=None, help="Markdown file (default: results/new_methods_contrast/cpu_<archs>.md)")
@@ -240,8 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
     args = parser().parse_args(argv)
     if __name__ == "__main__":
         rerun_with_low_mmap_threshold("benchmarks.new_methods_contrast", argv)
-    policy = configure("cpu", args.threads)
-    prov = run_provenance(argv, "benchmarks.new_methods_contrast", "cpu")
+    policy = configure(args.device, args.threads)
+    prov = run_provenance(argv, "benchmarks.new_methods_contrast", args.device)
     results = []
     for arch in args.arch:
         for k in args.k:
@@ -252,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
                 if args.memory:  # a full collection costs seconds in a large process: only before measuring memory
                     gc.collect()
     text, data = report(results, args, policy)
-    out = args.out or str(RESULTS_DIR / f"cpu_{'_'.join(args.arch)}.md")
+    out = args.out or str(RESULTS_DIR / f"{torch.device(args.device).type}_{'_'.join(args.arch)}.md")
     md, js = write_results(out, prov, "ShapleyCAM, Finer-CAM, RefineCAM, LeGrad: camkit, pytorch-grad-cam, torchcam",
                            text, data)
     print(text)
