@@ -11,10 +11,11 @@
   head reads through it); SSD300: ``backbone.features`` (VGG to conv4_3) and ``backbone.extra.0``,
   Grad-CAM on ``backbone.features``.
 * **Input**: images in [0, 1] (the detector normalizes and resizes them itself). The detector
-  pads its resized batch to a multiple of ``size_divisible`` (32); maps and boxes are exact in the
-  input's pixels when no padding happens, which :func:`fit_size` (and the preset's ``transform``)
-  ensure by resizing the photo to the detector's working size first. SSD resizes to a fixed
-  size with no padding: any input size is exact.
+  pads its resized batch to a multiple of ``size_divisible`` (32); every method then maps over the
+  image's part of the padded canvas only (``camkit.methods.canvas``: the detector's own transform
+  reports the resized size), so maps line up with the input at any size. :func:`fit_size` (and the
+  preset's ``transform``) resize the photo to the detector's working size first, where nothing is
+  padded or resampled. SSD resizes to a fixed size with no padding: any input size is exact.
 """
 from __future__ import annotations
 
