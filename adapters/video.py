@@ -18,6 +18,8 @@ clip ``(1, C, 4, 32, 32)`` (S3D: its ``features`` alone, on ``(1, C, 8, 64, 64)`
   block's ``norm1``. No CAM (class-token pooling). MViT takes one clip size only
   (:func:`clip_size`, 16 x 224 x 224 for torchvision's), so no dry run is made.
 
+``task`` is ``"video"``: scores ``(B, num_classes)`` of clips ``(B, C, T, H, W)``, explained per class as
+a classifier's are; the command line's ``explain`` / ``export`` / ``evaluate`` (images) refuse it.
 The transform is torchvision's ``VideoClassification`` of the family's Kinetics-400 weights
 (built offline, nothing downloaded): a ``(T, C, H, W)`` uint8 or float clip -> ``(C, T, H', W')``
 resized, center-cropped to ``input_size`` and normalized. A model on the meta device is read from
@@ -223,6 +225,6 @@ def video_fields(model: nn.Module) -> Dict[str, Any]:
     fields = {"resnet": _resnet, "s3d": _s3d, "swin": _swin, "mvit": _mvit}[kind](model)
     tf = _weights(kind).transforms()
     fields["layer_sets"] = {"default": fields["layers"]}
-    return {**fields, "transform": tf, "mean": tuple(float(v) for v in tf.mean),
+    return {**fields, "task": "video", "transform": tf, "mean": tuple(float(v) for v in tf.mean),
             "std": tuple(float(v) for v in tf.std), "input_size": (int(tf.crop_size[0]), int(tf.crop_size[-1])),
             "categories": _categories(model, kind)}

@@ -57,6 +57,7 @@ def test_r3d_18_preset_cam_and_gradcam_equal_hand_autograd():
     assert (preset.family, preset.layers, preset.gradcam_layer, preset.cam_layer, preset.fc) == \
         ("tv-video-resnet", ("layer2", "layer3", "layer4"), "layer4", "layer4", "fc")
     assert preset.input_size == (112, 112) and preset.categories == tuple(f"class {k}" for k in range(5))
+    assert preset.task == "video"
     x = torch.rand(1, 3, 4, 32, 32, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([[1, 3]])
     kept = {}

@@ -134,6 +134,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         model, preset = model_spec.build()
+        if preset.task == "video":
+            raise InputError(f"camkit explain takes images; {args.model} is a video model (clips (B, C, T, H, W)): "
+                             "explain clips in Python (camkit.adapters.resolve(model), examples/video.py)")
         if preset.transform is None:
             raise InputError(f"{args.model} has no preprocessing in its preset; camkit explain cannot prepare images")
         explainers = {s.name: s.build(model, preset) for s in specs}

@@ -190,7 +190,7 @@ def run(src: PathLike, out: PathLike, spec: Optional[ExplainSpec] = None, *, lab
                 raise InputError("this model's preset has no preprocessing: pass ModelSpec(transform=...) "
                                  "(PIL image -> tensor)")
             if built.preset.task != "classification":
-                raise InputError(f"export explains classifiers; {spec.model.label} is a {built.preset.task} model")
+                raise InputError(not_exported(spec.model.label, built.preset.task))
             run_device = next(built.model.parameters()).device
             names = categories(built.preset.categories, num_classes(
                 built.model, built.preset.input_size, built.preset.output), classes)
@@ -204,6 +204,15 @@ def run(src: PathLike, out: PathLike, spec: Optional[ExplainSpec] = None, *, lab
             raise disk_error(e, out_p) from e
         finally:
             dist.close()
+
+
+def not_exported(label: str, task: str) -> str:
+    """The one-line refusal for a model that is not an image classifier, naming what explains it."""
+    what = {"detection": f"use `camkit explain --model {label} IMAGE ...` (the boxes and one map per detected box)",
+            "segmentation": f"use `camkit explain --model {label} --target-class C IMAGE ...` (a class's region)",
+            "video": "explain clips in Python (camkit.adapters.resolve(model), examples/video.py)"}
+    return (f"camkit export writes per-class maps of image classifiers; {label} is a {task} model: "
+            f"{what.get(task, 'explain it in Python')}")
 
 
 def _done(out: Path, item: Item, last: Optional[Dict[str, Any]]) -> bool:
