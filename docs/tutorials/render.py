@@ -37,8 +37,8 @@ from PIL import Image  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "rendered"
-MAX_WIDTH = 640
-COLOURS = 128
+MAX_WIDTH = 560
+COLOURS = 256
 PICTURES = (".png", ".jpg", ".jpeg", ".gif")
 
 
