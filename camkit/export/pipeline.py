@@ -1,9 +1,14 @@
 """An export's pipeline: decode in DataLoader workers, explain each batch, write in a thread.
 
-Decoding (:class:`Decode`) runs in ``workers`` processes; the maps of a batch are
+Decoding (:class:`Decode`) runs in ``workers`` processes, overlapped with the
+computation (each worker keeps 4 batches ready); the maps of a batch are
 computed in the main process (same-size inputs together) and handed as
 :class:`Job` objects to the :class:`Writer` thread, which puts them back on the
-original image, writes the files and appends the manifest records.
+original image, writes the files and appends the manifest records while the
+next batch is computed. The decoder (:mod:`camkit.export.decoding`): on CPU
+PIL without ``load_image``'s copies for plain JPEGs (byte-identical model
+inputs; ``load_image`` for the other files); on a CUDA device the workers read the JPEGs' bytes and
+the main process decodes and transforms each batch on the GPU (nvjpeg).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from ..app import load_image
 from ..errors import InputError
 from ..geometry import to_original
 from ..targets import MultiLabel
+from .decoding import Raw, choose_decoder, decode_batch, jpeg_orientation, load_fast, read_bytes, tensor_plan
 from .files import remove_outputs, write_outputs
 from .manifest import PartLog
 from .worklist import Item
@@ -56,10 +62,16 @@ class Job:
 
 
 class Decode:
-    """DataLoader dataset: item i -> ``(i, array (3, h, w) | None, (H, W) | None, error | None)``."""
+    """DataLoader dataset: item i -> ``(i, array (3, h, w) | Raw | None, (H, W) | None, error | None)``.
 
-    def __init__(self, items: Sequence[Item], transform: Callable[[Any], Tensor]) -> None:
-        self.items, self.transform = list(items), transform
+    ``decoder`` (:data:`camkit.export.decoding.DECODERS`): ``"pil"`` (:func:`camkit.load_image`),
+    ``"pil-jpeg"`` (plain JPEGs without its copies, the same pixels), ``"nvjpeg"`` (a plain JPEG's
+    bytes as a :class:`~camkit.export.decoding.Raw` for the main process to decode on the GPU; the
+    other files as ``"pil-jpeg"``).
+    """
+
+    def __init__(self, items: Sequence[Item], transform: Callable[[Any], Tensor], decoder: str = "pil-jpeg") -> None:
+        self.items, self.transform, self.decoder = list(items), transform, decoder
 
     def __len__(self) -> int:
         return len(self.items)
@@ -67,7 +79,12 @@ class Decode:
     def __getitem__(self, i: int):
         path = self.items[i].path
         try:
-            rgb = load_image(path)  # decodes fully: a truncated file fails here
+            if self.decoder == "nvjpeg":
+                o = jpeg_orientation(path)
+                if o is not None:
+                    return i, Raw(read_bytes(path), o), None, None
+            # decodes fully: a truncated file fails here
+            rgb = load_image(path) if self.decoder == "pil" else load_fast(path)
             # as an array, pickled through the pipe: a tensor would travel as a shared file descriptor,
             # whose sharer thread prints a traceback when Ctrl-C stops the workers
             return i, self.transform(rgb).numpy(), (rgb.height, rgb.width), None
@@ -183,31 +200,43 @@ class Writer:
                 pass
 
 
+def make_loader(dataset: Decode, batches: Sequence[List[int]], device: torch.device, workers: int):
+    """The export's DataLoader: ``batches`` of ``dataset`` decoded in ``workers`` processes, each
+    keeping 4 batches ready ahead of the computation (0 workers: in the main process)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_as_list,
+                      pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
+                      prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0))
+
+
 def compute(items: Sequence[Item], batches: Sequence[List[int]], pending: Set[int], explainer: Any,
             transform: Callable, writer: Writer, device: torch.device, workers: int, topk: int,
             progress: bool, world: int) -> None:
     """Decode in DataLoader workers, compute each batch's maps (same-size inputs together), hand the
     pending images' jobs to the writer."""
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     if not batches:
         return
-    loader = DataLoader(Decode(items, transform), batch_sampler=batches, num_workers=workers,
-                        collate_fn=_as_list, pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
-                        prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0))
+    decoder = choose_decoder(device, transform)
+    plan = tensor_plan(transform) if decoder == "nvjpeg" else None
+    dataset = Decode(items, transform, decoder)
+    loader = make_loader(dataset, batches, device, workers)
     bar = tqdm(total=len(pending), unit="img", desc=f"camkit export rank 0/{world}", disable=not progress or None,
                file=sys.stderr, smoothing=0.1)
     dtype = next(explainer.model.parameters()).dtype
     try:
         for batch in loader:
+            if plan is not None:
+                batch = on_device(batch, dataset, plan, device)
             groups: Dict[Tuple[int, ...], List[Tuple[int, Tensor, Size]]] = {}
             for i, x, size, err in batch:
                 if err is not None:
                     if i in pending:
                         writer.put(Job(items[i], error=err))
                 else:
-                    groups.setdefault(tuple(x.shape), []).append((i, torch.from_numpy(x), size))
+                    groups.setdefault(tuple(x.shape), []).append((i, torch.as_tensor(x), size))
             for group in groups.values():
                 jobs = explain_group([items[i] for i, _, _ in group], [x for _, x, _ in group],
                                      [s for _, _, s in group], explainer, device, dtype, topk)
@@ -217,6 +246,20 @@ def compute(items: Sequence[Item], batches: Sequence[List[int]], pending: Set[in
             bar.update(sum(i in pending for i, *_ in batch))
     finally:
         bar.close()
+
+
+def on_device(batch: List[tuple], dataset: Decode, plan: Sequence[Callable[[Tensor], Tensor]],
+              device: torch.device) -> List[tuple]:
+    """A batch's plain JPEGs (:class:`~camkit.export.decoding.Raw`) decoded and transformed on
+    ``device`` in one call; a file that fails there takes the PIL path here (which words its error)."""
+    raws = [k for k, entry in enumerate(batch) if isinstance(entry[1], Raw)]
+    done = decode_batch([batch[k][1] for k in raws], plan, device)
+    out = list(batch)
+    pil = Decode(dataset.items, dataset.transform, "pil")
+    for k, d in zip(raws, done):
+        i = batch[k][0]
+        out[k] = pil[i] if d is None else (i, d[0], d[1], None)
+    return out
 
 
 def explain_group(its: Sequence[Item], xs: Sequence[Tensor], sizes: Sequence[Size], explainer: Any,
