@@ -18,8 +18,10 @@ from torch import nn
 
 from camkit.errors import InputError
 from camkit.hooks import dry_model, dry_run, dry_run_input
+from camkit.methods.volume import first_conv
 
 from .presets import Preset, resolve
+from .video import probe_clip
 
 OFFLINE_MODEL = "efficientnet_lite0"
 
@@ -247,14 +249,18 @@ class LayerInfo:
 
 def list_layers(model: nn.Module, input_size: Sequence[int] = (224, 224)) -> List[LayerInfo]:
     """Every named submodule with its output shape for one (1, C, H, W) input
-    (``camkit.hooks.dry_run_input``: the stem's channels, the model's dtype and device).
+    (``camkit.hooks.dry_run_input``: the stem's channels, the model's dtype and device); a 3-D model
+    (its first convolution a Conv3d: video, volumes) gets a (1, C, 16, H, W) clip.
 
     Modules that did not run or returned no tensor have ``shape=None``. The
     model is left exactly as found (one ``camkit.hooks.dry_run``).
     """
     mods = [(n, m) for n, m in model.named_modules() if n]
     with dry_model(model) as probe:
-        shapes, _ = dry_run(probe, dry_run_input(probe, input_size), keep=lambda name, out: tuple(out.shape))
+        conv = first_conv(probe)
+        x = probe_clip(probe, (16, *input_size)) if conv is not None and conv[1] == 3 else \
+            dry_run_input(probe, input_size)
+        shapes, _ = dry_run(probe, x, keep=lambda name, out: tuple(out.shape))
     return [LayerInfo(n, type(m).__name__, shapes.get(n)) for n, m in mods]
 
 

@@ -116,8 +116,9 @@ def clip_size(model: nn.Module) -> Tuple[int, int, int]:
     return frames, int(crop[0]), int(crop[-1])
 
 
-def _probe(model: nn.Module, size: Sequence[int] = PROBE) -> Tensor:
-    """A random clip ``(1, C, *size)`` in the model's dtype and device, from a private generator."""
+def probe_clip(model: nn.Module, size: Sequence[int] = PROBE) -> Tensor:
+    """A random clip ``(1, C, *size)`` (``size`` ``(T, H, W)``; C the first Conv3d's input channels) in the
+    model's dtype and device, from a private generator (the global RNG is not consumed)."""
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, conv3d_channels(model), *size, generator=g)
@@ -155,7 +156,7 @@ def _children(seq: nn.Module, prefix: str) -> List[str]:
 
 def _resnet(model: nn.Module) -> Dict[str, Any]:
     layers = ("layer2", "layer3", "layer4")
-    kept, logits = dry_run(model, _probe(model), names=["layer4"])
+    kept, logits = dry_run(model, probe_clip(model), names=["layer4"])
     ok = _gap_linear(kept["layer4"], logits, model.fc)
     return {"family": "tv-video-resnet", "layers": layers, "gradcam_layer": "layer4",
             "cam_layer": "layer4" if ok else None, "fc": "fc" if ok else None}
@@ -163,14 +164,14 @@ def _resnet(model: nn.Module) -> Dict[str, Any]:
 
 def _s3d(model: nn.Module) -> Dict[str, Any]:
     children = _children(model.features, "features.")
-    kept, _ = dry_run(model, _probe(model, S3D_PROBE), names=children, run=model.features)
+    kept, _ = dry_run(model, probe_clip(model, S3D_PROBE), names=children, run=model.features)
     layers = _stage_ends(kept, children)
     return {"family": "tv-s3d", "layers": layers, "gradcam_layer": children[-1]}
 
 
 def _swin(model: nn.Module) -> Dict[str, Any]:
     children = _children(model.features, "features.")
-    kept, logits = dry_run(model, _probe(model), names=children + ["norm"])
+    kept, logits = dry_run(model, probe_clip(model), names=children + ["norm"])
     layers = _stage_ends({n: ndhwc_to_ncdhw(o) for n, o in kept.items() if o.dim() == 5}, children)
     ok = _gap_linear(ndhwc_to_ncdhw(kept["norm"]), logits, model.head)
     return {"family": "tv-video-swin", "layers": layers, "gradcam_layer": "norm", "reshape": ndhwc_to_ncdhw,

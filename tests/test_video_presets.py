@@ -17,7 +17,7 @@ import torchvision
 from torch import Tensor, nn
 
 import camkit
-from camkit.adapters import build, resolve
+from camkit.adapters import build, list_layers, resolve
 from camkit.adapters.video import clip_size
 
 SPATIAL = (-3, -2, -1)
@@ -161,3 +161,5 @@ def test_build_video_models_by_name_and_their_transform():
     with torch.device("meta"):
         _, mvit = build("tv:mvit_v2_s", weights="none")
     assert mvit.family == "tv-mvit" and mvit.mean == (0.45, 0.45, 0.45)
+    shapes = {i.name: i.shape for i in list_layers(model, (112, 112))}  # a (1, 3, 16, 112, 112) clip
+    assert shapes["layer4"] == (1, 512, 2, 7, 7) and shapes["fc"] == (1, 400)

@@ -10,6 +10,7 @@ from torch import nn
 from ..adapters import NoPresetError, Preset, create, default_marks, list_layers, resolve
 from ..app import ModelSpec
 from ..errors import InputError
+from ..methods.volume import first_conv
 from .common import int_at_least, model_args
 
 
@@ -76,7 +77,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
     width = max(len(i.name) for i in infos)
     tw = max(len(i.type) for i in infos)
     family = preset.family if preset is not None else "no preset"
-    print(f"{args.model} ({family}), input (1, 3, {size[0]}, {size[1]}); * = default layer of the methods shown")
+    conv = first_conv(model)
+    frames = "16, " if conv is not None and conv[1] == 3 else ""  # a 3-D model: list_layers runs a 16-frame clip
+    print(f"{args.model} ({family}), input (1, 3, {frames}{size[0]}, {size[1]}); * = default layer of the methods shown")
     for info in infos:
         if args.defaults_only and info.name not in marks:
             continue
