@@ -40,6 +40,8 @@ def seeded(arch: str) -> nn.Module:
         for mod in m.modules():
             if isinstance(mod, nn.BatchNorm3d):
                 mod.reset_running_stats()
+            if hasattr(mod, "define_relative_position_index"):  # video Swin's index buffer, made in __init__
+                mod.define_relative_position_index()
     return m
 
 
@@ -163,3 +165,44 @@ def test_build_video_models_by_name_and_their_transform():
     assert mvit.family == "tv-mvit" and mvit.mean == (0.45, 0.45, 0.45)
     shapes = {i.name: i.shape for i in list_layers(model, (112, 112))}  # a (1, 3, 16, 112, 112) clip
     assert shapes["layer4"] == (1, 512, 2, 7, 7) and shapes["fc"] == (1, 400)
+
+
+@pytest.mark.slow(reason="video Swin and MViT (28M / 35M parameters) with seeded weights, 8 x 64 x 64 clips: seconds")
+@pytest.mark.parametrize("arch", ["swin3d_t", "mvit_v2_s"])
+def test_swin3d_and_mvit_gradcam_through_the_preset_equal_hand_autograd(arch):
+    """Grad-CAM (and video Swin's CAM) through the preset equal the formulas on plain autograd, the layer's
+    output laid out by hand: Swin's (B, t, h, w, C) permuted, MViT's tokens without the class token on
+    the (t, h, w) grid the block before returns."""
+    model = seeded(arch)
+    if arch == "mvit_v2_s":  # a smaller clip than its 16 x 224 x 224: relative positions scale with the grid
+        model.pos_encoding.temporal_size, model.pos_encoding.spatial_size = 4, (16, 16)
+    preset = resolve(model)
+    layer = preset.gradcam_layer
+    x = torch.rand(1, 3, 8, 64, 64, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([[0, 3]])
+    kept: Dict[str, object] = {}
+    hooks = [model.get_submodule(layer).register_forward_hook(lambda m, i, o: kept.update(A=o))]
+    if arch == "mvit_v2_s":
+        hooks.append(model.blocks[14].register_forward_hook(lambda m, i, o: kept.update(thw=o[1])))
+    try:
+        out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    raw = kept["A"]
+    G = torch.stack([torch.autograd.grad(out[0, int(c)], raw, retain_graph=True)[0] for c in t[0]], 1)
+
+    def lay(a: Tensor) -> Tensor:  # (..., layer output) -> (..., C, t, h, w)
+        if arch == "swin3d_t":
+            return a.movedim(-1, -4)
+        return a[..., 1:, :].transpose(-1, -2).unflatten(-1, tuple(kept["thw"]))
+
+    A, G = lay(raw.detach()), lay(G)
+    assert A.shape[-3:].numel() > 1
+    ref = torch.einsum("bkc,bcthw->bkthw", G.mean(SPATIAL), A).clamp(min=0)
+    res = camkit.METHODS["gradcam"](model, **preset.method_kwargs("gradcam"))(x, t)
+    torch.testing.assert_close(res.layer_maps[layer], ref, rtol=1e-4, atol=1e-6 * float(ref.amax()))
+    if preset.cam_layer is not None:
+        cam = camkit.METHODS["cam"](model, **preset.method_kwargs("cam"))(x, t).layer_maps[layer]
+        torch.testing.assert_close(cam, torch.einsum("kc,bcthw->bkthw", model.head.weight.detach()[t[0]], A),
+                                   rtol=1e-4, atol=1e-5)
