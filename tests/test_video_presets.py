@@ -112,7 +112,7 @@ def meta_shapes(model: nn.Module, x: Tensor) -> Dict[str, object]:
 SLOW = pytest.mark.slow(reason="a meta forward of a few hundred modules at the native clip size (0.2-0.5 s each)")
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=SLOW) if a in ("r2plus1d_18", "s3d", "swin3d_t") else a
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=SLOW) if a in ("r2plus1d_18", "s3d", "swin3d_t", "mvit_v2_s") else a
                                   for a in EXPECTED])
 def test_video_presets_structure(arch):
     """On the meta device: the preset's layers are torchvision's stage ends, each read by the preset's
