@@ -27,6 +27,8 @@ from transformers import (  # noqa: E402
     ConvNextForImageClassification,
     DeiTConfig,
     DeiTForImageClassificationWithTeacher,
+    ResNetConfig,
+    ResNetForImageClassification,
     SwinConfig,
     SwinForImageClassification,
     ViTConfig,
@@ -169,6 +171,24 @@ def test_resolve_leaves_the_model_as_found():
     before = snapshot(model)
     adapters.resolve(model)
     assert_as_found(model, before)
+
+
+def test_a_transformers_model_of_another_structure_gets_the_automatic_layer():
+    """HF's ResNet has no preset: the automatic layer (its last stage, the last module returning a map;
+    ``resnet.encoder`` returns a ModelOutput), with ``output="logits"`` found, and CAM with ``classifier.1``."""
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                      num_labels=5)).double().eval()
+    with pytest.warns(adapters.AutoLayerWarning, match="'resnet.encoder.stages.1'"):
+        preset = adapters.resolve(model)
+    assert (preset.family, preset.layers, preset.output, preset.fc) == (
+        "auto", ("resnet.encoder.stages.1",), "logits", "classifier.1")
+    x = _x()
+    res = METHODS["cam"](model, **preset.method_kwargs("cam"))(x)
+    with torch.no_grad():
+        out = model(pixel_values=x, output_hidden_states=True)
+        hand = torch.einsum("bc,bchw->bhw", model.classifier[1].weight[out.logits.argmax(1)], out.hidden_states[-1])
+    torch.testing.assert_close(res.layer_maps["resnet.encoder.stages.1"][:, 0], hand, rtol=1e-9, atol=1e-12)
 
 
 def test_bad_input_is_one_clear_error():
