@@ -185,8 +185,9 @@ def test_export_outputs_of_new_decoders_against_the_pil_path(files, tmp_path, mo
     classes, maps within 0.25 and masks mostly equal (the resize differs by a few grey levels)."""
     import shutil
 
-    from camkit.export import read_cams
     from small_models import narrow_resnet18
+
+    from camkit.export import read_cams
 
     src = tmp_path / "src"
     src.mkdir()
@@ -226,3 +227,36 @@ def test_flower17_inputs_byte_identical_and_tensor_path_within_tolerance():
         for (x, _), r in zip(got, refs):
             d = (x - r).abs() * 0.5 * 255
             assert float(d.max()) <= TOL_MAX_LEVELS and float(d.mean()) <= TOL_MEAN_LEVELS
+
+
+def test_writer_threads_write_the_same_files_and_raise_a_failure(tmp_path):
+    """Several writer threads on one queue: the same files, byte for byte, and the same counts as one
+    thread; a failure to write in any thread reaches the caller as the disk error naming the file."""
+    from camkit.export.manifest import PartLog
+    from camkit.export.pipeline import Job, Writer, writer_threads
+
+    rng = np.random.default_rng(0)
+    jobs = [Job(Item(f"/x/{k}.jpg", f"d/{k}", None, (1, 1)), size=(40, 30), keys=[k % 3, 4], scores=[1.0, 0.5],
+                cam=torch.from_numpy(rng.random((2, 4, 4))).half(),
+                maps=torch.from_numpy(rng.random((2, 32, 32)).astype(np.float32))) for k in range(6)]
+    jobs[4] = Job(jobs[4].item, error="bad file")
+    outs = {}
+    for n in (1, 3):
+        out = tmp_path / f"w{n}"
+        w = Writer(out, PartLog(out / "parts" / "p.jsonl", 0, "r"), 0.3, TF, maxsize=2, num_classes=5)
+        w.add_threads(n - 1)
+        assert w.thread_count == n
+        for j in jobs:
+            w.put(j)
+        w.close()
+        assert (w.ok, w.failed) == (5, 1)
+        outs[n] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and "parts" not in p.parts}
+    assert len(outs[1]) == 10 and outs[1] == outs[3]
+    (tmp_path / "blocked").write_text("a file where the writer needs a folder")
+    w = Writer(tmp_path / "blocked", PartLog(tmp_path / "p2" / "p.jsonl", 0, "r"), 0.3, TF, maxsize=2, num_classes=5)
+    w.add_threads(2)
+    with pytest.raises(InputError, match="writing"):
+        for j in jobs:
+            w.put(j)
+        w.close()
+    assert 1 <= writer_threads(0) <= 8 and writer_threads(10**6) == 1

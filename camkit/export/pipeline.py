@@ -127,9 +127,11 @@ def disk_error(e: OSError, out: Path) -> InputError:
 
 
 class Writer:
-    """Background thread: jobs -> original geometry, float16, mask, atomic files, manifest records.
+    """Background thread(s): jobs -> original geometry, float16, mask, atomic files, manifest records.
 
-    A failure to write (a full disk, a file-size limit, a folder made read-only) stops the run:
+    One thread to start with; :meth:`add_threads` adds more on the same queue (each image's files
+    are written on their own and the manifest is merged in work-list order, so the files do not
+    depend on the number of threads; only the order of the records in the part file does). A failure to write (a full disk, a file-size limit, a folder made read-only) stops the run:
     the next :meth:`put` or :meth:`close` raises it in the main thread, naming the file, and
     what was written so far is kept for a resumed run.
     """
@@ -141,8 +143,21 @@ class Writer:
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
         self.ok = self.failed = 0
         self.fatal: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._loop, name="camkit-export-writer", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._threads: List[threading.Thread] = []
+        self.add_threads(1)
+
+    @property
+    def thread_count(self) -> int:
+        """The writer threads started."""
+        return len(self._threads)
+
+    def add_threads(self, n: int) -> None:
+        """Start ``n`` more writer threads."""
+        for _ in range(max(0, n)):
+            t = threading.Thread(target=self._loop, name=f"camkit-export-writer-{len(self._threads)}", daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def put(self, job: Optional[Job]) -> None:
         """Queue a job (None: the end); raises the writer's failure instead of waiting on a dead thread."""
@@ -167,12 +182,14 @@ class Writer:
         rec: Dict[str, Any] = {"path": item.path, "rel": item.rel, "stat": item.stat}
         if job.error is not None:
             remove_outputs(self.out, item.rel)  # no stale outputs of an earlier run survive a failure
-            self.failed += 1
+            with self._lock:
+                self.failed += 1
             return {**rec, "status": "error", "keys": [], "error": job.error}
         high = back_on_original(job.maps, job.size, self.transform)  # type: ignore[arg-type]
         write_outputs(self.out, item.rel, np.asarray(job.keys, dtype=np.int64), job.cam.numpy(),  # type: ignore[union-attr]
                       high.numpy(), self.threshold, self.num_classes)
-        self.ok += 1
+        with self._lock:
+            self.ok += 1
         return {**rec, "status": "ok", "keys": job.keys, "scores": job.scores, "size": list(job.size),  # type: ignore[arg-type]
                 "error": None}
 
@@ -182,22 +199,34 @@ class Writer:
                 job = self._q.get()
                 if job is None:
                     return
-                self.log.append(self._write(job))
+                rec = self._write(job)
+                with self._lock:
+                    self.log.append(rec)
         except BaseException as e:  # raised in the main thread by put / close
-            self.fatal = e
+            with self._lock:
+                self.fatal = self.fatal or e
 
     def close(self) -> None:
         """Finish the queued jobs and close the part file; raises the writer's failure, if any."""
         try:
-            if self._thread.is_alive():
+            alive = [t for t in self._threads if t.is_alive()]
+            for _ in alive:
                 self.put(None)
-                self._thread.join()
+            for t in alive:
+                t.join()
             self._raise_fatal()
         finally:
             try:
                 self.log.close()
             except OSError:
                 pass
+
+
+def writer_threads(workers: int) -> int:
+    """Writer threads for a run: the cores left beside the torch threads and the ``workers``
+    decoding processes, at least 1, at most 8 (a 2-core machine: 1; 16 cores, 1 torch thread
+    and 8 workers, as on a GPU machine: 7)."""
+    return max(1, min(8, (os.cpu_count() or 1) - torch.get_num_threads() - workers))
 
 
 def make_loader(dataset: Decode, batches: Sequence[List[int]], device: torch.device, workers: int):
@@ -223,6 +252,7 @@ def compute(items: Sequence[Item], batches: Sequence[List[int]], pending: Set[in
     plan = tensor_plan(transform) if decoder == "nvjpeg" else None
     dataset = Decode(items, transform, decoder)
     loader = make_loader(dataset, batches, device, workers)
+    writer.add_threads(writer_threads(workers) - writer.thread_count)
     bar = tqdm(total=len(pending), unit="img", desc=f"camkit export rank 0/{world}", disable=not progress or None,
                file=sys.stderr, smoothing=0.1)
     dtype = next(explainer.model.parameters()).dtype
