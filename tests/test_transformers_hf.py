@@ -1,7 +1,7 @@
 """Presets for Hugging Face transformers image classifiers (ViT, DeiT, BEiT, Swin, ConvNeXt), built from tiny
 configs with random weights (no download): the output found, the token layouts, the default layers, the
 categories, each checked against a hand autograd computation or transformers' own outputs; the bad inputs;
-examples/transformers.py."""
+examples/vision_transformers.py."""
 from __future__ import annotations
 
 import functools
@@ -220,7 +220,7 @@ def test_processor_fields_follow_the_image_processor():
 
 
 def test_example_runs_on_tiny_random_models(capsys):
-    got = runpy.run_path(str(EXAMPLES / "transformers.py"))["main"]()
+    got = runpy.run_path(str(EXAMPLES / "vision_transformers.py"))["main"]()
     for name, maps in got.items():
         assert maps.shape[-2:] == (SIZE, SIZE) and bool(torch.isfinite(maps).all()), name
     assert "layer" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Explain vision transformers: a Hugging Face ViT and Swin, and torchvision's MaxViT, with no layer named by hand.
 
-    python examples/transformers.py          # tiny random models (no download), random images
+    python examples/vision_transformers.py          # tiny random models (no download), random images
 
 ``camkit.adapters.resolve(model)`` knows Hugging Face ``transformers`` classifiers (ViT, DeiT, BEiT, Swin,
 ConvNeXt: ``output="logits"``, the token reshape and the default layers) and torchvision's ViT, Swin
