@@ -36,6 +36,8 @@ import torch
 from benchmarks.harness import markdown_table, run_provenance, write_results
 
 REPO = Path(__file__).resolve().parents[2]
+MODELS = {"efficientnet_lite0": "`efficientnet_lite0` (camkit export's default, offline ImageNet weights, 224 x 224)",
+          "resnet50": "torchvision `resnet50` (random weights, ImageNet preprocessing, 224 x 224)"}
 RESULTS = REPO / "benchmarks" / "results" / "export"
 FLOWERS = REPO.parent / "shared" / "flower17" / "jpg"
 
@@ -134,6 +136,44 @@ def end_to_end(lst: Path, out: Path, spec: Any, args: Any, decoder: Optional[str
     return s.images_per_s
 
 
+def synthetic_jpegs(folder: Path, n: int) -> Path:
+    """``n`` JPEGs (quality 90, 500 px shorter side, Flower-17's aspect ratios) cut from the bundled
+    sample photos at seeded random boxes and flips: for a machine without Flower-17."""
+    import numpy as np
+    from PIL import Image
+
+    from camkit.app import sample_images
+
+    rng = np.random.default_rng(0)
+    photos = [Image.open(q).convert("RGB") for q in sample_images()]
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        im = photos[k % len(photos)]
+        w, h = im.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = im.crop((x0, y0, x0 + cw, y0 + ch))
+        s = 500 / min(cw, ch)
+        crop = crop.resize((round(cw * s), round(ch * s)), Image.Resampling.BICUBIC)
+        if k % 2:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crop.save(folder / f"image_{k:04d}.jpg", quality=90)
+    return folder
+
+
+def model_spec(name: str, device: str) -> Any:
+    from camkit.app import ModelSpec
+
+    if name == "efficientnet_lite0":
+        return ModelSpec()
+    import torchvision
+
+    from camkit.adapters import imagenet_transform
+
+    torch.manual_seed(0)
+    return ModelSpec(torchvision.models.resnet50().eval().to(device), transform=imagenet_transform())
+
+
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.export ceilings", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,7 +186,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--model-batches", type=int, default=16, help="batches held for model-only and write-only")
     p.add_argument("--no-compare-pil", dest="compare_pil", action="store_false")
+    p.add_argument("--decoder", default="auto", choices=["auto", "pil", "pil-jpeg", "nvjpeg"],
+                   help="force a decoder (auto: the export's choice; nvjpeg on the CPU runs the CUDA path's code there)")
     p.add_argument("--data", default=str(FLOWERS), help="folder of the Flower-17 JPEGs")
+    p.add_argument("--synthetic", type=int, default=0,
+                   help="instead of --data: N JPEGs cut from camkit's sample photos (500 px shorter side)")
+    p.add_argument("--model", default="efficientnet_lite0", choices=["efficientnet_lite0", "resnet50"],
+                   help="resnet50: torchvision's, random weights (seed 0), ImageNet preprocessing (no download)")
     p.add_argument("--scratch", default="/tmp/camkit-export-ceilings")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
     return p.parse_args(argv)
@@ -164,16 +210,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from camkit.export.pipeline import choose_decoder, writer_threads
     from camkit.export.worklist import work_items
 
-    paths = sorted(str(q) for q in Path(args.data).glob("*.jpg"))[:args.images or None]
     scratch = Path(args.scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+    data = synthetic_jpegs(scratch / "jpg", args.synthetic) if args.synthetic else Path(args.data)
+    paths = sorted(str(q) for q in data.glob("*.jpg"))[:args.images or None]
     lst = scratch / "images.txt"
     lst.write_text("".join(f"{q}\n" for q in paths))
-    spec = ExplainSpec(method=MethodSpec(name=args.method))
+    spec = ExplainSpec(model=model_spec(args.model, args.device), method=MethodSpec(name=args.method))
     built = spec.build(device=args.device)
     device, tf = next(built.model.parameters()).device, built.preset.transform
-    decoder = choose_decoder(device, tf)
+    decoder = choose_decoder(device, tf) if args.decoder == "auto" else args.decoder
     items = work_items([(q, Path(q).stem) for q in paths], None, [])
     batches = rank_batches(len(items), args.batch_size, 0, 1)
     held = predecode(items, batches[:args.model_batches], tf, decoder, device)
@@ -187,7 +234,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with built.method:
             row["model-only"], jobs = model_only(held, built.method, device)
         row["write-only"] = write_only(jobs, tf, scratch / "write", 1000, writer_threads(args.workers))
-        row[f"end to end ({decoder})"] = end_to_end(lst, scratch / "e2e", spec, args, None)  # its own model
+        row[f"end to end ({decoder})"] = end_to_end(lst, scratch / "e2e", spec, args,  # its own model
+                                                    None if args.decoder == "auto" else decoder)
         if args.compare_pil:
             row["end to end (pil)"] = end_to_end(lst, scratch / "e2e", spec, args, "pil")
         rows.append(row)
@@ -212,8 +260,8 @@ def report(args: Any, prov: Dict[str, Any], paths: Sequence[str], decoder: str, 
                            [[k, *[f"{r[k]:.2f}" for r in rows], f"{med[k]:.2f}"] for k in keys])
     goal = med["e2e / min(decode, model)"] >= 0.9
     body = [
-        f"{len(paths)} Flower-17 JPEGs (500 px shorter side), `camkit export`'s default model (offline "
-        f"`efficientnet_lite0`, 224 x 224) and method `{args.method}`, top-1 class, batch {args.batch_size}, "
+        f"{len(paths)} {'synthetic JPEGs cut from the sample photos' if args.synthetic else 'Flower-17 JPEGs'} "
+        f"(500 px shorter side), model {MODELS[args.model]} and method `{args.method}`, top-1 class, batch {args.batch_size}, "
         f"{args.workers} DataLoader worker(s), {args.threads or 'default'} torch thread(s), {writers} writer "
         f"thread(s) (`pipeline.writer_threads`), device {args.device}; "
         f"decoder `{decoder}` (the export's choice here). Rates in images/s, the measures interleaved in each round "
