@@ -36,7 +36,8 @@ filesystem).
 
 Modules: ``worklist`` (images and labels), ``files`` (the output format, atomic
 writes), ``distributed`` (ranks and their shares), ``manifest`` (part files and
-their merge), ``pipeline`` (decode, explain, write), ``run`` (:func:`run`),
+their merge), ``pipeline`` (decode, explain, write), ``decoding`` (the decoders:
+PIL on CPU, nvjpeg on a CUDA device), ``run`` (:func:`run`),
 ``evaluate`` (mask scores).
 """
 from .distributed import rank_batches, share
