@@ -209,7 +209,7 @@ def test_export_outputs_of_new_decoders_against_the_pil_path(files, tmp_path, mo
         assert np.abs(a["high_res"].astype(np.float32) - b["high_res"].astype(np.float32)).max() <= 0.25, rel
 
 
-@pytest.mark.slow(reason="decodes all 1360 Flower-17 JPEGs twice (about 15 s); needs ../shared/flower17")
+@pytest.mark.slow(reason="decodes all 1360 Flower-17 JPEGs three ways (about 40 s); needs ../shared/flower17")
 def test_flower17_inputs_byte_identical_and_tensor_path_within_tolerance():
     root = Path(__file__).resolve().parents[1].parent / "shared" / "flower17" / "jpg"
     paths = sorted(root.glob("*.jpg")) if root.is_dir() else []
