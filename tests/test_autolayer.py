@@ -165,3 +165,18 @@ def test_maxvit_gradcam_on_the_last_block_equals_hand_autograd_and_cam_does_not_
     torch.testing.assert_close(res.layer_maps["blocks.2"][:, 0], hand, rtol=1e-9, atol=1e-12)
     fc = model.classifier[-1]  # CAM's premise fails: the head normalizes the pooled features first
     assert not torch.allclose(fc(A.mean(dim=(2, 3))), logits)
+
+
+@pytest.mark.slow(reason="full-size maxvit_t and swin_v2_t (random weights): ~3 s of dry runs and backwards at 224 x 224")
+def test_full_size_maxvit_t_and_swin_v2_t():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    for name, layers, last in [("maxvit_t", ("blocks.1", "blocks.2", "blocks.3"), "blocks.3"),
+                               ("swin_v2_t", ("features.3", "features.5", "features.7"), "norm")]:
+        model = tvm.get_model(name, weights=None, num_classes=5).eval()
+        preset = adapters.resolve(model)
+        assert preset.layers == layers and preset.gradcam_layer == last and preset.input_size == (224, 224)
+        assert ("cam" in preset.methods) == (name == "swin_v2_t")
+        for method in ("gradcam", "layercam"):
+            res = METHODS[method](model, **preset.method_kwargs(method))(x)
+            assert res.maps.shape == (1, 1, 224, 224) and bool(torch.isfinite(res.maps).all())

@@ -196,6 +196,9 @@ def test_bad_input_is_one_clear_error():
     backbone = ViTModel(ViTConfig(**VIT_KW)).eval()  # no classification head
     with pytest.raises(InputError, match="ViTModel has no classification head.*logits.*AutoModelForImageClassification"):
         adapters.resolve(backbone)
+    vit = _hf("vit")  # transformers' own refusal of another size, as one InputError naming the shape
+    with pytest.raises(InputError, match=r"model failed on the input of shape \(1, 3, 48, 48\).*Input image size"):
+        METHODS["gradcam"](vit, **adapters.resolve(vit).method_kwargs("gradcam"))(_x(1, 48, 48))
     model = _hf("swin")  # Swin takes other sizes, but 32 x 48 tokens fit no grid of the 32 x 32 layout
     preset = adapters.resolve(model)
     with pytest.raises(InputError, match="fit neither the patch grid 16x16 or 8x8 or 4x4 nor a square grid"):
