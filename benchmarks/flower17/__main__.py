@@ -1,4 +1,4 @@
-"""``python -m benchmarks.flower17 prepare|train|evaluate|figures|all|quality [options]``."""
+"""``python -m benchmarks.flower17 prepare|train|evaluate|figures|all|quality|sanity|multiscale [options]``."""
 from __future__ import annotations
 
 import argparse
@@ -208,6 +208,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "quality":
         return run_quality(argv[1:])
+    if argv and argv[0] in ("sanity", "multiscale"):  # their own options: sanity.py, multiscale.py
+        import importlib
+
+        return int(importlib.import_module(f"{__package__}.{argv[0]}").main(argv[1:]) or 0)
     args = resolve(parser().parse_args(argv))
     args.argv = argv
     import torch
