@@ -7,8 +7,9 @@ computed in the main process (same-size inputs together) and handed as
 original image, writes the files and appends the manifest records while the
 next batch is computed. The decoder (:mod:`camkit.export.decoding`): on CPU
 PIL without ``load_image``'s copies for plain JPEGs (byte-identical model
-inputs; ``load_image`` for the other files); on a CUDA device the workers read the JPEGs' bytes and
-the main process decodes and transforms each batch on the GPU (nvjpeg).
+inputs; ``load_image`` for the other files); on a CUDA device the workers read
+the JPEGs' bytes and the main process decodes and transforms each batch on the
+GPU (nvjpeg). Writing runs in :func:`writer_threads` threads.
 """
 from __future__ import annotations
 
@@ -131,7 +132,8 @@ class Writer:
 
     One thread to start with; :meth:`add_threads` adds more on the same queue (each image's files
     are written on their own and the manifest is merged in work-list order, so the files do not
-    depend on the number of threads; only the order of the records in the part file does). A failure to write (a full disk, a file-size limit, a folder made read-only) stops the run:
+    depend on the number of threads; only the order of the records in the part file does).
+    A failure to write (a full disk, a file-size limit, a folder made read-only) stops the run:
     the next :meth:`put` or :meth:`close` raises it in the main thread, naming the file, and
     what was written so far is kept for a resumed run.
     """
