@@ -311,7 +311,8 @@ def ablation_floor(model: nn.Module, layer: str, above: Callable[[nn.Module, Ten
                    batch_size: int = 64, clock: Callable[[str], Any] = _no_clock) -> Tensor:
     """The least work for Ablation-CAM's maps ``(B, K, H, W)``, written out: one forward for A and the
     targets' values y; per image, only ``above`` (the model from the layer on) on the copies of A with one
-    channel zeroed, ``batch_size`` at a time (an all-zero channel changes nothing: no copy);
+    channel zeroed, ``batch_size`` at a time in one buffer per image (an all-zero channel changes nothing:
+    no copy);
     ``w = (y - S) / y``, the weighted sum, normalized and upsampled."""
     with clock("forward (one, for A)"):
         A, logits = layer_and_logits(model, layer, x)
@@ -320,9 +321,13 @@ def ablation_floor(model: nn.Module, layer: str, above: Callable[[nn.Module, Ten
     S = y[:, :, None].expand(B, t.shape[1], C).clone()
     alive = A.flatten(2).ne(0).any(dim=2)
     for b in range(B):
+        buffer = None
         for chunk in alive[b].nonzero().flatten().split(batch_size):
-            with clock("ablated copies"):
-                copies = A[b].expand(len(chunk), *A.shape[1:]).clone()
+            with clock("ablated copies"):  # one buffer per image (the first chunk is the largest)
+                if buffer is None:
+                    copies = buffer = A[b].expand(len(chunk), *A.shape[1:]).clone()
+                else:
+                    copies = buffer[:len(chunk)].copy_(A[b].expand(len(chunk), *A.shape[1:]))
                 copies[torch.arange(len(chunk)), chunk] = 0
             with clock("forwards (layers above, on the copies)"):
                 S[b, :, chunk] = above(model, copies)[:, t[b]].T

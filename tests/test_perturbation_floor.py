@@ -1,7 +1,7 @@
 """The perturbation benchmark's floors (benchmarks/perturbation.py: the least work for Score-CAM, SS-CAM,
 IS-CAM and Ablation-CAM, written out in plain torch) give camkit's maps, so a ratio to a floor compares the
 same work. ResNet18 16 times narrower (tests/small_models.py) with drawn BatchNorm statistics, float64,
-layer4 (2 x 2 at 64 px, 32 channels), two images (SS-CAM and IS-CAM: one), two targets each."""
+layer4 (2 x 2 at 48 px, 32 channels), two images (SS-CAM and IS-CAM: one), two targets each."""
 from __future__ import annotations
 
 import pytest
@@ -24,7 +24,7 @@ def setup():
                 m.bias.copy_(0.2 * torch.randn_like(m.bias))
                 m.running_mean.copy_(0.1 * torch.randn_like(m.running_mean))
                 m.running_var.copy_(1 + 0.2 * torch.rand_like(m.running_var))
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         t = model(x).topk(2, dim=1).indices
     return model, x, t
@@ -43,7 +43,7 @@ def test_the_score_floors_give_camkits_maps(setup, method, cls, options):
     clock = Clock()
     floor = score_floor(model, "layer4", x, t, method, batch_size=5, samples=options.get("num_samples", 1),
                         std=options.get("std", 2.0), seed=options.get("seed", 0), clock=clock)
-    assert ours.shape == floor.shape == (len(x), 2, 64, 64)
+    assert ours.shape == floor.shape == (len(x), 2, 48, 48)
     assert (ours.amax((2, 3)) == 1).all()  # maps with something in them: the comparison is not of zeros
     torch.testing.assert_close(ours, floor, rtol=0, atol=1e-9)
     assert clock.parts["forwards (masked inputs)"] > 0 and "masks: normalize, dedupe, upsample, normalize" in clock.parts
