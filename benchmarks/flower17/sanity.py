@@ -184,8 +184,15 @@ class FeatureMaps:
         return best
 
     def __call__(self, feats: Tensor, targets: Tensor) -> Dict[str, Tensor]:
+        import warnings
+
         t = targets.reshape(-1, 1)
         out = {}
+        with warnings.catch_warnings():  # a randomized model's blank gradient maps are results here (NaN counts)
+            warnings.filterwarnings("ignore", message=".*gradients are exactly zero.*")
+            return self._maps(feats, targets, t, out)
+
+    def _maps(self, feats: Tensor, targets: Tensor, t: Tensor, out: dict) -> Dict[str, Tensor]:
         for r in self.rows:
             if r == "scorecam" and self.fast_scorecam:
                 m = scorecam_on_head(self.models["cam"].head, feats, targets.reshape(-1), self.scorecam_normalize)
