@@ -36,8 +36,9 @@ Parts (``--parts``, default all):
    the labels permuted at the image level (:func:`camkit.evaluation.shuffled_labels` on the 680 training
    images; the 10 augmented copies of an image share its new label), for ``--shuffled-epochs`` epochs without
    the stop rule (the last epoch kept); the maps of the real and the shuffled-label heads compared as above.
-3. ``faithfulness``: on the first ``--faith-per-class`` images of each class (default 3: 51 images; 20 for all
-   340, about 12 x 3.6 s per image on one loaded core), scorer = the CAM model: ROAD MoRF / LeRF (noisy linear imputation,
+3. ``faithfulness``: on the first ``--faith-per-class`` images of each class (default 2: 34 images; 20 for all
+   340: each image costs 3.6 to 7 s per row on one loaded core, two thirds of it ROAD's imputation),
+   scorer = the CAM model: ROAD MoRF / LeRF (noisy linear imputation,
    ``--road-percentiles``) and the combined score, faithfulness correlation, monotonicity, IROF (SLIC
    segments), infidelity, sufficiency, sparseness and complexity (:mod:`camkit.evaluation`); per-image means
    with 95% intervals and the rank of each row.
@@ -51,7 +52,9 @@ Parts (``--parts``, default all):
 Pass rules (stated, not Adebayo et al.'s, who judge by eye): a row passes model randomization when the mean
 Spearman correlation with the original map is below ``--pass-below`` (0.5) both once the heads are randomized
 (the trained part: the backbone is ImageNet's) and once every block is; it passes data randomization when the
-mean Spearman correlation of the real and shuffled-label heads' maps is below the same bound.
+mean Spearman correlation of the real and shuffled-label heads' maps is below the same bound. Spearman is
+undefined (NaN) where a map is constant (a blank map); such images are left out of the mean and counted, and a
+level where every randomized map is constant counts as changed (:func:`changed`). Non-finite maps are set to 0.
 
 Writes ``sanity.json``, ``sanity.md``, ``sanity_cascading.png`` (default folder
 ``benchmarks/results/flower17/<backbone>``).
@@ -130,8 +133,8 @@ def parser() -> argparse.ArgumentParser:
                    "(default runs/flower17/<backbone>/shuffled_labels)")
     p.add_argument("--label-seed", type=int, default=0, help="seed of the label permutation")
     p.add_argument("--road-percentiles", default="20,40,60,80")
-    p.add_argument("--faith-per-class", type=int, default=3, help="ROAD and the faithfulness metrics on the first N "
-                   "images of each class (20: all 340; each image costs about 3.6 s per row on one loaded core, "
+    p.add_argument("--faith-per-class", type=int, default=2, help="ROAD and the faithfulness metrics on the first N "
+                   "images of each class (20: all 340; each image costs 3.6 to 7 s per row on one loaded core, "
                    "ROAD's imputation two thirds of it)")
     p.add_argument("--fc-runs", type=int, default=20, help="faithfulness correlation: random subsets per image")
     p.add_argument("--fc-subset", type=float, default=0.05, help="faithfulness correlation: share of the pixels")
@@ -141,6 +144,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per scorer call")
     p.add_argument("--torchcam-limit", type=int, default=None, help="images of the torchcam protocol (default all)")
     p.add_argument("--no-torchcam-peer", action="store_true", help="skip torchcam's own run in the torchcam part")
+    p.add_argument("--merge", action="store_true", help="keep the parts of an earlier sanity.json in --out that this "
+                   "run does not compute (same images and heads: each part records its own command)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a loaded 2-core machine two threads "
                    "measured 6x slower than one for these many small operations)")
     p.add_argument("--no-fast", action="store_true", help="score with the eager backbone (no tracing)")
@@ -568,6 +573,12 @@ def level_stats(v: Tensor) -> dict:
     return out
 
 
+def changed(mean_spearman: float, bound: float) -> bool:
+    """The maps moved: mean Spearman below ``bound``, or undefined on every image (NaN: every randomized
+    map constant, e.g. blank, where the original maps were not)."""
+    return bool(mean_spearman != mean_spearman or mean_spearman < bound)
+
+
 def verdicts(rand: Optional[dict], data: Optional[dict], bound: float) -> Dict[str, dict]:
     """Per row: ``heads`` / ``full`` (mean Spearman once the heads / every block are randomized, cascading),
     ``data`` (real vs shuffled-label heads) and whether each is below ``bound``."""
@@ -577,10 +588,10 @@ def verdicts(rand: Optional[dict], data: Optional[dict], bound: float) -> Dict[s
         v: dict = {}
         if rand:
             sp = rand["cascading"][r]["spearman"]["mean"]
-            v.update(heads=sp[0], full=sp[-1], model_pass=bool(sp[0] < bound and sp[-1] < bound))
+            v.update(heads=sp[0], full=sp[-1], model_pass=bool(changed(sp[0], bound) and changed(sp[-1], bound)))
         if data:
             d = data["rows"][r]["spearman"]["mean"][0]
-            v.update(data=d, data_pass=bool(d < bound))
+            v.update(data=d, data_pass=changed(d, bound))
         v["pass"] = bool(v.get("model_pass", True) and v.get("data_pass", True))
         out[r] = v
     return out
@@ -697,7 +708,7 @@ def write_markdown(res: dict, path: Path) -> None:
     from benchmarks.provenance import markdown_header
 
     info = res["info"]
-    labels = {r: LABELS[r] for r in info["rows"]}
+    labels = dict(LABELS)
     heads = ", ".join(f"{m} lr {h['lr']:g} seed {h['seed']}" for m, h in info["heads"].items())
     L = ["# Flower-17: sanity checks, ROAD and faithfulness of camkit's methods", "", markdown_header(info["provenance"]),
          f"Backbone `{info['backbone']}`, split `{info['split']}`, {info['n_images']} validation images at "
@@ -705,6 +716,10 @@ def write_markdown(res: dict, path: Path) -> None:
          f"(study-rule checkpoints); targets: the CAM model's top-1 (top-1 {100 * info['top1']:.2f}% at this size). "
          f"Maps compared at {info['compare_size']} px. Seconds per part: "
          + ", ".join(f"{k} {v:.0f}" for k, v in info["seconds"].items()) + ".", ""]
+    L += ["Parts and their runs:", ""] + [f"- {p}: `{r.get('command')}` ({r.get('date')}, commit "
+                                          f"`{str(r.get('git_commit'))[:12]}`{' dirty' if r.get('git_dirty') else ''}, "
+                                          f"load {r.get('load_avg_1min_at_start')})"
+                                          for p, r in info.get("part_runs", {}).items()] + [""]
     if res.get("verdicts"):
         md_verdicts(L, res["verdicts"], labels, info["pass_below"])
     if res.get("randomization"):
@@ -868,6 +883,26 @@ def faith_part(args, cam_model, x: Tensor, maps: Dict[str, Tensor], t: Tensor, l
             "per_image": {r: {k: v.tolist() for k, v in d.items() if not k.endswith("curve")} for r, d in per_image.items()}}
 
 
+PART_KEYS = {"randomization": ("randomization",), "data": ("data",), "faithfulness": ("faithfulness",),
+             "torchcam": ("torchcam",)}
+
+
+def merged(path: Path, res: dict, runs: dict, parts: Sequence[str]) -> Tuple[dict, dict]:
+    """``res`` plus the parts of the results file ``path`` that this run did not compute, and their runs."""
+    if not path.exists():
+        return res, runs
+    old = json.loads(path.read_text())
+    old_runs = old.get("info", {}).get("part_runs", {})
+    for part, keys in PART_KEYS.items():
+        if part not in parts and old.get(keys[0]) is not None:
+            for k in keys:
+                res[k] = old[k]
+            runs[part] = old_runs.get(part, {"command": old.get("info", {}).get("provenance", {}).get("command")})
+    if "randomization" not in parts and "scorecam_closed_form_max_abs_diff" in old:
+        res["scorecam_closed_form_max_abs_diff"] = old["scorecam_closed_form_max_abs_diff"]
+    return res, runs
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
@@ -915,13 +950,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         tc = samples[: args.torchcam_limit] if args.torchcam_limit else samples
         res["torchcam"] = torchcam_part(tc, args)
         secs["torchcam"] = time.perf_counter() - t0
+    runs = {part: {"command": prov["command"], "date": prov["date"], "git_commit": prov["git_commit"],
+                   "git_dirty": prov["git_dirty"], "load_avg_1min_at_start": prov["load_avg_1min_at_start"]}
+            for part in parts}
+    if args.merge:
+        res, runs = merged(out / "sanity.json", res, runs, parts)
     res["verdicts"] = verdicts(res.get("randomization"), res.get("data"), args.pass_below)
     secs["total"] = time.perf_counter() - t_start
     res["info"] = {"provenance": prov, "backbone": args.backbone, "split": split, "n_images": len(x), "size": args.size,
                    "compare_size": args.compare_size, "rows": rows, "parts": parts, "heads": heads_info, "top1": top1,
-                   "pass_below": args.pass_below, "args": vars(args), "seconds": secs,
+                   "pass_below": args.pass_below, "args": vars(args), "seconds": secs, "part_runs": runs,
                    "load_average_end": os.getloadavg(), "torch_threads": torch.get_num_threads()}
-    (out / "sanity.json").write_text(json.dumps(res, indent=1) + "\n")
+    tmp = out / f".sanity.json.{os.getpid()}"
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(out / "sanity.json")
     write_markdown(res, out / "sanity.md")
     if base["kept"]:
         mean, std = backbone_stats(args.backbone)
