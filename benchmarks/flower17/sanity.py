@@ -34,7 +34,7 @@ Parts (``--parts``, default all):
 2. ``data``: data randomization: the same heads (same architecture, learning rate, initial weights, batch order,
    Adam; ``train.StackedHeads`` / ``train.StackedAdam``, batch 8) trained on the cached training features with
    the labels permuted at the image level (:func:`camkit.evaluation.shuffled_labels` on the 680 training
-   images; the 10 augmented copies of an image share its new label), for ``--shuffled-epochs`` epochs without
+   images; the 10 augmented copies of an image share its new label), for ``--shuffled-epochs`` (40, the study's maximum) epochs without
    the stop rule (the last epoch kept); the maps of the real and the shuffled-label heads compared as above.
 3. ``faithfulness``: on the first ``--faith-per-class`` images of each class (default 2: 34 images; 20 for all
    340: each image costs 3.6 to 7 s per row on one loaded core, two thirds of it ROAD's imputation),
@@ -128,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pass-below", type=float, default=0.5, help="mean Spearman bound of the pass rules")
     p.add_argument("--fig-images", default="0", help="comma-separated image positions for the cascading figure")
     p.add_argument("--cache", default=None, help="training feature cache (default <run-dir>/features_<split>_seed0*.pt)")
-    p.add_argument("--shuffled-epochs", type=int, default=20)
+    p.add_argument("--shuffled-epochs", type=int, default=40, help="epochs on the shuffled labels (the study's maximum)")
     p.add_argument("--shuffled-dir", default=None, help="where the shuffled-label heads are saved "
                    "(default runs/flower17/<backbone>/shuffled_labels)")
     p.add_argument("--label-seed", type=int, default=0, help="seed of the label permutation")
