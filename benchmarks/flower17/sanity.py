@@ -903,6 +903,17 @@ def merged(path: Path, res: dict, runs: dict, parts: Sequence[str]) -> Tuple[dic
     return res, runs
 
 
+def write_figures(args, base: dict, x: Tensor, samples, rows: Sequence[str], rand: Optional[dict], out: Path) -> None:
+    """``sanity_cascading.png`` (the first ``--fig-images`` image), ``sanity_cascading_<i>.png`` (the others)."""
+    mean, std = backbone_stats(args.backbone)
+    for n, (p, k) in enumerate(sorted(base["kept"].items())):
+        photo = (x[p] * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
+        name = "sanity_cascading.png" if n == 0 else f"sanity_cascading_{p}.png"
+        orig = {r: resize(base["maps"][r][p:p + 1], args.compare_size)[0] for r in rows}
+        figure(photo, orig, k, rand["levels"], out / name,
+               f"Cascading randomization (Adebayo et al. Fig. 2), validation image {p} ({Path(samples[p][0]).name})")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
@@ -936,20 +947,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                  "scorecam_closed_form_used": base["fast_scorecam"]}
     top1 = float((base["targets"] == labels).float().mean())
     print(f"{len(x)} images at {args.size} px; CAM model top-1 {100 * top1:.2f}%", flush=True)
-    if "data" in parts:
-        t0 = time.perf_counter()
-        res["data"] = data_part(args, heads_info, need, rows, reg, base["feats"], base["targets"], base["maps"], labels,
-                                run_dir, split, (fm.fast_scorecam, fm.scorecam_normalize))
-        secs["data"] = time.perf_counter() - t0
-    if "faithfulness" in parts:
-        t0 = time.perf_counter()
-        res["faithfulness"] = faith_part(args, models["cam"], x, base["maps"], base["targets"], labels)
-        secs["faithfulness"] = time.perf_counter() - t0
-    if "torchcam" in parts:
-        t0 = time.perf_counter()
-        tc = samples[: args.torchcam_limit] if args.torchcam_limit else samples
-        res["torchcam"] = torchcam_part(tc, args)
-        secs["torchcam"] = time.perf_counter() - t0
+    jobs = {"data": lambda: data_part(args, heads_info, need, rows, reg, base["feats"], base["targets"], base["maps"],
+                                      labels, run_dir, split, (fm.fast_scorecam, fm.scorecam_normalize)),
+            "faithfulness": lambda: faith_part(args, models["cam"], x, base["maps"], base["targets"], labels),
+            "torchcam": lambda: torchcam_part(samples[: args.torchcam_limit] if args.torchcam_limit else samples, args)}
+    for part, job in jobs.items():
+        if part in parts:
+            t0 = time.perf_counter()
+            res[part] = job()
+            secs[part] = time.perf_counter() - t0
     runs = {part: {"command": prov["command"], "date": prov["date"], "git_commit": prov["git_commit"],
                    "git_dirty": prov["git_dirty"], "load_avg_1min_at_start": prov["load_avg_1min_at_start"]}
             for part in parts}
@@ -965,14 +971,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     tmp.write_text(json.dumps(res, indent=1) + "\n")
     tmp.replace(out / "sanity.json")
     write_markdown(res, out / "sanity.md")
-    if base["kept"]:
-        mean, std = backbone_stats(args.backbone)
-        for n, (p, k) in enumerate(sorted(base["kept"].items())):
-            photo = (x[p] * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
-            name = "sanity_cascading.png" if n == 0 else f"sanity_cascading_{p}.png"
-            orig = {r: resize(base["maps"][r][p:p + 1], args.compare_size)[0] for r in rows}
-            figure(photo, orig, k, res["randomization"]["levels"], out / name,
-                   f"Cascading randomization (Adebayo et al. Fig. 2), validation image {p} ({Path(samples[p][0]).name})")
+    write_figures(args, base, x, samples, rows, res["randomization"], out)
     print((out / "sanity.md").read_text())
     print(f"wrote {out / 'sanity.md'}, {out / 'sanity.json'} in {secs['total']:.0f} s", flush=True)
     return 0
