@@ -972,7 +972,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     tmp.replace(out / "sanity.json")
     write_markdown(res, out / "sanity.md")
     write_figures(args, base, x, samples, rows, res["randomization"], out)
-    print((out / "sanity.md").read_text())
     print(f"wrote {out / 'sanity.md'}, {out / 'sanity.json'} in {secs['total']:.0f} s", flush=True)
     return 0
 
