@@ -132,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffled-dir", default=None, help="where the shuffled-label heads are saved "
                    "(default runs/flower17/<backbone>/shuffled_labels)")
     p.add_argument("--label-seed", type=int, default=0, help="seed of the label permutation")
+    p.add_argument("--shuffled-lr", type=float, default=None, help="learning rate of every shuffled-label head "
+                   "(default: each head's own; a larger one fits the permuted labels in fewer epochs)")
     p.add_argument("--road-percentiles", default="20,40,60,80")
     p.add_argument("--faith-per-class", type=int, default=2, help="ROAD and the faithfulness metrics on the first N "
                    "images of each class (20: all 340; each image costs 3.6 to 7 s per row on one loaded core, "
@@ -835,7 +837,7 @@ def data_part(args, heads_info: dict, need: Sequence[str], fm_rows: Sequence[str
 
     path = find_cache(run_dir, split, args.cache)
     cache = load_cache(path)
-    lrs = {m: heads_info[m]["lr"] for m in need}
+    lrs = {m: args.shuffled_lr or heads_info[m]["lr"] for m in need}
     seed = heads_info["cam"]["seed"]
     shuffled, info = train_shuffled(cache, lrs, args.shuffled_epochs, seed=seed, label_seed=args.label_seed)
     sdir = Path(args.shuffled_dir) if args.shuffled_dir else REPO_ROOT / "runs" / "flower17" / args.backbone / "shuffled_labels"
