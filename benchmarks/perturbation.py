@@ -1,18 +1,44 @@
-"""Score-CAM and Ablation-CAM: camkit against pytorch-grad-cam and torchcam (time, peak memory, agreement).
+"""Score-CAM, SS-CAM, IS-CAM and Ablation-CAM: camkit against the floor (the least work that gives the
+same maps, written out here in plain torch) and against pytorch-grad-cam and torchcam (time, peak memory,
+where the time goes, agreement).
+
+The floor per method (``score_floor``, ``ablation_floor``; tests/test_perturbation_floor.py checks that
+their maps equal camkit's in float64, so a ratio to the floor compares the same work):
+
+* Score-CAM: one forward for the layer's output A; per image, the distinct min-max-normalized channel
+  maps (equal ones share their forward: all-zero channels, say), upsampled and normalized in chunks of 16,
+  the input times each mask, channels-last (camkit's layout; ``--layouts`` measures where another
+  would pay), through a BatchNorm-folded copy of the model
+  (``torch.fx.experimental.optimization.fuse``), the targets' scores read off; softmax over the channels,
+  the weighted sum, ReLU, normalized and upsampled;
+* SS-CAM: the same with ``--samples`` noisy copies of each mask (one generator per image and channel,
+  seeded as camkit documents, so the draws are the same) and no de-duplication; IS-CAM: ``--samples``
+  scaled copies of each distinct mask (``c_i = sum_{j <= i} j / N``);
+* Ablation-CAM: one forward for A and the targets' values; per image, only the layers above the hooked
+  one (``ABOVE``, written out per architecture) on the copies of A with one live channel zeroed, 64 at a
+  time in one buffer; ``w = (y - S) / y``, the weighted sum, normalized and upsampled.
 
 Each scenario (model, method, K targets per image) runs its runners interleaved
-in rounds (``benchmarks.harness.interleave``); speed is the median over rounds
-of same-round ratios (peer time / camkit time). Every runner is the library's
-documented usage, K targets being K calls where the library takes one target
-per image:
+in rounds (``benchmarks.harness.interleave``): the floor, camkit, then the peers that have
+the method. Speed is the median over rounds of same-round ratios, to the floor and
+to camkit. Every library runner is the library's documented usage, K targets being
+K calls where the library takes one target per image:
 
 * camkit: ``with camkit.ScoreCAM(model, layers=[layer]) as cam: cam(x, targets=t).maps``
-  (``AblationCAM`` alike; all K targets in one call);
+  (``SSCAM``, ``ISCAM`` with ``num_samples=--samples``, ``AblationCAM`` alike; all K targets in one call);
 * pytorch-grad-cam: ``with ScoreCAM(model=model, target_layers=[layer]) as cam:
   cam(input_tensor=x, targets=[ClassifierOutputTarget(c) ...])`` per target
-  (``AblationCAM`` alike; their default batch sizes, 16 and 32);
+  (``AblationCAM`` alike; their default batch sizes, 16 and 32; it has no SS-CAM or IS-CAM);
 * torchcam: ``with ScoreCAM(model, layer) as ex: model(x); ex(class_idx=[...])``
-  per target (its default batch size, 32; it has no Ablation-CAM).
+  per target (``SSCAM``, ``ISCAM`` alike with ``num_samples``; its default batch size, 32;
+  it has no Ablation-CAM). torchcam's SS-CAM draws its noise from the global RNG per chunk:
+  its maps differ from camkit's by design.
+
+Where the time goes: after the timed rounds, one more call of camkit and of the floor
+with timers around their parts (``camkit_profile`` wraps camkit's functions for that call:
+the unperturbed forward, BatchNorm folding, mask upsampling and normalization, noise,
+the perturbed forwards, softmax and the weighted sum, the final normalization; "the rest"
+is what no timer covers).
 
 Peak memory: the peak resident size during each call of the first timed round
 above the resident size before it. The process runs with
@@ -20,14 +46,14 @@ above the resident size before it. The process runs with
 returns every freed block of 64 KiB or more to the system and one call's peak
 is not hidden by memory an earlier call left in the heap.
 
-Agreement (from the timed calls' outputs): camkit's min-max-normalized layer
-maps against torchcam's (layer resolution), camkit's maps against
+Agreement (from the timed calls' outputs): the floor's maps against camkit's; camkit's
+min-max-normalized layer maps against torchcam's (layer resolution), camkit's maps against
 pytorch-grad-cam's (input resolution: it resizes with cv2 and rescales).
 
 Run (peers: ``pip install -e .[bench]``)::
 
-    python -m benchmarks.perturbation --arch resnet18 --k 1 3 --rounds 3
-    python -m benchmarks.perturbation --arch resnet50 --k 1 --rounds 1
+    python -m benchmarks.perturbation --arch resnet18 --k 1 3 --rounds 3 --threads 2 --layouts 64 96 128 160 224
+    python -m benchmarks.perturbation --arch resnet50 --k 1 --rounds 1 --method Score-CAM Ablation-CAM
     python -m benchmarks.perturbation --arch tiny --size 32 --rounds 1 --out /tmp/p.md   # seconds: a smoke run
 """
 from __future__ import annotations
@@ -521,6 +547,27 @@ def floor_profile(method: str, arch: str, model: nn.Module, layer: str, x: Tenso
     return _shares(time.perf_counter() - t0, clock.parts)
 
 
+# --------------------------------------------------------------------------- memory layout of the masked forwards
+
+
+def layouts(arch: str, sizes: Sequence[int], rounds: int, batch: int = 16) -> List[List[object]]:
+    """Per input side: ms per image of the BatchNorm-folded model's forward on ``batch`` images, NCHW and
+    channels-last, interleaved in ``rounds`` rounds (after one untimed), and the same-round median ratio:
+    whether Score-CAM's masked forwards (channels-last in camkit and the floor) would pay in NCHW."""
+    model = fuse(make_model(arch, 1, 32, 1)[0])
+    rows: List[List[object]] = []
+    for size in sizes:
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(2))
+        xl = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            runners = [Runner("NCHW", lambda x=x: model(x)), Runner("channels-last", lambda xl=xl: model(xl))]
+            times = interleave(runners, rounds, 1, timer=WallTimer("cpu"))
+        per = {n: 1000 * statistics.median(ts) / batch for n, ts in times.items()}
+        rows.append([size, per["NCHW"], per["channels-last"], same_round_ratio(times, "channels-last", "NCHW")])
+        print(f"layout {size}: {rows[-1]}", flush=True)
+    return rows
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -536,7 +583,21 @@ def profile_table(results: List[Dict[str, Any]]) -> str:
     return markdown_table(["model", "method", "K", "runner", "part", "s", "share"], rows)
 
 
-def report(results: List[Dict[str, Any]], args: argparse.Namespace, policy: Dict[str, Any]) -> Tuple[str, Dict]:
+def layout_section(rows: List[List[object]], args: argparse.Namespace) -> List[str]:
+    if not rows:
+        return []
+    return ["## Memory layout of the masked forwards", "",
+            f"The BatchNorm-folded {args.arch[0]} on 16 images, ms per image, {args.rounds} interleaved round(s) after "
+            "one untimed; camkit (and the floor) run Score-CAM's masked forwards channels-last. Outside this "
+            "run (1 thread, 16 images, CPU time, a loaded machine): channels-last / NCHW 1.18 / 0.84 / 0.69 for "
+            "ResNet50 at 64 / 112 / 224, 0.68 / 0.63 / 0.49 for MobileNetV3-small, 0.89 / 0.73 for VGG11 at 64 / "
+            "112: below about 100 px ResNets alone run faster in NCHW.", "",
+            markdown_table(["input side", "NCHW ms/image", "channels-last ms/image",
+                            "channels-last / NCHW (same-round median)"], rows), ""]
+
+
+def report(results: List[Dict[str, Any]], args: argparse.Namespace, policy: Dict[str, Any],
+           layout_rows: Sequence[List[object]] = ()) -> Tuple[str, Dict]:
     rows, agree = [], []
     for r in results:
         base = f"camkit {r['method']}"
@@ -557,6 +618,7 @@ def report(results: List[Dict[str, Any]], args: argparse.Namespace, policy: Dict
         "benchmarks/perturbation.py (MALLOC_MMAP_THRESHOLD_=65536).",
         "", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", "",
         "## Times, ratios, peak memory", "", markdown_table(header, rows), "",
+        *layout_section(list(layout_rows), args),
         "## Where the time goes", "",
         "One more call of camkit and of the floor after the timed rounds, with timers around their parts "
         "(camkit: its functions wrapped for that call, see camkit_profile; the floor: its own timers); "
@@ -568,18 +630,18 @@ def report(results: List[Dict[str, Any]], args: argparse.Namespace, policy: Dict
         "resolution (its cv2 resize and rescaling against camkit's bilinear upsampling). pytorch-grad-cam's Score-CAM "
         "upsamples its masks with align_corners=True (camkit and torchcam: False); torchcam normalizes them before "
         "upsampling, camkit after (the paper); see tests/test_peer_methods.py for the exact comparisons.", "",
-        markdown_table(["model", "method", "K", "peer", "resolution", "max abs diff"], agree), "",
+        markdown_table(["model", "method", "K", "runner", "resolution", "max abs diff"], agree), "",
         "## How each runner is called", "", *[f"- {n}: {note}" for n, note in notes.items()], ""])
     data = {"settings": {"archs": args.arch, "batch": args.batch, "size": args.size, "k": args.k,
                          "samples": args.samples,
                          "rounds": args.rounds, "warm_size": args.warm_size, "policy": policy},
-            "versions": versions(), "results": results}
+            "versions": versions(), "results": results, "layouts": list(layout_rows)}
     return text, data
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--arch", nargs="+", default=["resnet18"], choices=sorted(LAYER))
     p.add_argument("--method", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--samples", type=int, default=2,
@@ -592,11 +654,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared 2-core machine OpenMP barriers make 2 erratic)")
     p.add_argument("--no-peers", dest="peers", action="store_false")
+    p.add_argument("--layouts", nargs="*", type=int, default=[],
+                   help="input sides at which to time the folded model's forwards NCHW against channels-last")
     p.add_argument("--out", default=None, help="Markdown file (default: results/perturbation/cpu_<archs>.md)")
     args = p.parse_args(argv)
     rerun_with_low_mmap_threshold("benchmarks.perturbation", argv)
     policy = configure("cpu", args.threads)
     prov = run_provenance(argv, "benchmarks.perturbation", "cpu")
+    layout_rows = layouts(args.arch[0], args.layouts, args.rounds) if args.layouts else []
     results = []
     for arch in args.arch:
         for k in args.k:
@@ -606,7 +671,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 print({n: [round(s, 2) for s in ts] for n, ts in results[-1]["times_s"].items()},
                       results[-1]["peak_mib"], results[-1]["agreement"], flush=True)
                 gc.collect()
-    text, data = report(results, args, policy)
+    text, data = report(results, args, policy, layout_rows)
     out = args.out or str(RESULTS_DIR / f"cpu_{'_'.join(args.arch)}.md")
     md, js = write_results(out, prov, "Score-CAM, SS-CAM, IS-CAM and Ablation-CAM: camkit against the floor, "
                            "pytorch-grad-cam, torchcam", text, data)

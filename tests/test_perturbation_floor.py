@@ -55,3 +55,24 @@ def test_the_ablation_floor_gives_camkits_maps(setup):
     floor = ablation_floor(model, "layer4", ABOVE["resnet18"], x, t, batch_size=5)
     assert (ours.amax((2, 3)) == 1).all()
     torch.testing.assert_close(ours, floor, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["SS-CAM", "Ablation-CAM"])
+def test_the_profile_times_the_parts_and_puts_camkit_back(method):
+    """benchmarks/perturbation.py's camkit_profile wraps camkit's functions for one call: its parts are
+    timed, and the functions are camkit's own again afterwards (the next runner must time camkit)."""
+    import camkit.methods.perturbation as cp
+    from benchmarks.peers import tiny_net
+    from benchmarks.perturbation import camkit_profile
+    from camkit.methods.base import _Method
+
+    owners = [cp, cp.ScoreCAM, cp.SSCAM, cp.ISCAM, cp.AblationCAM, _Method]
+    before = [dict(vars(o)) for o in owners]
+    torch.manual_seed(0)
+    model = tiny_net().eval()
+    x = torch.randn(1, 3, 16, 16)
+    parts = camkit_profile(method, model, "layer3", x, torch.tensor([[1, 4]]), samples=2)
+    forwards = "forwards (layers above, on the copies)" if method == "Ablation-CAM" else "forwards (masked inputs)"
+    assert parts[forwards] > 0 and parts["forward (one, for A)"] > 0
+    assert parts["total"] >= sum(v for k, v in parts.items() if k not in ("total", "the rest")) > 0
+    assert [dict(vars(o)) for o in owners] == before
