@@ -44,6 +44,17 @@ How the defaults are chosen (documented here once, tested in tests/test_adapters
   (Grad-CAM ``backbone.layer4``), MobileNetV3 backbones the end of their three
   coarsest stages; no CAM. Class names come with the weights (VOC), else
   ``"class k"``.
+* **torchvision MaxViT**: the three coarsest ``blocks.*`` outputs, Grad-CAM the
+  last block; no CAM (LayerNorm and two linear layers after pooling); the dry
+  run at the one size the model was built for. Swin V2 is a torchvision
+  ``SwinTransformer``: the Swin preset above.
+* **Hugging Face transformers** classifiers (ViT, DeiT, BEiT, Swin, ConvNeXt):
+  ``adapters/transformers_hf.py`` (``output="logits"``, the token reshapes,
+  ``config.id2label`` names).
+* **Any other model**: the automatic layer (``adapters/autolayer.py``): the last
+  spatial layer before global pooling, found in one dry run, for every method,
+  with an :class:`~camkit.adapters.autolayer.AutoLayerWarning` naming it.
+  A model without a spatial layer raises :class:`NoPresetError`.
 
 Dry runs: one :func:`camkit.hooks.dry_run` of the whole model per question, on
 an input in the model's dtype and device with the channels of the first
@@ -61,64 +72,24 @@ from torch import Tensor, nn
 from camkit.display import dataclass_repr
 from camkit.errors import InputError
 from camkit.hooks import dry_model, dry_run, dry_run_input
-from camkit.methods import gap_linear_mismatch, method_info, registered, select_output
+from camkit.methods import method_info, registered, select_output
 
+from .autolayer import auto_fields
 from .detection import detection_fields, is_detector
+from .layouts import Reshape, TokenReshape, nhwc_to_nchw
+from .layouts import gap_linear as _gap_linear
+from .layouts import stage_ends as _stage_ends
+from .transformers_hf import is_transformers, transformers_fields
+from .video import is_video_model, video_fields
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-Reshape = Callable[[Tensor], Tensor]
 Output = Union[str, int, Callable[[Any], Tensor]]
 
 
 class NoPresetError(InputError):
     """camkit has no preset for this kind of model (its layers must be named by hand)."""
-
-
-class TokenReshape:
-    """Turn transformer tokens ``(B, N, C)`` into maps ``(B, C, h, w)``.
-
-    The first ``num_prefix_tokens`` tokens (class, distillation, register) are
-    dropped; the remaining ``h * w`` patch tokens are laid out row by row on the
-    patch grid ``grid`` (timm's ``patch_embed.grid_size``). When the number of
-    patch tokens does not match ``grid`` (another input size) a square grid is
-    used if the count is a perfect square. 4-D inputs pass through unchanged.
-    """
-
-    def __init__(self, num_prefix_tokens: int, grid: Tuple[int, int]) -> None:
-        if num_prefix_tokens < 0:
-            raise InputError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
-        self.num_prefix_tokens = int(num_prefix_tokens)
-        self.grid = (int(grid[0]), int(grid[1]))
-
-    def __call__(self, t: Tensor) -> Tensor:
-        if t.dim() == 4:
-            return t
-        if t.dim() != 3:
-            raise InputError(f"expected tokens of shape (B, N, C), got {tuple(t.shape)}")
-        patches = t[:, self.num_prefix_tokens:, :]
-        n = patches.shape[1]
-        h, w = self.grid
-        if h * w != n:
-            side = int(round(n ** 0.5))
-            if side * side != n:
-                raise InputError(
-                    f"{t.shape[1]} tokens minus {self.num_prefix_tokens} prefix tokens = {n} patch tokens, "
-                    f"which fit neither the patch grid {h}x{w} nor a square grid"
-                )
-            h = w = side
-        return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
-
-    def __repr__(self) -> str:
-        return f"TokenReshape(num_prefix_tokens={self.num_prefix_tokens}, grid={self.grid})"
-
-
-def nhwc_to_nchw(t: Tensor) -> Tensor:
-    """Channels-last feature maps ``(B, H, W, C)`` (timm's Swin stages) as ``(B, C, H, W)``."""
-    if t.dim() != 4:
-        raise InputError(f"expected channels-last maps (B, H, W, C), got {tuple(t.shape)}")
-    return t.permute(0, 3, 1, 2)
 
 
 def relu(t: Tensor) -> Tensor:
@@ -146,7 +117,8 @@ class Preset:
         (scores ``(B, num_classes, H, W)``, explained per region, e.g. with
         ``camkit.targets.SegmentationRegion``) or ``"detection"`` (torchvision detectors: scores are
         detections ``(B, N, 4 + C)``, explained per box with ``camkit.targets.BoxScore`` or
-        ``TopDetections``; see ``camkit.adapters.detection``).
+        ``TopDetections``; see ``camkit.adapters.detection``) or ``"video"`` (torchvision's video
+        classifiers: scores ``(B, num_classes)`` of clips ``(B, C, T, H, W)``; see ``camkit.adapters.video``).
     output: how the methods select the scores from the model's raw output
         (their ``output=``): a dict key, attribute name, tuple index or callable;
         ``None``: the output itself (torchvision segmentation models: ``"out"``).
@@ -200,7 +172,8 @@ class Preset:
             InputError: the method is unknown or has no default for this model (and why).
         """
         info = method_info(method)
-        if getattr(info.cls, "needs_attention", False) and not self.family.endswith("vit"):
+        # (MaxViT's relative-position attention is neither nn.MultiheadAttention nor timm's Attention)
+        if getattr(info.cls, "needs_attention", False) and (not self.family.endswith("vit") or "maxvit" in self.family):
             raise InputError(f"{info.cls.__name__} explains vision transformers (timm's or torchvision's "
                              f"VisionTransformer); this {self.family} model is not one. Use gradcam, gradcampp or layercam")
         if info.layers == "stages":
@@ -290,33 +263,8 @@ def _dry(model: nn.Module, names: Sequence[str], size: int = 64,
     return dry_run(model, dry_run_input(model, (size, size)), names=names, run=run)
 
 
-def _stage_ends(kept: Mapping[str, Tensor], names: Sequence[str], count: int = 3) -> Tuple[str, ...]:
-    """The last of ``names`` (a Sequential's children, in order) at each of the ``count``
-    coarsest output resolutions, from a dry run's outputs ``kept``."""
-    ends: List[Tuple[str, Tuple[int, int]]] = []
-    for name in names:
-        out = kept.get(name)
-        if out is None or out.dim() != 4:
-            break
-        hw = (int(out.shape[-2]), int(out.shape[-1]))
-        if ends and ends[-1][1] == hw:
-            ends[-1] = (name, hw)
-        else:
-            ends.append((name, hw))
-    return tuple(n for n, _ in ends[-count:])
-
-
 def _children(seq: nn.Module, prefix: str) -> List[str]:
     return [f"{prefix}{n}" for n, _ in seq.named_children()]
-
-
-def _gap_linear(features: Tensor, logits: Any, fc: nn.Module, reshape: Optional[Reshape] = None) -> bool:
-    """Does ``fc(GAP(reshape(features)))`` give ``logits``? (``camkit.methods.gap_linear_mismatch``)"""
-    if not isinstance(logits, Tensor):
-        return False
-    if reshape is not None:
-        features = reshape(features)
-    return not bool(gap_linear_mismatch(features, logits, fc))
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -523,6 +471,24 @@ def _tv_swin(model: nn.Module) -> Preset:
                   layer_sets={"default": layers}, transform=imagenet_transform())
 
 
+def _tv_maxvit(model: nn.Module) -> Preset:
+    """torchvision MaxViT: its ``blocks.*`` return ``(B, C, h, w)`` maps; LayerCAM the three coarsest block
+    outputs, Grad-CAM the last block (the pooling's input). No CAM: the classifier normalizes the pooled
+    features and has two linear layers (the dry run confirms ``fc(GAP(A)) != logits``). MaxViT takes the one
+    input size it was built for (its attention partitions are fixed): 4 x its first attention grid."""
+    grid = next(m.grid_size for m in model.modules() if hasattr(m, "partition_type"))
+    size = (4 * int(grid[0]), 4 * int(grid[1]))
+    children = _children(model.blocks, "blocks.")
+    kept, logits = dry_run(model, dry_run_input(model, size), names=children)
+    layers = _stage_ends(kept, children)
+    fc = model.classifier[-1]
+    ok = isinstance(fc, nn.Linear) and _gap_linear(kept[children[-1]], logits, fc)
+    return Preset(family="torchvision-maxvit", layers=layers, gradcam_layer=children[-1],
+                  cam_layer=children[-1] if ok else None, fc=f"classifier.{len(model.classifier) - 1}" if ok else None,
+                  layer_sets={"default": layers}, input_size=size,
+                  transform=imagenet_transform(size[0], int(size[0] * 256 / 224)))
+
+
 def _tv_resnet(model: nn.Module) -> Preset:
     layers = ("layer2", "layer3", "layer4")
     kept, logits = _dry(model, ["layer4"])
@@ -586,14 +552,17 @@ def resolve(model: nn.Module, weights: Any = None) -> Preset:
     preset then carries. timm models carry theirs in ``pretrained_cfg``.
     The model is left exactly as found (dry runs: :func:`camkit.hooks.dry_run`;
     a model with uninitialized lazy modules is dry-run as a copy).
-    Raises InputError for models camkit has no preset for.
+    Raises InputError (:class:`NoPresetError`) for a model of no known family without a spatial layer;
+    warns (:class:`~camkit.adapters.autolayer.AutoLayerWarning`) when it chose the automatic layer.
     """
     with dry_model(model) as probe:
         preset = _family_preset(probe)
     if weights is not None:
         preset = preset.with_weights(weights)
-    probe_size = preset.input_size if preset.family.endswith("vit") else (64, 64)  # ViTs take one size
+    # ViTs take one size; the automatic layer's dry run found a size the model takes
+    probe_size = preset.input_size if preset.family.endswith("vit") or preset.family == "auto" else (64, 64)
     if preset.categories is None and preset.task == "classification" and not _is_timm(model) \
+            and not is_transformers(model) \
             and num_classes(model, probe_size, preset.output) == 1000:
         preset = replace(preset, categories=imagenet_categories())
     return preset
@@ -625,12 +594,23 @@ def _family_preset(model: nn.Module) -> Preset:
         return _tv_vit(model)
     if isinstance(model, tvm.SwinTransformer):
         return _tv_swin(model)
+    if isinstance(model, tvm.MaxVit):
+        return _tv_maxvit(model)
     if isinstance(model, (tvs.FCN, tvs.DeepLabV3, tvs.LRASPP)):
         return _tv_segmentation(model)
     if is_detector(model):
         return Preset(**detection_fields(model))  # adapters/detection.py
+    if is_video_model(model):
+        return Preset(**video_fields(model))  # adapters/video.py
+    hf = transformers_fields(model) if is_transformers(model) else None  # adapters/transformers_hf.py
+    if hf is not None:
+        return Preset(**hf)
+    auto, why = auto_fields(model)  # adapters/autolayer.py: the last spatial layer before global pooling
+    if auto is not None:
+        side = int(auto["input_size"][0])
+        return Preset(transform=imagenet_transform(side, int(side * 256 / 224)), **auto)
     raise NoPresetError(
-        f"camkit has no preset for {type(model).__module__}.{type(model).__name__}; "
+        f"camkit has no preset for {type(model).__module__}.{type(model).__name__} and no automatic layer: {why}; "
         "pass layers=[...] yourself (see model.named_modules(), or `camkit layers` for a model built by name)"
     )
 

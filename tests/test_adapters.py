@@ -253,8 +253,8 @@ def test_cammodel_preset_and_recam():
 
 
 def test_unknown_model_class_has_no_preset():
-    with pytest.raises(ValueError, match="no preset"):
-        resolve(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match="no preset"):  # (a model with a spatial layer gets the automatic layer:
+        resolve(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2)))  # tests/test_autolayer.py)
     with pytest.raises(ValueError, match="unknown method"):
         resolve(_tv("resnet18")).default_layers("nosuchcam")
 

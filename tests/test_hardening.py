@@ -444,7 +444,9 @@ def test_layers_of_a_swin_and_of_a_model_without_preset(capsys):
     assert "torchvision-swin" in out and "norm" in out and "* layercam" in out
     assert cli.main(["layers", "--model", "tv:mnasnet0_5", "--weights", "none"]) == 0
     out, err = capsys.readouterr()
-    assert "(no preset)" in out and "camkit layers" not in err and "no defaults to mark" in err
+    # MNASNet has no preset: the automatic layer (the last spatial layer before global pooling), said in a note
+    assert "(auto)" in out and "camkit layers" not in err
+    assert "camkit: note: camkit has no preset for torchvision.models.mnasnet.MNASNet: using layer 'layers'" in err
 
 
 def test_explain_goes_on_past_an_unreadable_image(built, tmp_path, capsys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -108,7 +109,9 @@ def _with_head(name: str, weights: str, head_path: str) -> Tuple[nn.Module, Pres
     """``CAMModel(Sequential(model.features, AdaptiveAvgPool2d(7)), head)`` with the original model's
     preprocessing (ImageNet's for a model camkit has no preset for)."""
     try:
-        model, preset = adapters.build(name, weights)
+        with warnings.catch_warnings():  # only the backbone's preprocessing is used: no automatic-layer note
+            warnings.simplefilter("ignore", adapters.AutoLayerWarning)
+            model, preset = adapters.build(name, weights)
         prep = {"transform": preset.transform, "mean": preset.mean, "std": preset.std,
                 "input_size": preset.input_size}
     except adapters.NoPresetError:

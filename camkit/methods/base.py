@@ -27,6 +27,7 @@ from ..hooks import ActivationRecorder, LayerSpec, eval_mode, resolve_layers
 from ..normalize import Normalizer, get_normalizer, normalize_volume
 from ..targets import Target, TargetSpec, as_target, check_values
 from .augment import aug_smooth
+from .canvas import CanvasRegion
 from .checks import as_4d, check_input, check_model, raise_problems
 from .options import DEFAULT, GradientOptions, Options, changed, make_options, with_weights
 from .output import select_output
@@ -221,7 +222,9 @@ class _Method:
     def _run_model(self, x: Tensor) -> object:
         try:
             return self.model(x)
-        except RuntimeError as e:
+        except InputError:
+            raise  # camkit's own (a hook's), already one clear message
+        except (RuntimeError, ValueError) as e:  # ValueError: e.g. transformers' "Input image size ... doesn't match"
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(f"the model failed on the input of shape {tuple(x.shape)} ({x.dtype}): {first}") from e
 
@@ -237,9 +240,9 @@ class _Method:
         # the layers below it. no_grad's exit restores the caller's mode.
         # create_graph: the whole call records the graph, from the input on.
         grad = torch.enable_grad() if self.options.create_graph else torch.no_grad()
-        with eval_mode(self.model), self._recorder.recording() as acts, grad:
+        with eval_mode(self.model), self._recorder.recording() as acts, grad, CanvasRegion(self.model) as canvas:
             ctx = self._forward(x, acts, target)
-            layer_maps = self._unfolded(ctx, self._layer_maps(ctx))
+            layer_maps = canvas.crop(self._unfolded(ctx, self._layer_maps(ctx)))  # a detector's padding cut off
         raise_problems(x, ctx.scores, ctx.values, ctx.problems)
         return self._result(ctx, layer_maps, tuple(x.shape[2:]))
 
