@@ -73,3 +73,16 @@ def test_a_padded_input_gives_maps_over_the_image_not_the_canvas(padded):
     assert fitted.shape[-2:] == (64, 96)
     res = camkit.GradCAM(model, layers=[LAYER], output=preset.output)(fitted, targets=TopDetections(1))
     assert res.layer_maps[LAYER].shape[-2:] == (8, 12)
+
+
+def test_methods_that_upsample_before_the_crop_refuse_a_padded_input(padded):
+    """Score-CAM's masks are the layer's outputs resampled over the whole input: on a padded canvas they
+    would be stretched, so a padded input is refused (one line naming fit_input); at the working size it runs.
+    (FullGrad, flagged the same way, cannot hook these detectors at all: their RPN head runs once per level.)"""
+    model, x = padded
+    preset = adapters.resolve(model)
+    cam = camkit.ScoreCAM(model, layers=[preset.gradcam_layer], output=preset.output, batch_size=64)
+    with pytest.raises(camkit.InputError, match=r"padded canvas: pass the input .*fit_input\(model, x\)"):
+        cam(x, targets=TopDetections(1))
+    fitted = adapters.detection.fit_input(model, x)
+    assert cam(fitted, targets=TopDetections(1)).maps.shape == (1, 1, 64, 96)

@@ -83,6 +83,10 @@ class _Method:
     # that writes its own _layer_maps supports neither unless it says so in its own body.
     volumes: ClassVar[bool] = False
     differentiable: ClassVar[bool] = False
+    # Whether the layer maps may be cut to a padding detector's image part after they are made
+    # (camkit.methods.canvas); False where the method resamples layer outputs to the input on its own
+    # (Score-CAM's masks, FullGrad's bias terms): those refuse a padded input.
+    canvas_crop: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -242,6 +246,10 @@ class _Method:
         grad = torch.enable_grad() if self.options.create_graph else torch.no_grad()
         with eval_mode(self.model), self._recorder.recording() as acts, grad, CanvasRegion(self.model) as canvas:
             ctx = self._forward(x, acts, target)
+            if canvas.fraction is not None and not self.canvas_crop:
+                raise InputError(f"{type(self).__name__} resamples the layers' outputs over the detector's padded "
+                                 f"canvas: pass the input at the detector's working size "
+                                 f"(camkit.adapters.detection.fit_input(model, x)), got {tuple(x.shape[2:])}")
             layer_maps = canvas.crop(self._unfolded(ctx, self._layer_maps(ctx)))  # a detector's padding cut off
         raise_problems(x, ctx.scores, ctx.values, ctx.problems)
         return self._result(ctx, layer_maps, tuple(x.shape[2:]))

@@ -135,6 +135,7 @@ class FullGrad(_GradientMethod):
     Options = FullGradOptions
     grad_from_input = True  # dy/dx is one of the terms
     volumes = True  # Conv3d / BatchNorm3d biases, terms per (t, h, w) volume, trilinear upsampling
+    canvas_crop = False  # its terms are upsampled to the input before they are summed
 
     def _setup(self) -> None:
         self._bias_of = dict(bias_layers(self.model))

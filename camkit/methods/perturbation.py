@@ -439,6 +439,7 @@ class ScoreCAM(_PerturbationMethod):
     Options = ScoreCAMOptions
     volumes = True  # masks of a (B, C, t, h, w) layer: trilinear, normalized per volume
     dedupe = True  # channels with equal normalized maps share a forward
+    canvas_crop = False  # its masks are the layer's outputs upsampled over the whole input
     default_batch_size = 16  # whole-model forwards: 16 fit the CPU's caches better than 64
 
     def _samples(self, masks: Tensor, b: int, channels: range) -> Iterator[Tensor]:
