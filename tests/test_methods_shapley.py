@@ -165,3 +165,22 @@ def test_shapleycam_on_a_frozen_linear_head_is_gradcam(x):
     for batched in (True, False):
         ours = camkit.ShapleyCAM(net, layers="1", batched_backward=batched)(x, topk=2).layer_maps["1"]
         close(ours, camkit.GradCAM(net, layers="1")(x, topk=2).layer_maps["1"], 1e-12)
+
+
+def test_shapleycam_on_fused_attention_is_one_clear_error():
+    """torch's fused attention has no double backward: one InputError naming the way out (it was torch's
+    raw RuntimeError), the model left as found; with timm's eager attention the call runs."""
+    import timm
+
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=5,
+                          depth=1, embed_dim=16, num_heads=2).eval()
+    kw = camkit.adapters.resolve(m).method_kwargs("shapleycam")
+    x = torch.randn(1, 3, 32, 32)
+    before = snapshot(m)
+    with pytest.raises(InputError, match="ShapleyCAM needs second derivatives.*fused_attn = False"):
+        camkit.ShapleyCAM(m, **kw)(x)
+    assert_as_found(m, before)
+    for mod in m.modules():
+        if hasattr(mod, "fused_attn"):
+            mod.fused_attn = False
+    assert camkit.ShapleyCAM(m, **kw)(x).maps.shape == (1, 1, 32, 32)

@@ -79,10 +79,23 @@ def gradients_and_hvps(values: Tensor, acts: List[Tensor], batched: bool = True)
                 continue
             dots = (G * A.detach()[:, None]).flatten(2).sum(-1)  # (B, K): <G_k, A> per image
             # G without autograd history (e.g. a frozen linear head right above the layer): H A = 0
-            HA = _grads(dots, [A], batched, create_graph=False, retain=i < len(acts) - 1)[0] \
-                if dots.requires_grad else None
+            HA = _second(dots, A, batched, retain=i < len(acts) - 1) if dots.requires_grad else None
             out.append((G.detach(), torch.zeros_like(G) if HA is None else HA))
     return out  # type: ignore[return-value]
+
+
+def _second(dots: Tensor, A: Tensor, batched: bool, retain: bool) -> Tensor:
+    """``H A``: the gradient of ``<G, A>`` with respect to ``A`` (an operation without a double backward,
+    such as fused attention, becomes one clear error)."""
+    try:
+        return _grads(dots, [A], batched, create_graph=False, retain=retain)[0]
+    except RuntimeError as e:
+        if "derivative for" not in str(e):
+            raise
+        raise InputError(f"ShapleyCAM needs second derivatives, and an operation of the model has none "
+                         f"({str(e).splitlines()[0]}): for fused attention build the model with "
+                         "attn_implementation='eager' (transformers) or set fused_attn = False on timm's "
+                         "Attention modules") from None
 
 
 def _grads(values: Tensor, acts: List[Tensor], batched: bool, create_graph: bool, retain: bool = True) -> list:
