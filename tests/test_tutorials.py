@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -107,6 +108,16 @@ def test_the_first_four_tutorials_run_as_written(run, tmp_path, capsys):
     assert tuple(spaces["03"]["res"].maps.shape) == (2, 2, 224, 224)
     assert spaces["03"]["multi"].valid.tolist() == [[True, False], [True, True]]
     assert (tmp_path / "cams" / "report.html").is_file() and "camkit report: 4 images (0 failed)" in out
+    # evaluate-masks on the stand-in boxes: the background IoU at the best threshold, counted by hand
+    best = spaces["04"]["scores"]["best"]
+    inter = union = 0
+    for z_path in sorted((tmp_path / "cams" / "cams").glob("*.npz")):
+        z = np.load(z_path)
+        m = z["high_res"].astype(np.float64)
+        pred = np.where(m.max(0) >= best["threshold"], z["keys"][m.argmax(0)] + 1, 0)
+        gt = np.asarray(Image.open(tmp_path / "gt" / f"{z_path.stem}.png")).astype(np.int64)
+        inter, union = inter + ((pred == 0) & (gt == 0)).sum(), union + ((pred == 0) | (gt == 0)).sum()
+    assert abs(best["iou"][0] - inter / union) < 1e-9 and "mIoU" in out
 
 
 @pytest.mark.slow  # LR-ASPP MobileNetV3 (random weights) at 160 px, 2 methods, 4 hand checks: 2.0 s on 2 cores (load 8)

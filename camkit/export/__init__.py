@@ -13,8 +13,8 @@ list of image paths into, per image, mirroring its path relative to SRC
   resolution of the finest hooked layer; ``high_res`` (K, H, W) float16 in
   [0, 1] at the original image's size and geometry;
 - ``DIR/masks/<rel>.png``: a palette PNG, 0 = background (every map of
-  ``high_res`` below ``--bg-threshold``), else 1 + the position in ``keys`` of
-  the strongest class (:func:`camkit.pseudomasks.masks_from_maps`);
+  ``high_res`` below ``--bg-threshold``), else 1 + the class index of the
+  strongest map (its entry in ``keys``; :func:`camkit.pseudomasks.masks_from_maps`);
 - ``DIR/manifest.jsonl``: one JSON object per image in work-list order, with
   ``path``, ``rel``, ``status`` ("ok" / "error"), ``keys``, ``scores`` (the
   target logits), ``size`` ([H, W]) and ``error``; ``DIR/export.json``: the
