@@ -12,9 +12,14 @@
 # command line: `camkit export photos/ --out cams && camkit report cams`.
 
 # %%
+import json
 from importlib.resources import files
+from pathlib import Path
 
-from camkit.export import run
+import numpy as np
+from PIL import Image
+
+from camkit.export import evaluate, format_evaluation, run
 from camkit.report import build_report
 
 PHOTOS = files("camkit") / "samples"          # your folder of images (searched recursively)
@@ -35,14 +40,6 @@ print(report.line())                          # open cams/report.html in a brows
 # middle half of each photo, labelled with the class the export explained. Use your dataset's real masks.
 
 # %%
-import json
-from pathlib import Path
-
-import numpy as np
-from PIL import Image
-
-from camkit.export import evaluate, format_evaluation
-
 Path("gt").mkdir(exist_ok=True)
 for line in Path("cams/manifest.jsonl").read_text().splitlines():
     rec = json.loads(line)
