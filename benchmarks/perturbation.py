@@ -74,9 +74,9 @@ from torch import Tensor, nn
 from torch.fx.experimental.optimization import fuse
 
 from benchmarks.harness import (
+    RssTimer,
     Runner,
     WallTimer,
-    _status_kb,
     configure,
     interleave,
     markdown_table,
@@ -365,22 +365,7 @@ def ablation_floor(model: nn.Module, layer: str, above: Callable[[nn.Module, Ten
 # --------------------------------------------------------------------------- timing with memory
 
 
-class MemoryTimer(WallTimer):
-    """Host-clock timer that also records each call's peak resident size above the size before it
-    (MiB, Linux; the bookkeeping stays outside the timed region)."""
-
-    def __init__(self) -> None:
-        super().__init__("cpu")
-        self.peaks: List[float] = []
-
-    def __call__(self, fn: Callable[[], object]) -> Tuple[object, float]:
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := VmRSS
-        before = _status_kb("VmRSS")
-        out, seconds = super().__call__(fn)
-        self.peaks.append((_status_kb("VmHWM") - before) / 1024.0)
-        return out, seconds
+MemoryTimer = RssTimer  # the harness's: peak resident size per call
 
 
 def _minmax(m: Tensor) -> Tensor:
