@@ -20,10 +20,11 @@ Two baselines, written here with plain torch (no camkit code):
   clamped to [0, 1].
 
 Each scenario (model, method, layers, K) times, interleaved in one process
-(``benchmarks.harness``): a bare no-grad forward, both floors, camkit (also
-with ``channels_last=True``, under bf16 ``torch.autocast``, and for K > 1
-with ``batched_backward=False``) and each peer in its documented usage (and,
-for K > 1, its best hand-written usage). Speed is the median over rounds of
+(``benchmarks.harness``): a bare no-grad forward, both floors, camkit (its
+default, which picks the backward by rule; with ``channels_last=True``; under
+bf16 ``torch.autocast``; and for K > 1 with ``batched_backward=True`` and
+``False``, against which the rule is judged) and each peer in its documented
+usage (and, for K > 1, its best hand-written usage). Speed is the median over rounds of
 same-round ratios (camkit / minimal, camkit / naive, peer / camkit). Peak
 memory: ``torch.cuda.max_memory_allocated`` above what was allocated before
 the call on a GPU; on CPU the peak resident size above the size before the
@@ -317,8 +318,8 @@ def _autocast(device: torch.device, dtype: torch.dtype, fn: Callable[[], Any]) -
 
 
 def camkit_runner(s: Setup, method: str, layers: List[str], k: int, channels_last: bool = False,
-                  batched_backward: bool = True, autocast: Optional[torch.dtype] = None) -> Runner:
-    """camkit's call with ``res.maps`` read inside the timed call."""
+                  batched_backward: Optional[bool] = None, autocast: Optional[torch.dtype] = None) -> Runner:
+    """camkit's call with ``res.maps`` read inside the timed call (``batched_backward=None``: camkit's rule)."""
     import camkit
 
     cls = {"layercam": camkit.LayerCAM, "gradcam": camkit.GradCAM}[method]
@@ -327,8 +328,9 @@ def camkit_runner(s: Setup, method: str, layers: List[str], k: int, channels_las
     name, note = "camkit", "cam(x).maps" if k == 1 else f"cam(x, topk={k}).maps"
     if channels_last:
         name, note = name + " channels_last", note + " with channels_last=True (input channels-last; model untouched)"
-    if not batched_backward:
-        name, note = name + " batched_backward=False", note + " with batched_backward=False (K retained-graph calls)"
+    if batched_backward is not None:
+        how = "one vmapped backward" if batched_backward else "K retained-graph calls"
+        name, note = f"{name} batched_backward={batched_backward}", f"{note} with batched_backward={batched_backward} ({how})"
     if autocast is not None:
         tag = str(autocast).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16")
         name, note = f"{name} {tag} autocast", note + f" under torch.autocast({s.device.type!r}, dtype={autocast})"
@@ -480,8 +482,8 @@ def gradient_scenario(s: Setup, method: str, layers: List[str], k: int, peers: b
         runners.append(minimal_runner(s, layers, method, k, "batched"))
     runners += [camkit_runner(s, method, layers, k), camkit_runner(s, method, layers, k, channels_last=True),
                 camkit_runner(s, method, layers, k, autocast=torch.bfloat16)]
-    if k > 1:
-        runners.append(camkit_runner(s, method, layers, k, batched_backward=False))
+    if k > 1:  # both backward choices, against which camkit's rule (the default) is judged
+        runners += [camkit_runner(s, method, layers, k, batched_backward=b) for b in (True, False)]
     if peers:
         runners += [*pgc_runners(s, method, layers, k), *torchcam_runners(s, method, layers, k),
                     *captum_runners(s, method, layers, k)]
@@ -620,7 +622,8 @@ def summary_rows(raw: Dict[str, Times], memory: Dict[str, Dict[str, object]]) ->
         names = list(t)
         b = baselines(names, t)
         option = {p: next((n for n in names if n.startswith(p)), None)
-                  for p in ("camkit channels_last", "camkit bf16", "camkit batched_backward=False")}
+                  for p in ("camkit channels_last", "camkit bf16", "camkit batched_backward=True",
+                            "camkit batched_backward=False")}
         peers = _peer_groups(names)
         peer_ratio = {p: _ratio_or_dash(t, fastest(t, peers[p]) if p in peers else None, "camkit")
                       for p in ("torchcam", "captum", "pytorch-grad-cam")}
@@ -636,7 +639,8 @@ def summary_rows(raw: Dict[str, Times], memory: Dict[str, Dict[str, object]]) ->
 
 
 SUMMARY_HEADER = ["scenario", "camkit / minimal", "camkit / naive", "channels_last / minimal", "bf16 autocast / minimal",
-                  "batched_backward=False / minimal", "torchcam / camkit", "captum / camkit",
+                  "batched_backward=True / minimal", "batched_backward=False / minimal", "torchcam / camkit",
+                  "captum / camkit",
                   "pytorch-grad-cam / camkit", "camkit MiB", "minimal MiB", "naive MiB", "lowest peer MiB"]
 
 

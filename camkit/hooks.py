@@ -67,12 +67,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     with model_lock(model):
         flags = [(m, m.training) for m in model.modules()]
         try:
-            for m, _ in flags:
-                m.training = False
+            for m, flag in flags:
+                if flag:  # nn.Module.__setattr__ costs microseconds a module: an eval model pays nothing
+                    m.training = False
             yield model
         finally:
             for m, flag in flags:
-                m.training = flag
+                if m.training != flag:
+                    m.training = flag
 
 
 def _first_float(model: nn.Module) -> Optional[Tensor]:

@@ -314,8 +314,8 @@ def test_goals_and_summary_use_the_fastest_minimal_and_each_peer_at_its_best():
     assert best[2] == pytest.approx(((2.0 / 2.02) + (2.2 / 2.06)) / 2) and best[4] == "yes"
     (row,) = summary_rows({"s top-5": t}, {"s top-5": {"camkit": 10.0, "torchcam documented (5 forwards)": 30.0,
                                                        "torchcam best (1 forward, K retain_graph calls)": 20.0}})
-    assert row[1] == pytest.approx(1.02) and row[3] == pytest.approx(0.9) and row[9] == 10.0
-    assert row[12].startswith("20 (torchcam best")
+    assert row[1] == pytest.approx(1.02) and row[3] == pytest.approx(0.9) and row[10] == 10.0
+    assert row[13].startswith("20 (torchcam best")
 
 
 def test_peers_driver_end_to_end_on_a_small_cnn(tmp_path):
@@ -330,7 +330,8 @@ def test_peers_driver_end_to_end_on_a_small_cnn(tmp_path):
                       "tiny LayerCAM layer1/layer2/layer3 top-5", "tiny Grad-CAM layer3 top-5",
                       "tiny CAM layer3 all 10 classes"]
     assert {"naive", "minimal", "camkit", "camkit channels_last", "camkit bf16 autocast"} <= set(data["times_s"][titles[0]])
-    assert {"minimal (loop)", "minimal (batched)", "camkit batched_backward=False"} <= set(data["times_s"][titles[2]])
+    assert {"minimal (loop)", "minimal (batched)", "camkit batched_backward=True",
+            "camkit batched_backward=False"} <= set(data["times_s"][titles[2]])
     assert all(len(v) == 1 for t in data["times_s"].values() for v in t.values())
     assert len(data["summary"]) == 1 + 4  # header + the gradient scenarios
     rel = [r[4] for r in data["agreement"]]

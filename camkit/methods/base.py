@@ -223,6 +223,11 @@ class _Method:
     def _check_call(self) -> None:
         """Refusals that depend on the moment of the call, not on its arguments."""
 
+    def _batched(self, tensors: Sequence[Tensor]) -> bool:
+        """The ``batched_backward`` option, or by :func:`prefer_batched` where it is None (the default)."""
+        chosen = getattr(self.options, "batched_backward", None)
+        return prefer_batched(self.model, tensors) if chosen is None else bool(chosen)
+
     def _run_model(self, x: Tensor) -> object:
         try:
             return self.model(x)
@@ -349,6 +354,31 @@ def _per_map(valid: Tensor, m: Tensor) -> Tensor:
     return valid.reshape(*valid.shape, *([1] * (m.dim() - valid.dim())))
 
 
+# On a CPU the vmapped backward runs each convolution's backward once per target and concatenates the
+# results: it saves work where the graph reads large weights (one read for K targets instead of K, VGG16's
+# classifier) and costs some where it moves large activations (ResNet50 at B=8, 224 px). The ratio of the
+# two is the rule; the measurements behind it: benchmarks/results/peers/README.md, "The backward rule".
+CPU_BATCHED_MIN_RATIO = 16
+
+
+def prefer_batched(model: nn.Module, activations: Sequence[Tensor]) -> bool:
+    """Whether one vmapped backward (``is_grads_batched``) beats K retained-graph calls, by rule (no timing).
+
+    Args:
+        model: the model the activations come from.
+        activations: the tensors the gradients are taken with respect to.
+
+    Returns:
+        True on CUDA and other accelerators; on a CPU, True when the model's parameters take at least
+        :data:`CPU_BATCHED_MIN_RATIO` times the bytes of the largest activation (the whole batch).
+    """
+    if not activations or activations[0].device.type != "cpu":
+        return True
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    largest = max(a.numel() * a.element_size() for a in activations)
+    return weights >= CPU_BATCHED_MIN_RATIO * largest
+
+
 def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: bool = True,
                      create_graph: bool = False) -> List[Optional[Tensor]]:
     """d values[:, k] / d A for every activation.
@@ -412,7 +442,7 @@ class _GradientMethod(_Method):
             raise InputError("gradient-based CAM methods cannot run inside torch.inference_mode(); "
                              "use torch.no_grad() (or nothing)")
         for m in self.model.modules():
-            if getattr(m, "grad_checkpointing", False) is True:
+            if vars(m).get("grad_checkpointing", False) is True:  # vars: getattr on a module raises when absent
                 raise InputError("gradient checkpointing is on (timm's set_grad_checkpointing(True)): the hooked "
                                  "activations then get no gradient. Turn it off for the call: "
                                  "model.set_grad_checkpointing(False)")
@@ -421,7 +451,7 @@ class _GradientMethod(_Method):
         """The gradients of ``values (B, K)`` with respect to ``tensors`` (named ``names`` in errors)."""
         if not values.requires_grad:
             raise InputError(NO_PATH.format(names=list(names)))
-        grads = target_gradients(values, tensors, self.options.batched_backward, self.options.create_graph)
+        grads = target_gradients(values, tensors, self._batched(tensors), self.options.create_graph)
         for name, g in zip(names, grads):
             if g is None:
                 raise InputError(NO_PATH.format(names=[name]))

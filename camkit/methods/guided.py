@@ -149,7 +149,7 @@ class _Guided(_GradientMethod):
     def _guided(self, ctx: CallContext, retain: bool) -> Tensor:
         """The targets' guided maps ``(B, K, H, W)``."""
         self._switch.on = True
-        (g,) = _grads(ctx.values, [ctx.x], self.options.batched_backward, retain)
+        (g,) = _grads(ctx.values, [ctx.x], self._batched([ctx.x]), retain)
         if g is None:
             raise InputError("the targets do not depend on the input through autograd")
         ctx.flag("zero_gradients", all_zero([g]))
@@ -187,7 +187,8 @@ class GuidedGradCAM(_Guided):
             raise InputError(NO_PATH.format(names=names))
         self._switch.on = False  # Grad-CAM's own gradients are the plain ones
         try:
-            grads = _grads(ctx.values, [ctx.acts[n] for n in names], self.options.batched_backward, retain=True)
+            acts = [ctx.acts[n] for n in names]
+            grads = _grads(ctx.values, acts, self._batched(acts), retain=True)
         finally:
             self._switch.on = True
         out: Dict[str, Tensor] = {}

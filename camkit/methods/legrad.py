@@ -279,7 +279,7 @@ class LeGrad(_GradientMethod):
                     raise InputError(f"LeGrad: head= must map block {bname!r}'s tokens to logits (B, C), got "
                                      f"{tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__}")
                 v = s.gather(1, classes)
-            g = target_gradients(v, [store[aname]], self.options.batched_backward)[0] if v.requires_grad else None
+            g = target_gradients(v, [store[aname]], self._batched([store[aname]]))[0] if v.requires_grad else None
             if g is None:
                 raise InputError(NO_PATH.format(names=[bname]))
             grads.append(work_dtype(g))

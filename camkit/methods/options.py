@@ -98,14 +98,15 @@ class SmoothingOptions(Options):
 
 @dataclass(frozen=True)
 class GradientOptions(SmoothingOptions):
-    """Plus ``batched_backward``: one vmapped backward for K targets (default) or K
-    backward calls on the retained graph (see :func:`camkit.methods.target_gradients`)."""
+    """Plus ``batched_backward``: True, one vmapped backward for K targets; False, K backward
+    calls on the retained graph; None (default), whichever :func:`camkit.methods.base.prefer_batched`
+    says is faster on the device (see :func:`camkit.methods.target_gradients`)."""
 
-    batched_backward: bool = True
+    batched_backward: Optional[bool] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _set(self, "batched_backward", bool(self.batched_backward))
+        _set(self, "batched_backward", None if self.batched_backward is None else bool(self.batched_backward))
 
 
 def check_noise(opts: Any) -> None:

@@ -141,7 +141,8 @@ class ShapleyCAM(_GradientMethod):
                 values = rest_values(values, ctx.scores)
         if not values.requires_grad:
             raise InputError(NO_PATH.format(names=list(names)))
-        pairs = gradients_and_hvps(values, [ctx.acts[n] for n in names], self.options.batched_backward)
+        acts = [ctx.acts[n] for n in names]
+        pairs = gradients_and_hvps(values, acts, self._batched(acts))
         missing = [n for n, p in zip(names, pairs) if p is None]
         if missing:
             raise InputError(NO_PATH.format(names=missing))
