@@ -13,8 +13,9 @@ Two baselines, written here with plain torch (no camkit code):
   leaf that requires grad (no graph below it); outputs are kept without
   copies (right for the layers benchmarked: nothing downstream changes them
   in place); ``torch.autograd.grad`` w.r.t. the kept outputs, either K
-  retained-graph calls (``loop``) or one ``is_grads_batched`` call
-  (``batched``), and the faster of the two is the floor; then the same map
+  retained-graph calls (``loop``, each target's formula applied to its
+  gradients at once) or one ``is_grads_batched`` call (``batched``), and
+  the faster of the two is the floor; then the same map
   work as camkit: the formula in float32, each map min-max normalized, one
   bilinear upsample per layer for all K maps, pixelwise max over layers,
   clamped to [0, 1].
@@ -219,11 +220,26 @@ class MinimalFloor(_Floor):
             for h in handles:
                 h.remove()
         targets = _pick_targets(logits, targets, topk)
-        with torch.enable_grad():  # the seeds' gather joins the graph whatever the caller's mode
-            grads = target_grads(logits, acts, targets, self.mode)  # type: ignore[arg-type]
+        if self.mode == "loop":  # each target's maps made from its gradients at once: K grads never coexist
+            raw = self._per_target(logits, acts, targets)  # type: ignore[arg-type]
+        else:
+            with torch.enable_grad():  # the seeds' gather joins the graph whatever the caller's mode
+                grads = target_grads(logits, acts, targets, self.mode)  # type: ignore[arg-type]
+            with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+                raw = [self.formula(a.detach(), g) for a, g in zip(acts, grads)]  # type: ignore[union-attr]
         with torch.autocast(x.device.type, enabled=False), torch.no_grad():
-            raw = [self.formula(a.detach(), g) for a, g in zip(acts, grads)]  # type: ignore[union-attr]
             return fused_maps(raw, tuple(x.shape[-2:])), raw, targets
+
+    def _per_target(self, logits: Tensor, acts: List[Tensor], targets: Tensor) -> List[Tensor]:
+        """K retained-graph grad calls, the formula applied to each target's gradients right away."""
+        K, per_k = targets.shape[1], []
+        for k in range(K):
+            with torch.enable_grad():
+                score = logits.gather(1, targets[:, k : k + 1]).sum()
+                gs = torch.autograd.grad(score, acts, retain_graph=k < K - 1)
+            with torch.autocast(logits.device.type, enabled=False), torch.no_grad():
+                per_k.append([self.formula(a.detach(), g.unsqueeze(1)) for a, g in zip(acts, gs)])
+        return [torch.cat([m[i] for m in per_k], dim=1) for i in range(len(acts))]
 
 
 # --------------------------------------------------------------------------- models and inputs

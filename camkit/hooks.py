@@ -50,7 +50,7 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module, modules: Optional[Sequence[nn.Module]] = None) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode, every module's own ``training`` flag restored
     exactly afterwards (also on error), under :func:`model_lock`.
 
@@ -60,12 +60,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
     Args:
         model (nn.Module): The model.
+        modules (sequence of nn.Module, optional): ``list(model.modules())`` where the caller has
+            listed them already (one traversal of a large model serves both). Default: listed here.
 
     Returns:
         *context manager*: Yields ``model``.
     """
     with model_lock(model):
-        flags = [(m, m.training) for m in model.modules()]
+        flags = [(m, m.training) for m in (model.modules() if modules is None else modules)]
         try:
             for m, flag in flags:
                 if flag:  # nn.Module.__setattr__ costs microseconds a module: an eval model pays nothing

@@ -72,6 +72,8 @@ def test_an_explicit_choice_wins(monkeypatch, chosen):
 def test_rule_on_accelerators_is_batched():
     a = torch.empty(0)
     meta = torch.empty(1 << 20, device="meta")  # a non-CPU activation, however large
-    assert base.prefer_batched(nn.Linear(1, 1), [meta]) is True
-    assert base.prefer_batched(nn.Linear(1, 1), []) is True
-    assert base.prefer_batched(nn.Linear(1, 1), [a.new_zeros(1 << 20)]) is False
+    lin = base.weight_bytes(nn.Linear(1, 1))
+    assert lin == 2 * 4  # a weight and a bias, float32
+    assert base.prefer_batched(lin, [meta]) is True
+    assert base.prefer_batched(lin, []) is True
+    assert base.prefer_batched(lin, [a.new_zeros(1 << 20)]) is False

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -113,6 +113,7 @@ class _Method:
         self.normalize: Optional[Normalizer] = self._normalizer(self.options.normalize)
         self._recorder = ActivationRecorder(model, self._hooked(), make_differentiable=self.needs_grad,
                                             grad_from_first_layer=self.needs_grad)
+        self._weight_bytes: Optional[int] = None  # for the backward rule, counted on the first call that needs it
 
     # ---------------------------------------------------------------- construction hooks
 
@@ -220,13 +221,17 @@ class _Method:
         res.inputs = x.detach()  # drawn by res.show() and in Jupyter (camkit.display)
         return res
 
-    def _check_call(self) -> None:
-        """Refusals that depend on the moment of the call, not on its arguments."""
+    def _check_call(self, modules: Sequence[nn.Module]) -> None:
+        """Refusals that depend on the moment of the call, not on its arguments (``modules``: the model's)."""
 
     def _batched(self, tensors: Sequence[Tensor]) -> bool:
         """The ``batched_backward`` option, or by :func:`prefer_batched` where it is None (the default)."""
         chosen = getattr(self.options, "batched_backward", None)
-        return prefer_batched(self.model, tensors) if chosen is None else bool(chosen)
+        if chosen is not None:
+            return bool(chosen)
+        if getattr(self, "_weight_bytes", None) is None:  # the model's parameter bytes, counted once (a traversal costs)
+            self._weight_bytes = weight_bytes(self.model)
+        return prefer_batched(self._weight_bytes, tensors)
 
     def _run_model(self, x: Tensor) -> object:
         try:
@@ -241,7 +246,8 @@ class _Method:
         x = check_input(x, self.model)
         check_input_dims(x, self._conv, type(self).__name__, self.volumes)
         target = as_target(targets, topk)
-        self._check_call()
+        modules = list(self.model.modules())  # one traversal for the checks and eval_mode
+        self._check_call(modules)
         if self.options.create_graph and torch.is_inference_mode_enabled():
             raise InputError("create_graph=True cannot keep a graph inside torch.inference_mode(); call outside it")
         # The forward starts without grad; for gradient methods the first hooked
@@ -249,7 +255,7 @@ class _Method:
         # the layers below it. no_grad's exit restores the caller's mode.
         # create_graph: the whole call records the graph, from the input on.
         grad = torch.enable_grad() if self.options.create_graph else torch.no_grad()
-        with eval_mode(self.model), self._recorder.recording() as acts, grad, CanvasRegion(self.model) as canvas:
+        with eval_mode(self.model, modules), self._recorder.recording() as acts, grad, CanvasRegion(self.model) as canvas:
             ctx = self._forward(x, acts, target)
             if canvas.fraction is not None and not self.canvas_crop:
                 raise InputError(f"{type(self).__name__} resamples the layers' outputs over the detector's padded "
@@ -361,20 +367,24 @@ def _per_map(valid: Tensor, m: Tensor) -> Tensor:
 CPU_BATCHED_MIN_RATIO = 16
 
 
-def prefer_batched(model: nn.Module, activations: Sequence[Tensor]) -> bool:
+def weight_bytes(model: nn.Module) -> int:
+    """The bytes of ``model``'s parameters."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def prefer_batched(weights: int, activations: Sequence[Tensor]) -> bool:
     """Whether one vmapped backward (``is_grads_batched``) beats K retained-graph calls, by rule (no timing).
 
     Args:
-        model: the model the activations come from.
+        weights: the model's parameter bytes (:func:`weight_bytes`).
         activations: the tensors the gradients are taken with respect to.
 
     Returns:
-        True on CUDA and other accelerators; on a CPU, True when the model's parameters take at least
+        True on CUDA and other accelerators; on a CPU, True when the parameters take at least
         :data:`CPU_BATCHED_MIN_RATIO` times the bytes of the largest activation (the whole batch).
     """
     if not activations or activations[0].device.type != "cpu":
         return True
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     largest = max(a.numel() * a.element_size() for a in activations)
     return weights >= CPU_BATCHED_MIN_RATIO * largest
 
@@ -401,21 +411,38 @@ def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: boo
         grads = torch.autograd.grad(values, activations, grad_outputs=torch.ones_like(values), allow_unused=True,
                                     create_graph=create_graph)
         return [g.unsqueeze(1) if g is not None else None for g in grads]
-    eye = torch.eye(k, dtype=values.dtype, device=values.device)
     if not batched:
-        per_k = [
-            torch.autograd.grad(values, activations, grad_outputs=eye[j].expand(b, k),
-                                retain_graph=create_graph or j < k - 1, allow_unused=True, create_graph=create_graph)
-            for j in range(k)
-        ]
+        per_k = list(gradient_columns(values, activations, create_graph))
         return [
-            None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], dim=1)
+            None if per_k[0][i] is None else torch.cat([g[i] for g in per_k], dim=1)
             for i in range(len(activations))
         ]
+    eye = torch.eye(k, dtype=values.dtype, device=values.device)
     onehots = eye[:, None, :].expand(k, b, k).contiguous()
     grads = torch.autograd.grad(values, activations, grad_outputs=onehots, is_grads_batched=True, allow_unused=True,
                                 create_graph=create_graph)
     return [g.transpose(0, 1) if g is not None else None for g in grads]
+
+
+def gradient_columns(values: Tensor, activations: Sequence[Tensor],
+                     create_graph: bool = False) -> Iterator[List[Optional[Tensor]]]:
+    """d values[:, k] / d A for one target k at a time: K backward calls on the retained graph.
+
+    Args:
+        values: ``(B, K)`` target values.
+        activations: tensors the values depend on through autograd.
+        create_graph: keep each backward's own graph.
+
+    Yields:
+        For k = 0 .. K-1, one ``(B, 1, *A.shape[1:])`` gradient per activation (None where unused);
+        the graph is freed after the last.
+    """
+    b, k = values.shape
+    eye = torch.eye(k, dtype=values.dtype, device=values.device)
+    for j in range(k):
+        grads = torch.autograd.grad(values, activations, grad_outputs=eye[j].expand(b, k), allow_unused=True,
+                                    retain_graph=create_graph or j < k - 1, create_graph=create_graph)
+        yield [g.unsqueeze(1) if g is not None else None for g in grads]
 
 
 def all_zero(tensors: Sequence[Tensor]) -> Tensor:
@@ -437,21 +464,25 @@ class _GradientMethod(_Method):
     differentiable = True
     formula: Callable[..., Tensor]
 
-    def _check_call(self) -> None:
+    def _check_call(self, modules: Sequence[nn.Module]) -> None:
         if torch.is_inference_mode_enabled():
             raise InputError("gradient-based CAM methods cannot run inside torch.inference_mode(); "
                              "use torch.no_grad() (or nothing)")
-        for m in self.model.modules():
+        for m in modules:
             if vars(m).get("grad_checkpointing", False) is True:  # vars: getattr on a module raises when absent
                 raise InputError("gradient checkpointing is on (timm's set_grad_checkpointing(True)): the hooked "
                                  "activations then get no gradient. Turn it off for the call: "
                                  "model.set_grad_checkpointing(False)")
 
-    def _gradients(self, values: Tensor, tensors: Sequence[Tensor], names: Sequence[str]) -> List[Tensor]:
-        """The gradients of ``values (B, K)`` with respect to ``tensors`` (named ``names`` in errors)."""
+    def _gradients(self, values: Tensor, tensors: Sequence[Tensor], names: Sequence[str],
+                   batched: Optional[bool] = None) -> List[Tensor]:
+        """The gradients of ``values (B, K)`` with respect to ``tensors`` (named ``names`` in errors), by one
+        batched backward or K calls (``batched``; None: the option, else the rule)."""
         if not values.requires_grad:
             raise InputError(NO_PATH.format(names=list(names)))
-        grads = target_gradients(values, tensors, self._batched(tensors), self.options.create_graph)
+        if batched is None:
+            batched = values.shape[1] == 1 or self._batched(tensors)
+        grads = target_gradients(values, tensors, batched, self.options.create_graph)
         for name, g in zip(names, grads):
             if g is None:
                 raise InputError(NO_PATH.format(names=[name]))
@@ -466,14 +497,39 @@ class _GradientMethod(_Method):
 
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         names = self.layer_names
-        grads = self._gradients(ctx.values, [ctx.acts[n] for n in names], names)
+        tensors = [ctx.acts[n] for n in names]
+        batched = ctx.values.shape[1] == 1 or self.options.create_graph or self._batched(tensors)
+        if not batched:
+            return self._layer_maps_per_target(ctx, names, tensors)
+        grads = self._gradients(ctx.values, tensors, names, batched=True)
         ctx.flag("zero_gradients", all_zero(grads))
+        return self._maps_of(ctx, names, grads)
+
+    def _maps_of(self, ctx: CallContext, names: Sequence[str], grads: Sequence[Tensor]) -> Dict[str, Tensor]:
+        """Each layer's raw maps ``(B, K, h, w)`` from its gradients ``(B, K, ...)``."""
         out: Dict[str, Tensor] = {}
         with float32_math(ctx.values.device.type):
             for name, g in zip(names, grads):
                 a = ctx.acts[name] if self.options.create_graph else ctx.acts[name].detach()
                 out[name] = self._formula(work_dtype(self._as_4d(name, a)), work_dtype(self._reshaped(g)))
         return out
+
+    def _layer_maps_per_target(self, ctx: CallContext, names: Sequence[str],
+                               tensors: Sequence[Tensor]) -> Dict[str, Tensor]:
+        """K retained-graph backward calls, each target's maps made from its gradients at once (every
+        formula is per target), so the K gradients never exist together."""
+        if not ctx.values.requires_grad:
+            raise InputError(NO_PATH.format(names=list(names)))
+        columns, zero = [], None
+        for grads in gradient_columns(ctx.values, tensors):
+            missing = [n for n, g in zip(names, grads) if g is None]
+            if missing:
+                raise InputError(NO_PATH.format(names=missing[:1]))
+            z = all_zero(grads)  # type: ignore[arg-type]
+            zero = z if zero is None else zero & z
+            columns.append(self._maps_of(ctx, names, grads))  # type: ignore[arg-type]
+        ctx.flag("zero_gradients", zero)
+        return {n: torch.cat([c[n] for c in columns], dim=1) for n in names}
 
     def _formula(self, A: Tensor, G: Tensor) -> Tensor:
         """One layer's raw maps (B, K, h, w): the class's formula, with ``eigen_smooth``."""
