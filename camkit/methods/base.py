@@ -229,7 +229,7 @@ class _Method:
         chosen = getattr(self.options, "batched_backward", None)
         if chosen is not None:
             return bool(chosen)
-        if getattr(self, "_weight_bytes", None) is None:  # the model's parameter bytes, counted once (a traversal costs)
+        if self._weight_bytes is None:  # the model's parameter bytes, counted once (a traversal costs)
             self._weight_bytes = weight_bytes(self.model)
         return prefer_batched(self._weight_bytes, tensors)
 
@@ -455,6 +455,16 @@ NO_PATH = ("the targets do not depend on layer(s) {names} through autograd: is a
            "set_grad_checkpointing)? Turn checkpointing off for the call")
 
 
+def _require_path(values: Tensor, names: Sequence[str], grads: Optional[Sequence[Optional[Tensor]]] = None) -> None:
+    """An :class:`InputError` naming the layers the values do not depend on: all of them when ``values``
+    has no graph, else the first whose gradient in ``grads`` is None."""
+    if not values.requires_grad:
+        raise InputError(NO_PATH.format(names=list(names)))
+    for name, g in zip(names, grads or ()):
+        if g is None:
+            raise InputError(NO_PATH.format(names=[name]))
+
+
 class _GradientMethod(_Method):
     """Methods that need dy/dA: the class's ``formula(A, G, eigen)`` per layer."""
 
@@ -474,18 +484,11 @@ class _GradientMethod(_Method):
                                  "activations then get no gradient. Turn it off for the call: "
                                  "model.set_grad_checkpointing(False)")
 
-    def _gradients(self, values: Tensor, tensors: Sequence[Tensor], names: Sequence[str],
-                   batched: Optional[bool] = None) -> List[Tensor]:
-        """The gradients of ``values (B, K)`` with respect to ``tensors`` (named ``names`` in errors), by one
-        batched backward or K calls (``batched``; None: the option, else the rule)."""
-        if not values.requires_grad:
-            raise InputError(NO_PATH.format(names=list(names)))
-        if batched is None:
-            batched = values.shape[1] == 1 or self._batched(tensors)
-        grads = target_gradients(values, tensors, batched, self.options.create_graph)
-        for name, g in zip(names, grads):
-            if g is None:
-                raise InputError(NO_PATH.format(names=[name]))
+    def _gradients(self, values: Tensor, tensors: Sequence[Tensor], names: Sequence[str]) -> List[Tensor]:
+        """The gradients of ``values (B, K)`` with respect to ``tensors`` (named ``names`` in errors)."""
+        _require_path(values, names)
+        grads = target_gradients(values, tensors, self._batched(tensors), self.options.create_graph)
+        _require_path(values, names, grads)
         return grads  # type: ignore[return-value]
 
     def _reshaped(self, g: Tensor) -> Tensor:
@@ -498,10 +501,9 @@ class _GradientMethod(_Method):
     def _layer_maps(self, ctx: CallContext) -> Dict[str, Tensor]:
         names = self.layer_names
         tensors = [ctx.acts[n] for n in names]
-        batched = ctx.values.shape[1] == 1 or self.options.create_graph or self._batched(tensors)
-        if not batched:
+        if ctx.values.shape[1] > 1 and not self.options.create_graph and not self._batched(tensors):
             return self._layer_maps_per_target(ctx, names, tensors)
-        grads = self._gradients(ctx.values, tensors, names, batched=True)
+        grads = self._gradients(ctx.values, tensors, names)
         ctx.flag("zero_gradients", all_zero(grads))
         return self._maps_of(ctx, names, grads)
 
@@ -518,13 +520,10 @@ class _GradientMethod(_Method):
                                tensors: Sequence[Tensor]) -> Dict[str, Tensor]:
         """K retained-graph backward calls, each target's maps made from its gradients at once (every
         formula is per target), so the K gradients never exist together."""
-        if not ctx.values.requires_grad:
-            raise InputError(NO_PATH.format(names=list(names)))
+        _require_path(ctx.values, names)
         columns, zero = [], None
         for grads in gradient_columns(ctx.values, tensors):
-            missing = [n for n, g in zip(names, grads) if g is None]
-            if missing:
-                raise InputError(NO_PATH.format(names=missing[:1]))
+            _require_path(ctx.values, names, grads)
             z = all_zero(grads)  # type: ignore[arg-type]
             zero = z if zero is None else zero & z
             columns.append(self._maps_of(ctx, names, grads))  # type: ignore[arg-type]
