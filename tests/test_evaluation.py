@@ -25,6 +25,7 @@ from camkit.evaluation import (
     arcc,
     complexity,
     effective_complexity,
+    faithfulness,
     faithfulness_correlation,
     hog_similarity,
     infidelity,
@@ -204,7 +205,11 @@ def test_random_logit_equals_quantus(data, quantus):
 # --------------------------------------------------------------------------- ROAD
 
 
-def test_noisy_linear_imputation_equals_pytorch_grad_cam():
+@pytest.mark.parametrize("group_pixels", [None, 120, 240])
+def test_noisy_linear_imputation_equals_pytorch_grad_cam(group_pixels, monkeypatch):
+    """Also with the CPU solve in groups of 1 and 2 of the 6 systems (camkit's cache-sized groups)."""
+    if group_pixels is not None:
+        monkeypatch.setattr(faithfulness, "CPU_SOLVE_ELEMENTS", group_pixels)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 3, 12, 10, generator=g)
     removed = torch.rand(2, 12, 10, generator=g) < 0.6

@@ -218,6 +218,40 @@ def test_non_finite_input_or_output_is_refused_per_image():
         camkit.CAM(model)(torch.randn(1, 3, 32, 32))
 
 
+def test_finite_values_whose_sum_overflows_are_not_refused():
+    """The finite check sums each image first (cheap) and looks value by value only where a sum is not
+    finite: an image of finite values near float32's max (its sum overflows) passes, a NaN in another
+    image is still named alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Hardtanh(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    cam = camkit.GradCAM(model, ["1"])
+    x = torch.randn(2, 3, 8, 8)
+    x[0] = 3e38
+    assert not torch.isfinite(x[0].sum()) and torch.isfinite(x).all()
+    res = cam(x)
+    assert torch.isfinite(res.maps).all()
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"the input has NaN or Inf values in image\(s\) \[1\]$"):
+        cam(x)
+
+
+def test_tiny_float64_gradients_are_not_called_zero():
+    """Gradients of 1e-300 (float64) are not exactly zero: no blank-maps warning (a float32 sum of them
+    would underflow to 0)."""
+    import warnings
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    model = model.double().eval()
+    with torch.no_grad():
+        model[4].weight.fill_(1e-300)
+        model[0].bias.fill_(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = camkit.GradCAM(model, ["0"])(torch.rand(1, 3, 8, 8, dtype=torch.float64))
+    assert (res.layer_maps["0"] > 0).any()
+
+
 def overflowing_half_model() -> nn.Module:
     """Finite logits, but LayerCAM's channel sum is 256 * 10 * 100 = 256000 > 65504 (float16's max)."""
     conv = nn.Conv2d(3, 512, 1)

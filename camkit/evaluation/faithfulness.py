@@ -8,8 +8,8 @@ Shapes: ``images (B, C, H, W)`` in the model's input space, ``maps (B, H, W)`` a
 - :func:`noisy_linear_imputation` and :func:`road` (Rong et al., ICML 2022, "A Consistent and Efficient
   Evaluation Strategy for Attribution Methods"): removed pixels are filled with the average of their 8
   neighbours (weights 1/6 and 1/12, solved as one linear system per image and channel, by conjugate
-  gradients on the device) plus Gaussian noise; MoRF removes the p % most relevant pixels, LeRF the p %
-  least relevant ones.
+  gradients on the device, in cache-sized groups on a CPU) plus Gaussian noise; MoRF removes the p % most
+  relevant pixels, LeRF the p % least relevant ones.
 - :func:`faithfulness_correlation` (Bhatt et al., IJCAI 2020).
 - :func:`pixel_flipping` (Bach et al., 2015), :func:`region_perturbation` (Samek et al., 2017) and
   :func:`monotonicity` (Arya et al., 2019).
@@ -98,6 +98,23 @@ def _cg(apply: Callable[[Tensor, Tensor], Tensor], b: Tensor, u: Tensor, m: Tens
     return out
 
 
+CPU_SOLVE_ELEMENTS = 2 ** 17
+"""On a CPU, the fill's systems are solved in groups of about this many pixels (at least one system): the
+solver's dozen working tensors then stay in a core's cache. All 192 systems of 64 images at 192 px at once took
+18.7 s, groups of 3 systems 7.5 s, of 1 or 12 systems 9.6 / 9.1 s (one thread). On other devices all at once."""
+
+
+def _solve_groups(values: Tensor, removed: Tensor, tol: float, max_iter: int) -> Tensor:
+    """:func:`_solve_fill` on ``(N, 1, H, W)`` systems, in cache-sized groups on a CPU (each system's solve is
+    independent of the others')."""
+    N, _, H, W = values.shape
+    group = max(1, CPU_SOLVE_ELEMENTS // (H * W)) if values.device.type == "cpu" else N
+    if group >= N:
+        return _solve_fill(values, removed, tol, max_iter)
+    return torch.cat([_solve_fill(values[i:i + group], removed[i:i + group], tol, max_iter)
+                      for i in range(0, N, group)])
+
+
 def _solve_fill(values: Tensor, removed: Tensor, tol: float, max_iter: int) -> Tensor:
     """The linear fill of the ``removed`` pixels: conjugate gradients on ``s u - m K(m u) = m K((1-m) v)``
     for all (image, channel) systems at once, started from the half-size problem's fill (below 16 pixels: 0).
@@ -149,7 +166,7 @@ def noisy_linear_imputation(images: Tensor, removed: Tensor, noise: float = 0.01
         raise InputError(f"noise must be >= 0, got {noise!r}")
     m = removed.to(images.device, torch.bool)[:, None].expand(B, C, H, W).reshape(B * C, 1, H, W)
     work = torch.float64 if images.dtype == torch.float64 or tol < 1e-5 else torch.float32
-    u = _solve_fill(images.to(work).reshape(B * C, 1, H, W), m, tol, max_iter or 10 * (H + W) + 50)
+    u = _solve_groups(images.to(work).reshape(B * C, 1, H, W), m, tol, max_iter or 10 * (H + W) + 50)
     u = u.reshape(B, C, H, W)
     if noise > 0:
         g = generator_ if generator_ is not None else generator(seed, images.device)

@@ -446,8 +446,10 @@ def gradient_columns(values: Tensor, activations: Sequence[Tensor],
 
 
 def all_zero(tensors: Sequence[Tensor]) -> Tensor:
-    """A 0-d bool on the device: every element of every tensor is exactly 0 (no host sync)."""
-    return ~torch.stack([t.any() for t in tensors]).any()  # any(): no full-size bool tensor (NaN counts as nonzero)
+    """A 0-d bool on the device: every element of every tensor is exactly 0 (no host sync). A sum of
+    magnitudes is 0 only then (NaN counts as nonzero), and on a CPU several times cheaper than ``any()``."""
+    sums = [t.detach().abs().sum(dtype=torch.float32 if t.element_size() < 4 else None) for t in tensors]
+    return torch.stack([s.to(sums[0].dtype) for s in sums]).sum() == 0
 
 
 NO_PATH = ("the targets do not depend on layer(s) {names} through autograd: is a layer off the path to the "

@@ -43,19 +43,32 @@ def check_input(x: object, model: nn.Module) -> Tensor:
 
 
 def _not_finite(t: Tensor, b: int, device: torch.device) -> Tensor:
+    """``(b,)`` bool: row i of ``t`` holds a NaN or an Inf (exact; an elementwise pass)."""
     return (~torch.isfinite(t.detach()).reshape(b, -1).all(dim=1)).to(device)
+
+
+def _sum_not_finite(t: Tensor, b: int, device: torch.device) -> Tensor:
+    """``(b,)`` bool, True wherever :func:`_not_finite` is (and where a sum of finite values overflows): a
+    row's sum is finite only if each of its values is. A sum is a few times cheaper on a CPU than
+    ``isfinite``'s bool pass (77k floats: 4 us against 150 us); half precision sums in float32."""
+    acc = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
+    return (~torch.isfinite(t.detach().reshape(b, -1).sum(dim=1, dtype=acc))).to(device)
 
 
 def raise_problems(x: Tensor, scores: Tensor, values: Tensor,
                    problems: Sequence[Tuple[str, Optional[Tensor]]]) -> None:
     """All checks of a call's values in ONE host read: non-finite input, scores or target
     values per image, and the on-device flags in ``problems`` (name, 0-d bool): an error for
-    the names in :data:`PROBLEMS`, a warning for those in :data:`WARNINGS`."""
+    the names in :data:`PROBLEMS`, a warning for those in :data:`WARNINGS`. Rows whose sum is
+    not finite are looked at value by value before an error (an overflowing sum is no error)."""
     b, dev = x.shape[0], scores.device
-    flags = [_not_finite(x, b, dev), _not_finite(scores, b, dev), _not_finite(values, b, dev)]
+    checked = (x, scores, values)
+    flags = [_sum_not_finite(t, b, dev) for t in checked]
     named = [(name, f) for name, f in problems if f is not None]
     flags += [f.reshape(1).to(dev) for _, f in named]
-    host = torch.cat(flags).tolist()  # the one host-device synchronization of a call
+    host = torch.cat(flags).tolist()  # the one host-device synchronization of a call without a problem
+    if any(host[:3 * b]):
+        host[:3 * b] = torch.cat([_not_finite(t, b, dev) for t in checked]).tolist()
     bad = [[i for i in range(b) if host[j * b + i]] for j in range(3)]
     if bad[0]:
         raise InputError(f"the input has NaN or Inf values in image(s) {bad[0]}")
