@@ -30,14 +30,16 @@ def _grad_calls(monkeypatch) -> list:
     return calls
 
 
-def _reference(model: nn.Module, x: torch.Tensor, classes) -> torch.Tensor:
-    """LayerCAM of layer 'relu' with plain autograd, one backward per target: (B, K, h, w)."""
+def _reference(model: nn.Module, x: torch.Tensor, classes, softmax: bool = False) -> torch.Tensor:
+    """LayerCAM of layer 'relu' with plain autograd, one backward per target (of the logit, or of the
+    softmax probability): (B, K, h, w)."""
     out = {}
     h = model.relu.register_forward_hook(lambda m, i, o: out.__setitem__("a", o))
     try:
         logits = model(x)
     finally:
         h.remove()
+    logits = logits.softmax(1) if softmax else logits
     maps = []
     for k in range(len(classes[0])):
         score = logits.gather(1, torch.tensor([[c[k]] for c in classes])).sum()
@@ -77,3 +79,31 @@ def test_rule_on_accelerators_is_batched():
     assert base.prefer_batched(lin, [meta]) is True
     assert base.prefer_batched(lin, []) is True
     assert base.prefer_batched(lin, [a.new_zeros(1 << 20)]) is False
+
+
+@pytest.mark.parametrize("kind", ["classes", "topk", "softmax", "gather_fn", "scaled_gather_fn"])
+def test_batched_backward_of_class_logits_starts_at_the_scores(monkeypatch, kind):
+    """Values that are, by their autograd graph, a gather of the (B, C) scores (indices, topk, a function
+    that gathers) seed the scores with one-hots in the batched backward; anything else (a softmax, a gather
+    of 2 x the scores) differentiates its (B, K) values. All equal plain autograd per target."""
+    model = _net(16, 400)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    shapes, real = [], torch.autograd.grad
+
+    def recording(outputs, *args, **kwargs):
+        shapes.append(tuple(outputs.shape))
+        return real(outputs, *args, **kwargs)
+
+    monkeypatch.setattr(base.torch.autograd, "grad", recording)
+    classes = [[3, 7, 11], [5, 0, 5]]
+    with torch.no_grad():
+        top = model(x).topk(3, dim=1).indices.tolist()
+    idx = torch.tensor(classes)
+    spec = {"classes": classes, "topk": None, "softmax": camkit.targets.Softmax(classes),
+            "gather_fn": lambda s: s.gather(1, idx), "scaled_gather_fn": lambda s: (2 * s).gather(1, idx)}[kind]
+    res = camkit.LayerCAM(model, layers="relu", normalize=None, batched_backward=True)(
+        x, targets=spec, topk=3 if kind == "topk" else None)
+    assert shapes == [(2, 3) if kind in ("softmax", "scaled_gather_fn") else (2, 400)]
+    ref = _reference(model, x, top if kind == "topk" else classes, softmax=kind == "softmax")
+    ref = 2 * ref if kind == "scaled_gather_fn" else ref
+    torch.testing.assert_close(res.layer_maps["relu"], ref, rtol=1e-5, atol=1e-7)

@@ -180,13 +180,13 @@ def map_rows(args, res: dict, x: torch.Tensor) -> List[dict]:
 
 def _samples(args):
     from .data import load_image, load_split, subset
-    from .models import build_backbone
+    from .models import backbone_stats, preprocess_transform
 
     split = load_split(args.data_root)
     val = split["val"] if not args.per_class else subset(split["val"], args.per_class)
     idx = pick_images(len(val), getattr(args, "fig_images", N_IMAGES), getattr(args, "fig_seed", FIG_SEED))
     samples = [val[i] for i in idx]
-    _, pre, _ = build_backbone(args.backbone)
+    pre = preprocess_transform(*backbone_stats(args.backbone))
     imgs = [load_image(p) for p, _ in samples]
     return samples, imgs, torch.stack([pre(im) for im in imgs])
 

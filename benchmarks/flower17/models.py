@@ -103,20 +103,29 @@ def _lite0() -> nn.Module:
     ))
 
 
+_BACKBONE_CACHE: Dict[str, Tuple[nn.Module, int]] = {}
+
+
 def build_backbone(name: str) -> Tuple[nn.Module, Callable, int]:
     """``(feature extractor in eval mode, eval preprocessing, feature channels)``.
 
     The preprocessing takes a PIL image and gives the normalized ``(3, 256, 256)``
-    tensor; the extractor maps a batch of those to ``(B, C, 7, 7)``.
+    tensor; the extractor maps a batch of those to ``(B, C, 7, 7)``. Built once per process and
+    handed out as a deep copy (building Lite0 takes 0.8 s, a copy 0.05 s), so no caller sees
+    another's changes.
     """
-    mean, std = backbone_stats(name)
-    if name == "vgg16":
-        net, channels = _vgg16(), 512
-    else:
-        net, channels = _lite0(), 1280
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net.eval(), preprocess_transform(mean, std), channels
+    import copy
+
+    if name not in _BACKBONE_CACHE:
+        if name == "vgg16":
+            net, channels = _vgg16(), 512
+        else:
+            net, channels = _lite0(), 1280
+        for p in net.parameters():
+            p.requires_grad_(False)
+        _BACKBONE_CACHE[name] = (net.eval(), channels)
+    net, channels = _BACKBONE_CACHE[name]
+    return copy.deepcopy(net), preprocess_transform(*backbone_stats(name)), channels
 
 
 def make_head(model_name: str, channels: int, num_classes: int = NUM_CLASSES, lam: float = 1.0):
@@ -160,9 +169,6 @@ def checkpoint_path(run_dir: Union[str, os.PathLike], model_name: str, lr: float
     return Path(run_dir) / "heads" / f"{model_name}_lr{lr_tag(lr)}_seed{seed}" / f"{which}.pt"
 
 
-_BACKBONE_CACHE: Dict[str, Tuple[nn.Module, Callable, int]] = {}
-
-
 def load_trained(backbone: str, model_name: str, lr: float, run_dir: Optional[Union[str, os.PathLike]] = None,
                  which: str = "study", seed: int = 0):
     """Rebuild ``camkit.CAMModel(backbone, trained head)`` from a checkpoint of ``train``.
@@ -178,10 +184,6 @@ def load_trained(backbone: str, model_name: str, lr: float, run_dir: Optional[Un
     path = checkpoint_path(run_dir or default_run_dir(backbone), model_name, lr, which, seed)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint {path}; run `python -m benchmarks.flower17 train --backbone {backbone}` first")
-    if backbone not in _BACKBONE_CACHE:
-        _BACKBONE_CACHE[backbone] = build_backbone(backbone)
-    import copy
-
-    net = copy.deepcopy(_BACKBONE_CACHE[backbone][0])
+    net = build_backbone(backbone)[0]
     head = load_head(path)
     return CAMModel(net, head, freeze=True).eval()

@@ -390,7 +390,8 @@ def prefer_batched(weights: int, activations: Sequence[Tensor]) -> bool:
 
 
 def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: bool = True,
-                     create_graph: bool = False) -> List[Optional[Tensor]]:
+                     create_graph: bool = False,
+                     gathered: Optional[Tuple[Tensor, Tensor]] = None) -> List[Optional[Tensor]]:
     """d values[:, k] / d A for every activation.
 
     Args:
@@ -402,6 +403,9 @@ def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: boo
             traversed either way, and the results are equal.
         create_graph: keep the backward's own graph, so the gradients (and maps made of them)
             can be differentiated again (e.g. with respect to the model's parameters).
+        gathered: ``(scores (B, C), indices (B, K))`` where ``values == scores.gather(1, indices)``: the
+            batched backward then starts at the scores with K one-hot seeds (the same gradients, without
+            the gather's backward, which costs more vmapped over K than the seeds).
 
     Returns:
         One ``(B, K, *A.shape[1:])`` gradient per activation (None where it is unused).
@@ -417,11 +421,22 @@ def target_gradients(values: Tensor, activations: Sequence[Tensor], batched: boo
             None if per_k[0][i] is None else torch.cat([g[i] for g in per_k], dim=1)
             for i in range(len(activations))
         ]
-    eye = torch.eye(k, dtype=values.dtype, device=values.device)
-    onehots = eye[:, None, :].expand(k, b, k).contiguous()
-    grads = torch.autograd.grad(values, activations, grad_outputs=onehots, is_grads_batched=True, allow_unused=True,
+    outputs, seeds = _batched_seeds(values, gathered)
+    grads = torch.autograd.grad(outputs, activations, grad_outputs=seeds, is_grads_batched=True, allow_unused=True,
                                 create_graph=create_graph)
     return [g.transpose(0, 1) if g is not None else None for g in grads]
+
+
+def _batched_seeds(values: Tensor, gathered: Optional[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
+    """The batched backward's start: ``(outputs, seeds (K, *outputs.shape))``, the values with the K unit
+    columns, or for ``gathered = (scores, indices)`` the scores with each target's one-hot."""
+    b, k = values.shape
+    if gathered is None:
+        eye = torch.eye(k, dtype=values.dtype, device=values.device)
+        return values, eye[:, None, :].expand(k, b, k).contiguous()
+    scores, idx = gathered
+    onehots = torch.zeros(k, *scores.shape, dtype=scores.dtype, device=scores.device)
+    return scores, onehots.scatter_(2, idx.t().unsqueeze(-1).to(scores.device), 1.0)
 
 
 def gradient_columns(values: Tensor, activations: Sequence[Tensor],
@@ -467,6 +482,19 @@ def _require_path(values: Tensor, names: Sequence[str], grads: Optional[Sequence
             raise InputError(NO_PATH.format(names=[name]))
 
 
+def _gathered(ctx: CallContext) -> Optional[Tuple[Tensor, Tensor]]:
+    """``(scores, indices)`` where the call's values ``(B, K > 1)`` are, by their own autograd graph,
+    ``scores.gather(1, indices)`` (class logits: indices, topk); else None (e.g. a softmax, a contrast)."""
+    v, s = ctx.values, ctx.scores
+    node = v.grad_fn
+    if v.shape[1] < 2 or s.dim() != 2 or node is None or s.grad_fn is None or node.name() != "GatherBackward0":
+        return None
+    if getattr(node, "_saved_dim", None) not in (1, -1) or node.next_functions[0][0] is not s.grad_fn:
+        return None
+    idx = getattr(node, "_saved_index", None)
+    return (s, idx) if isinstance(idx, Tensor) and idx.shape == v.shape else None
+
+
 class _GradientMethod(_Method):
     """Methods that need dy/dA: the class's ``formula(A, G, eigen)`` per layer."""
 
@@ -486,10 +514,12 @@ class _GradientMethod(_Method):
                                  "activations then get no gradient. Turn it off for the call: "
                                  "model.set_grad_checkpointing(False)")
 
-    def _gradients(self, values: Tensor, tensors: Sequence[Tensor], names: Sequence[str]) -> List[Tensor]:
-        """The gradients of ``values (B, K)`` with respect to ``tensors`` (named ``names`` in errors)."""
+    def _gradients(self, values: Tensor, tensors: Sequence[Tensor], names: Sequence[str],
+                   gathered: Optional[Tuple[Tensor, Tensor]] = None) -> List[Tensor]:
+        """The gradients of ``values (B, K)`` with respect to ``tensors`` (named ``names`` in errors);
+        ``gathered``: as :func:`target_gradients` takes it."""
         _require_path(values, names)
-        grads = target_gradients(values, tensors, self._batched(tensors), self.options.create_graph)
+        grads = target_gradients(values, tensors, self._batched(tensors), self.options.create_graph, gathered)
         _require_path(values, names, grads)
         return grads  # type: ignore[return-value]
 
@@ -505,7 +535,7 @@ class _GradientMethod(_Method):
         tensors = [ctx.acts[n] for n in names]
         if ctx.values.shape[1] > 1 and not self.options.create_graph and not self._batched(tensors):
             return self._layer_maps_per_target(ctx, names, tensors)
-        grads = self._gradients(ctx.values, tensors, names)
+        grads = self._gradients(ctx.values, tensors, names, _gathered(ctx))
         ctx.flag("zero_gradients", all_zero(grads))
         return self._maps_of(ctx, names, grads)
 
