@@ -111,7 +111,8 @@ def minmax(m: Tensor) -> Tensor:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     shifted = m / scale - lo / scale
     rng = hi / scale - lo / scale
-    return _nan_where_not_finite(_safe_ratio(shifted, rng).clamp_(0.0, 1.0), m)
+    finite = torch.isfinite(lo) & torch.isfinite(hi)  # amin / amax propagate NaN: the map's own check, cheaply
+    return torch.where(finite, _safe_ratio(shifted, rng).clamp_(0.0, 1.0), float("nan"))
 
 
 def sigmoid(m: Tensor) -> Tensor:

@@ -115,6 +115,12 @@ def test_cam_resnet_matches_reference_and_all_classes():
     assert_close(res.logits, model(x))
     # CAM is exact: the spatial mean of CAM_c plus the bias is logit c
     assert_close(res.layer_maps["layer4"].mean(dim=(2, 3)) + model.fc.bias, res.logits)
+    # the same classes for every image (one (K, C) weight copy), per-image classes, topk: the rows of each
+    for spec, rows in (([[7, 2, 7]] * 2, [[7, 2, 7]] * 2), (4, [[4], [4]]), ([[1, 9], [11, 0]], [[1, 9], [11, 0]])):
+        got = cam(x, targets=spec).layer_maps["layer4"]
+        assert_close(got, torch.stack([ref[b, rows[b]] for b in range(2)]))
+    top = cam(x, topk=3)
+    assert_close(top.layer_maps["layer4"], torch.stack([ref[b, top.targets[b]] for b in range(2)]))
 
 
 def test_cam_on_cam_model_and_vgg_error():
@@ -137,6 +143,29 @@ def test_cam_wrong_layer_is_refused():
     model = torchvision.models.resnet18().eval()
     with pytest.raises(ValueError, match="not fc\\(GAP"):
         camkit.CAM(model, layers="layer4.0")(torch.randn(1, 3, 64, 64))
+    for targets in ("all", 3, [[1, 2]]):  # all classes: checked on the maps' means; else by a second fc
+        with pytest.raises(ValueError, match="not fc\\(GAP"):
+            camkit.CAM(model, layers="layer4.0", fc="fc")(torch.randn(1, 3, 64, 64), targets=targets)
+
+
+class _ShiftedHead(nn.Module):
+    """GAP + linear, then + 0.01 on one class: not CAM's head, by less than any map would show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, a):
+        out = self.fc(a.mean(dim=(2, 3)))
+        return out + 0.01 * (torch.arange(4) == 3)
+
+
+def test_cam_head_check_sees_a_small_shift_of_one_class_for_all_classes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), _ShiftedHead()).eval()
+    x = torch.rand(2, 3, 12, 12)
+    with pytest.raises(ValueError, match="not fc\\(GAP"):
+        camkit.CAM(model, layers="1", fc="2.fc")(x, targets="all")
 
 
 def test_recam_matches_reference():

@@ -16,7 +16,7 @@ from ..errors import InputError, InputTypeError
 from ..heads import CAMHead, CAMModel, PaperReCAMHead, ReCAMHead
 from ..hooks import LayerSpec, dry_model, dry_run
 from ..normalize import Normalizer, get_normalizer
-from ..targets import Target
+from ..targets import AllClasses, Target
 from .base import CallContext, Layers, _Method
 from .options import Options
 from .output import Output, select_output
@@ -26,8 +26,20 @@ from .volume import conv3d_channels, first_conv, fold, probe_input
 
 
 def cam_formula(A: Tensor, W: Tensor) -> Tensor:
-    """CAM (Zhou et al., 2016): ``sum_k W[c, k] A_k``. W: (B, K, C) rows of the linear layer."""
-    return torch.einsum("bkc,bchw->bkhw", W, A)
+    """CAM (Zhou et al., 2016): ``sum_k W[c, k] A_k``. A: (B, C, h, w); W: (B, K, C) rows of the linear
+    layer, or (K, C) when every image has the same K classes. Returns (B, K, h, w)."""
+    return torch.einsum("kc,bchw->bkhw" if W.dim() == 2 else "bkc,bchw->bkhw", W, A)
+
+
+def class_rows(weight: Tensor, classes: Tensor, all_classes: bool = False) -> Tensor:
+    """The linear layer's rows for each map's class: ``weight (N, C)`` itself for ``all_classes``, ``(K, C)``
+    when every image has the same ``classes (B, K)`` (an expanded tensor: no per-image copy, which for
+    1000 classes is B x 8 MB), else ``(B, K, C)``. Negative classes (padding) read row 0."""
+    if all_classes and classes.shape[1] == weight.shape[0]:  # classes = 0 .. N-1 in every row
+        return weight
+    if classes.shape[0] == 1 or classes.stride(0) == 0:
+        return weight[classes[0].clamp(min=0)]
+    return weight[classes.clamp(min=0)]
 
 
 # Relative tolerance of the GAP + linear check per dtype: a few hundred ulps of
@@ -47,9 +59,22 @@ def gap_linear_mismatch(features: Tensor, logits: Tensor, fc: nn.Module) -> Tens
             or logits.dim() != 2 or logits.shape != (features.shape[0], fc.out_features)):
         return torch.tensor(True, device=logits.device)
     with torch.no_grad():
-        ref = fc(features.mean(dim=(-2, -1)).to(fc.weight.dtype)).float()
-        tol = _GAP_RTOL.get(logits.dtype, 1e-4) * (1.0 + logits.detach().float().abs().amax())
-        return ((ref - logits.detach().float()).abs().amax() > tol) | ~torch.isfinite(ref).all()
+        return logits_mismatch(fc(features.mean(dim=(-2, -1)).to(fc.weight.dtype)), logits)
+
+
+def logits_mismatch(ref: Tensor, logits: Tensor) -> Tensor:
+    """Does ``ref`` (what GAP + linear gives, ``(B, N)``) differ from ``logits``, within the dtype's tolerance
+    (:func:`gap_linear_mismatch`)? A 0-d bool tensor (no host sync)."""
+    with torch.no_grad():
+        ref, lg = ref.detach().float(), logits.detach().float()
+        tol = _GAP_RTOL.get(logits.dtype, 1e-4) * (1.0 + lg.abs().amax())
+        return ((ref - lg).abs().amax() > tol) | ~torch.isfinite(ref).all()
+
+
+def _map_means(maps: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``(B, N)``: CAM maps ``(B, N, h, w)`` averaged over space, plus the bias: ``fc(GAP(A))``."""
+    means = maps.detach().mean(dim=(-2, -1))
+    return means if bias is None else means + bias.detach().to(means.dtype)
 
 
 def _head_linear(module: nn.Module) -> Optional[nn.Linear]:
@@ -148,11 +173,14 @@ class CAM(_Method):
             raise InputError(
                 f"layer {name!r} has {A.shape[1]} channels but the linear layer takes {self.fc.in_features} features"
             )
-        if self._check_head:
-            ctx.flag("head", gap_linear_mismatch(A, ctx.scores, self.fc))
         with float32_math(A.device.type):
-            W = self.fc.weight[classes.clamp(min=0)]
-            return {name: cam_formula(work_dtype(A), work_dtype(W))}
+            W = class_rows(self.fc.weight, classes, isinstance(ctx.target, AllClasses))
+            maps = cam_formula(work_dtype(A), work_dtype(W))
+        if self._check_head:  # every class mapped: the maps' spatial means are GAP + linear (no second fc read)
+            every = W is self.fc.weight and ctx.scores.dim() == 2 and ctx.scores.shape[1] == W.shape[0]
+            ctx.flag("head", logits_mismatch(_map_means(maps, self.fc.bias), ctx.scores) if every
+                     else gap_linear_mismatch(A, ctx.scores, self.fc))
+        return {name: maps}
 
 
 class PointwiseLinear(nn.Linear):

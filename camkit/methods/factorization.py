@@ -49,23 +49,26 @@ def nmf(V: Tensor, n: int, max_iter: int = 200, seed: int = 0, tol: float = 1e-4
     vv, last = V.pow(2).sum(), None
     Wt = W.T.contiguous()  # (n, C): W's columns as rows, updated in place like H's rows
     for it in range(max_iter):
-        WtW = Wt @ Wt.T
-        d = WtW.diagonal().clamp(min=eps)[:, None]
-        WtV, WtW = (Wt @ V) / d, WtW / d  # row j: the step of H's row j
-        for j in range(n):  # H[j] <- max(0, H[j] + WtV[j] - WtW[j] @ H), in place
-            torch.clamp(torch.addmv(H[j] + WtV[j], H.T, WtW[j], alpha=-1), min=0, out=H[j])
-        HHt = H @ H.T
-        e = HHt.diagonal().clamp(min=eps)[:, None]
-        HVt, HHt = (H @ V.T) / e, HHt / e
-        for j in range(n):
-            torch.clamp(torch.addmv(Wt[j] + HVt[j], Wt.T, HHt[j], alpha=-1), min=0, out=Wt[j])
+        _hals_rows(H, Wt @ V, Wt @ Wt.T, eps)  # each row of H, W fixed
+        HHt, HVt = H @ H.T, H @ V.T
+        _hals_rows(Wt, HVt, HHt, eps)  # each column of W, H fixed
         if tol > 0 and it % 10 == 9:
-            W, VHt, HHt = Wt.T, (HVt * e).T, HHt * e
-            err = float(vv - 2 * (W * VHt).sum() + ((Wt @ W) * HHt).sum())
+            err = float(vv - 2 * (Wt * HVt).sum() + ((Wt @ Wt.T) * HHt).sum())
             if last is not None and last - err < tol * last:
                 break
             last = err
     return Wt.T, H
+
+
+def _hals_rows(X: Tensor, B: Tensor, G: Tensor, eps: float) -> None:
+    """One HALS sweep, in place: for j = 0 .. n-1, ``X[j] <- max(0, X[j] + (B[j] - G[j] @ X) / G[j, j])``
+    with the rows before j already new (``X (n, N)``, ``B = F @ V (n, N)``, ``G = F @ F.T (n, n)`` for the
+    fixed factor F). Written as ``(B[j] - (G[j] - G[j, j] e_j) @ X) / G[j, j]``: two operations per row."""
+    d = G.diagonal().clamp(min=eps)[:, None]
+    B, G = B / d, G / d
+    G.diagonal().sub_(1)
+    for j in range(X.shape[0]):
+        torch.clamp(torch.addmv(B[j], X.T, G[j], alpha=-1), min=0, out=X[j])
 
 
 def dff_formula(A: Tensor, n: int, max_iter: int = 200, seed: int = 0, tol: float = 1e-4) -> Tuple[Tensor, Tensor]:
