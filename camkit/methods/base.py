@@ -364,7 +364,9 @@ def _per_map(valid: Tensor, m: Tensor) -> Tensor:
 # results: it saves work where the graph reads large weights (one read for K targets instead of K, VGG16's
 # classifier) and costs some where it moves large activations (ResNet50 at B=8, 224 px). The ratio of the
 # two is the rule; the measurements behind it: benchmarks/results/peers/README.md, "The backward rule".
-CPU_BATCHED_MIN_RATIO = 16
+# The threshold lies between VGG16 LayerCAM at B=8, 224 px (ratio 21.5: K calls 1.09x faster) and ResNet50
+# LayerCAM at B=4, 160 px (ratio 31: batched 1.06x faster).
+CPU_BATCHED_MIN_RATIO = 26
 
 
 def weight_bytes(model: nn.Module) -> int:
