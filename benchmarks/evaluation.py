@@ -13,8 +13,11 @@ peer| of the timed calls' outputs, with the randomness shared:
 * MPRT: Quantus's re-draw (``reset_parameters`` after ``torch.manual_seed(seed + 1)``) passed to camkit;
 * sparseness: deterministic.
 
-Peak memory: the peak resident size of the first timed round's call above the size before it (Linux;
-``MALLOC_MMAP_THRESHOLD_=65536``, as benchmarks/perturbation.py), or the CUDA peak on a GPU.
+Peak memory: the peak resident size of the first timed round's call above the size before it (Linux; a
+lower bound: freed memory is reused), or the CUDA peak on a GPU. The process keeps the normal allocator:
+with ``MALLOC_MMAP_THRESHOLD_=65536`` (benchmarks/perturbation.py's setting for exact peaks) every
+temporary of 64 KiB or more is a fresh mapping, which made camkit's ROAD solver, with its many
+temporaries, well over twice as slow as in a user's process.
 
 Run (peers: ``pip install quantus captum grad-cam``)::
 
@@ -41,7 +44,6 @@ from benchmarks.harness import (
     cuda_peak_increase,
     interleave,
     markdown_table,
-    rerun_with_low_mmap_threshold,
     run_provenance,
     same_round_ratio,
     timer_for,
@@ -308,8 +310,6 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
-    if args.device == "cpu" and __name__ == "__main__":
-        rerun_with_low_mmap_threshold("benchmarks.evaluation", argv)
     policy = configure(args.device, args.threads)
     prov = run_provenance(argv, "benchmarks.evaluation", args.device)
     s = make_setup(args.arch, args.batch, args.size, args.device)
