@@ -17,7 +17,7 @@ Peak memory: the peak resident size of the first timed round's call above the si
 lower bound: freed memory is reused), or the CUDA peak on a GPU. The process keeps the normal allocator:
 with ``MALLOC_MMAP_THRESHOLD_=65536`` (benchmarks/perturbation.py's setting for exact peaks) every
 temporary of 64 KiB or more is a fresh mapping, which made camkit's ROAD solver, with its many
-temporaries, well over twice as slow as in a user's process.
+temporaries, much slower than in a user's process.
 
 Run (peers: ``pip install quantus captum grad-cam``)::
 

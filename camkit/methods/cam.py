@@ -177,7 +177,7 @@ class CAM(_Method):
             W = class_rows(self.fc.weight, classes, isinstance(ctx.target, AllClasses))
             maps = cam_formula(work_dtype(A), work_dtype(W))
         if self._check_head:  # every class mapped: the maps' spatial means are GAP + linear (no second fc read)
-            every = W is self.fc.weight and ctx.scores.dim() == 2 and ctx.scores.shape[1] == W.shape[0]
+            every = W is self.fc.weight  # class_rows gave the whole weight: classes 0 .. N-1 of the scores
             ctx.flag("head", logits_mismatch(_map_means(maps, self.fc.bias), ctx.scores) if every
                      else gap_linear_mismatch(A, ctx.scores, self.fc))
         return {name: maps}
